@@ -1,0 +1,110 @@
+// Package metrics defines every Prometheus metric the sidebox binary exports.
+//
+// One Metrics value is created per process with New and handed to the components
+// that update it; nothing here is global, so tests can use a fresh registry each.
+package metrics
+
+import (
+	"sort"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds the collectors of the relay, the inbox and the process.
+type Metrics struct {
+	// Outbox relay.
+	Published      *prometheus.CounterVec   // table
+	PublishLatency *prometheus.HistogramVec // table; commit-to-confirm, database clock
+	BatchSize      *prometheus.HistogramVec // table
+	Returned       *prometheus.CounterVec   // table
+	Nacked         *prometheus.CounterVec   // table
+	DeadTotal      *prometheus.CounterVec   // table; rows this process turned dead
+	Pending        *prometheus.GaugeVec     // table
+	Retrying       *prometheus.GaugeVec     // table
+	Dead           *prometheus.GaugeVec     // table
+	BlockedKeys    *prometheus.GaugeVec     // table
+	OldestPending  *prometheus.GaugeVec     // table; seconds, database clock
+
+	// Inbox.
+	InboxReceived      *prometheus.CounterVec   // queue
+	InboxStored        *prometheus.CounterVec   // queue
+	InboxDuplicates    *prometheus.CounterVec   // queue
+	InboxRejected      *prometheus.CounterVec   // queue, reason
+	InboxBatchDuration *prometheus.HistogramVec // queue
+	InboxUnprocessed   *prometheus.GaugeVec     // table
+	InboxDead          *prometheus.GaugeVec     // table
+	InboxPurged        *prometheus.CounterVec   // table
+
+	// Process.
+	Up        *prometheus.GaugeVec // dependency: postgres, rabbitmq
+	BuildInfo *prometheus.GaugeVec // version, commit
+
+	names []string
+}
+
+// Dependency label values of Up.
+const (
+	DependencyPostgres = "postgres"
+	DependencyRabbitMQ = "rabbitmq"
+)
+
+// New creates the collectors and registers them with reg.
+func New(reg prometheus.Registerer) *Metrics {
+	var names []string
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		names = append(names, name)
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	}
+	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
+		names = append(names, name)
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+	}
+	histogram := func(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+		names = append(names, name)
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
+	}
+	latency := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+	sizes := []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
+
+	m := &Metrics{
+		Published:      counter("sidebox_outbox_published_total", "Outbox rows published and confirmed by the broker.", "table"),
+		PublishLatency: histogram("sidebox_outbox_publish_latency_seconds", "Time from a row's creation to its confirmed removal, on the database clock.", latency, "table"),
+		BatchSize:      histogram("sidebox_outbox_batch_size", "Rows claimed per relay batch.", sizes, "table"),
+		Returned:       counter("sidebox_outbox_returned_total", "Messages the broker returned as unroutable.", "table"),
+		Nacked:         counter("sidebox_outbox_nacked_total", "Messages the broker negatively acknowledged.", "table"),
+		DeadTotal:      counter("sidebox_outbox_dead_total", "Rows this process marked dead after the last allowed attempt.", "table"),
+		Pending:        gauge("sidebox_outbox_pending", "Outbox rows waiting for their first publish.", "table"),
+		Retrying:       gauge("sidebox_outbox_retrying", "Outbox rows waiting for a retry after a failed publish.", "table"),
+		Dead:           gauge("sidebox_outbox_dead", "Outbox rows kept as dead.", "table"),
+		BlockedKeys:    gauge("sidebox_outbox_blocked_keys", "Ordering keys held up by a retrying or dead row.", "table"),
+		OldestPending:  gauge("sidebox_outbox_oldest_pending_age_seconds", "Age of the oldest row not yet published, on the database clock.", "table"),
+
+		InboxReceived:      counter("sidebox_inbox_received_total", "Deliveries received from the inbox queue.", "queue"),
+		InboxStored:        counter("sidebox_inbox_stored_total", "Deliveries stored as new inbox rows.", "queue"),
+		InboxDuplicates:    counter("sidebox_inbox_duplicates_total", "Deliveries whose message id was already stored for the consumer.", "queue"),
+		InboxRejected:      counter("sidebox_inbox_rejected_total", "Deliveries rejected without requeue.", "queue", "reason"),
+		InboxBatchDuration: histogram("sidebox_inbox_batch_duration_seconds", "Time to store and acknowledge one batch of deliveries.", latency, "queue"),
+		InboxUnprocessed:   gauge("sidebox_inbox_unprocessed", "Inbox rows stored but not yet processed.", "table"),
+		InboxDead:          gauge("sidebox_inbox_dead", "Inbox rows kept as dead after failed processing.", "table"),
+		InboxPurged:        counter("sidebox_inbox_purged_total", "Processed inbox rows removed after the retention window.", "table"),
+
+		Up:        gauge("sidebox_up", "1 while the dependency is connected, else 0.", "dependency"),
+		BuildInfo: gauge("sidebox_build_info", "Always 1; labelled with the build's version and commit.", "version", "commit"),
+	}
+	m.names = names
+	reg.MustRegister(
+		m.Published, m.PublishLatency, m.BatchSize, m.Returned, m.Nacked, m.DeadTotal,
+		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending,
+		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration,
+		m.InboxUnprocessed, m.InboxDead, m.InboxPurged,
+		m.Up, m.BuildInfo,
+	)
+	return m
+}
+
+// Names returns the names of the metric families the process exports, sorted.
+func (m *Metrics) Names() []string {
+	names := append([]string(nil), m.names...)
+	sort.Strings(names)
+	return names
+}

@@ -1,0 +1,50 @@
+-- sidebox outbox table. Insert a row in the same transaction as your business change:
+--   INSERT INTO outbox (exchange, routing_key, payload) VALUES ('orders', 'order.created', '{"id":42}'::bytea);
+-- The relay publishes it to RabbitMQ and deletes it once the broker confirmed it.
+CREATE TABLE outbox (
+    id           uuid        NOT NULL DEFAULT gen_random_uuid(),
+    seq          bigint      GENERATED ALWAYS AS IDENTITY,
+    exchange     text        NOT NULL DEFAULT '',
+    routing_key  text        NOT NULL DEFAULT '',
+    payload      bytea       NOT NULL,
+    message_type text,
+    content_type text        NOT NULL DEFAULT 'application/json',
+    headers      jsonb       NOT NULL DEFAULT '{}',
+    ordering_key text,
+    available_at timestamptz NOT NULL DEFAULT now(),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    attempts     integer     NOT NULL DEFAULT 0,
+    last_error   text,
+    dead_at      timestamptz,
+    CONSTRAINT outbox_pkey PRIMARY KEY (id),
+    CONSTRAINT outbox_headers_object CHECK (jsonb_typeof(headers) = 'object')
+);
+
+-- Claim order over live rows only; published rows are deleted, dead ones leave this index.
+CREATE INDEX outbox_pending_idx ON outbox (seq) WHERE dead_at IS NULL;
+-- "Is this row the head of its key?" and blocked-key checks.
+CREATE INDEX outbox_ordering_idx ON outbox (ordering_key, seq) WHERE ordering_key IS NOT NULL;
+-- When is the next delayed or retrying row due?
+CREATE INDEX outbox_available_idx ON outbox (available_at) WHERE dead_at IS NULL;
+
+-- Wake-up. 1 while a relay sleeps waiting for work, else 0. A sequence because setval is
+-- immediately visible to every session and takes no row lock.
+CREATE SEQUENCE outbox_wakeup MINVALUE 0 MAXVALUE 1 START 0 NO CYCLE;
+
+-- Runs at commit (deferred) and notifies only when a relay is asleep, once per
+-- transaction. A NOTIFY serialises committing transactions database-wide, so writers pay
+-- it only when the relay is idle, never under load.
+CREATE FUNCTION outbox_wakeup() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF (SELECT last_value FROM outbox_wakeup) = 1
+       AND coalesce(current_setting('sidebox.outbox_notified', true), '') = '' THEN
+        PERFORM set_config('sidebox.outbox_notified', 'yes', true);
+        PERFORM pg_notify('sidebox_outbox', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER outbox_wakeup AFTER INSERT ON outbox
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION outbox_wakeup();
