@@ -1,0 +1,50 @@
+# sidebox — `make demo` runs the whole path end to end, `make test` runs every test.
+# Both bring up PostgreSQL and RabbitMQ first (deploy/servers.sh): the ones in
+# SIDEBOX_TEST_*_URL, else the local ones on the standard ports, else private ones.
+
+SHELL         := /bin/bash
+GO            ?= go
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT        ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS       := -s -w -X github.com/sidebox/sidebox/internal/cli.version=$(VERSION) -X github.com/sidebox/sidebox/internal/cli.commit=$(COMMIT)
+STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+SERVERS       := deploy/servers.sh
+# Evaluated in the same shell as the command that needs the servers.
+WITH_SERVERS  := eval "$$($(SERVERS) up)" &&
+
+.PHONY: all build test test-go test-charts lint demo bench servers-up servers-down clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sidebox ./cmd/sidebox
+
+test: lint test-go test-charts
+
+test-go:
+	$(WITH_SERVERS) $(GO) test -count=1 -timeout 8m ./...
+
+test-charts:
+	cd test/charts && $(GO) test -count=1 -timeout 8m ./...
+
+lint:
+	@out="$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))"; \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	cd test/charts && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+
+demo: build
+	$(WITH_SERVERS) $(GO) run ./examples/demo
+
+bench:
+	$(WITH_SERVERS) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./bench/
+
+servers-up:
+	@$(SERVERS) up
+
+servers-down:
+	@$(SERVERS) down
+
+clean:
+	rm -rf bin
