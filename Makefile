@@ -10,7 +10,7 @@ LDFLAGS       := -s -w -X github.com/sidebox/sidebox/internal/cli.version=$(VERS
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 SERVERS       := deploy/servers.sh
 # Evaluated in the same shell as the command that needs the servers.
-WITH_SERVERS  := eval "$$($(SERVERS) up)" &&
+WITH_SERVERS  := servers="$$($(SERVERS) up)" && eval "$$servers" &&
 
 .PHONY: all build test test-go test-charts lint demo bench servers-up servers-down clean
 
