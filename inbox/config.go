@@ -1,0 +1,272 @@
+package inbox
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sidebox/sidebox/internal/backoff"
+	"github.com/sidebox/sidebox/internal/pg"
+)
+
+// ConfigError reports an invalid configuration field. Field is the Go field name of the
+// config struct (Prefetch, BatchSize ...), so that a caller can name its own variable.
+type ConfigError struct {
+	Field   string
+	Problem string
+}
+
+func (e *ConfigError) Error() string { return e.Field + ": " + e.Problem }
+
+// Defaults of ConsumerConfig.
+const (
+	DefaultPrefetch          = 256
+	DefaultConsumerBatchSize = 128
+	DefaultBatchWait         = 5 * time.Millisecond
+	DefaultWorkers           = 2
+	DefaultDrainTimeout      = 10 * time.Second
+	DefaultOrderingHeader    = "x-ordering-key"
+)
+
+// ConsumerConfig configures the sidecar's inbox consumer. Zero values take the defaults
+// (SetDefaults); only Queue is required.
+type ConsumerConfig struct {
+	Queue     string        // queue to consume; required
+	Table     pg.Table      // default "inbox"
+	Consumer  string        // consumer name stored with each row; default Queue
+	Prefetch  int           // unacknowledged deliveries held; default 256, at most 65535
+	BatchSize int           // deliveries stored per transaction; default 128, at most Prefetch
+	BatchWait time.Duration // longest wait to fill a batch once it has a delivery; default 5ms
+	Workers   int           // batches stored concurrently (each its own connection); default 2
+
+	// Declare makes the consumer declare Queue (durable) when it does not exist.
+	// Bindings bind Queue to existing exchanges and imply Declare.
+	Declare  bool
+	Bindings []Binding
+
+	// OrderingHeader names the AMQP header whose string value is stored as the row's
+	// ordering_key (per-key order in the Processor); default "x-ordering-key".
+	OrderingHeader string
+
+	// DrainTimeout bounds the storing of the last batch after ctx is cancelled; default 10s.
+	DrainTimeout time.Duration
+
+	// Backoff paces retries of the database and of the broker channel; default 100ms..5s.
+	Backoff backoff.Policy
+}
+
+// SetDefaults fills zero fields with their defaults.
+func (c *ConsumerConfig) SetDefaults() {
+	if c.Table.Name == "" {
+		c.Table = pg.Table{Name: DefaultTable}
+	}
+	if c.Consumer == "" {
+		c.Consumer = c.Queue
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = DefaultPrefetch
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = min(DefaultConsumerBatchSize, c.Prefetch)
+	}
+	if c.BatchWait == 0 {
+		c.BatchWait = DefaultBatchWait
+	}
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.OrderingHeader == "" {
+		c.OrderingHeader = DefaultOrderingHeader
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.Backoff.Base == 0 {
+		c.Backoff = backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second}
+	}
+}
+
+// Validate checks a config after SetDefaults.
+func (c *ConsumerConfig) Validate() error {
+	switch {
+	case c.Queue == "":
+		return &ConfigError{"Queue", "must be set"}
+	case len(c.Queue) > 255:
+		return &ConfigError{"Queue", "must be at most 255 bytes"}
+	case c.Table.Name == "":
+		return &ConfigError{"Table", "must be set"}
+	case c.Consumer == "":
+		return &ConfigError{"Consumer", "must be set"}
+	case c.Prefetch < 1 || c.Prefetch > 65535:
+		return &ConfigError{"Prefetch", fmt.Sprintf("must be between 1 and 65535, got %d", c.Prefetch)}
+	case c.BatchSize < 1 || c.BatchSize > c.Prefetch:
+		return &ConfigError{"BatchSize", fmt.Sprintf("must be between 1 and the prefetch (%d), got %d", c.Prefetch, c.BatchSize)}
+	case c.BatchWait < 0 || c.BatchWait > 10*time.Second:
+		return &ConfigError{"BatchWait", fmt.Sprintf("must be between 0 and 10s, got %s", c.BatchWait)}
+	case c.Workers < 1 || c.Workers > 16:
+		return &ConfigError{"Workers", fmt.Sprintf("must be between 1 and 16, got %d", c.Workers)}
+	case c.DrainTimeout < 0:
+		return &ConfigError{"DrainTimeout", fmt.Sprintf("must not be negative, got %s", c.DrainTimeout)}
+	case c.Backoff.Base <= 0 || c.Backoff.Max < c.Backoff.Base:
+		return &ConfigError{"Backoff", "base must be positive and at most max"}
+	}
+	for _, b := range c.Bindings {
+		if b.Exchange == "" {
+			return &ConfigError{"Bindings", "the default exchange cannot be bound"}
+		}
+	}
+	return nil
+}
+
+// Binding binds the inbox queue to an exchange with a routing key (or pattern).
+type Binding struct {
+	Exchange   string
+	RoutingKey string
+}
+
+func (b Binding) String() string { return b.Exchange + ":" + b.RoutingKey }
+
+// ParseBindings parses "exchange:routing.key,exchange2:key2". The exchange ends at the
+// first colon; the routing key may be empty (fanout and headers exchanges) but cannot
+// contain a comma. Blanks around entries are ignored; an empty string yields no bindings.
+func ParseBindings(s string) ([]Binding, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []Binding
+	for i, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			return nil, fmt.Errorf("binding %d is empty; want exchange:routing.key separated by commas", i+1)
+		}
+		exchange, key, ok := strings.Cut(part, ":")
+		if !ok {
+			return nil, fmt.Errorf("binding %q has no colon; want exchange:routing.key", part)
+		}
+		if exchange == "" {
+			return nil, fmt.Errorf("binding %q names no exchange (the default exchange cannot be bound); want exchange:routing.key", part)
+		}
+		if len(exchange) > 255 || len(key) > 255 {
+			return nil, fmt.Errorf("binding %q: exchange and routing key are at most 255 bytes each", part)
+		}
+		out = append(out, Binding{Exchange: exchange, RoutingKey: key})
+	}
+	return out, nil
+}
+
+// Defaults of ProcessorConfig.
+const (
+	DefaultProcessorBatchSize = 10
+	DefaultPollInterval       = time.Second
+	DefaultMaxAttempts        = 10
+	DefaultRetryBackoff       = time.Second
+	DefaultRetryBackoffMax    = 5 * time.Minute
+	maxProcessorBatch         = 64 // one savepoint per message; stay within PostgreSQL's subtransaction cache
+)
+
+// ProcessorConfig configures a Processor. Zero values take the defaults; Consumer is
+// required.
+type ProcessorConfig struct {
+	Table        pg.Table      // default "inbox"
+	Consumer     string        // whose rows to process; required
+	BatchSize    int           // rows claimed per transaction; default 10, at most 64
+	PollInterval time.Duration // idle polling period; default 1s
+
+	MaxAttempts     int           // failed handler calls before a row is dead; default 10
+	RetryBackoff    time.Duration // first retry delay, doubling per attempt with jitter; default 1s
+	RetryBackoffMax time.Duration // cap of the retry delay; default 5m
+
+	// Ordered processes rows with the same ordering_key one at a time in arrival order;
+	// a retrying or dead row blocks its key (and only its key). Rows without a key are
+	// never held up.
+	Ordered bool
+}
+
+// SetDefaults fills zero fields with their defaults.
+func (c *ProcessorConfig) SetDefaults() {
+	if c.Table.Name == "" {
+		c.Table = pg.Table{Name: DefaultTable}
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultProcessorBatchSize
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.RetryBackoff == 0 {
+		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.RetryBackoffMax == 0 {
+		c.RetryBackoffMax = DefaultRetryBackoffMax
+	}
+}
+
+// Validate checks a config after SetDefaults.
+func (c *ProcessorConfig) Validate() error {
+	switch {
+	case c.Table.Name == "":
+		return &ConfigError{"Table", "must be set"}
+	case c.Consumer == "":
+		return &ConfigError{"Consumer", "must be set"}
+	case c.BatchSize < 1 || c.BatchSize > maxProcessorBatch:
+		return &ConfigError{"BatchSize", fmt.Sprintf("must be between 1 and %d, got %d", maxProcessorBatch, c.BatchSize)}
+	case c.PollInterval <= 0:
+		return &ConfigError{"PollInterval", fmt.Sprintf("must be positive, got %s", c.PollInterval)}
+	case c.MaxAttempts < 1:
+		return &ConfigError{"MaxAttempts", fmt.Sprintf("must be at least 1, got %d", c.MaxAttempts)}
+	case c.RetryBackoff <= 0:
+		return &ConfigError{"RetryBackoff", fmt.Sprintf("must be positive, got %s", c.RetryBackoff)}
+	case c.RetryBackoffMax < c.RetryBackoff:
+		return &ConfigError{"RetryBackoffMax", fmt.Sprintf("must be at least RetryBackoff (%s), got %s", c.RetryBackoff, c.RetryBackoffMax)}
+	}
+	return nil
+}
+
+// Defaults of PurgerConfig.
+const (
+	DefaultRetention      = 7 * 24 * time.Hour
+	DefaultPurgeBatchSize = 1000
+	DefaultPurgeInterval  = time.Minute
+)
+
+// PurgerConfig configures the retention Purger. Zero values take the defaults.
+type PurgerConfig struct {
+	Table     pg.Table      // default "inbox"
+	Retention time.Duration // processed rows older than this are deleted; default 168h
+	BatchSize int           // rows deleted per statement; default 1000
+	Interval  time.Duration // pause between purge rounds; default 1m
+}
+
+// SetDefaults fills zero fields with their defaults.
+func (c *PurgerConfig) SetDefaults() {
+	if c.Table.Name == "" {
+		c.Table = pg.Table{Name: DefaultTable}
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultPurgeBatchSize
+	}
+	if c.Interval == 0 {
+		c.Interval = DefaultPurgeInterval
+	}
+}
+
+// Validate checks a config after SetDefaults.
+func (c *PurgerConfig) Validate() error {
+	switch {
+	case c.Table.Name == "":
+		return &ConfigError{"Table", "must be set"}
+	case c.Retention < time.Minute:
+		return &ConfigError{"Retention", fmt.Sprintf("must be at least 1m, got %s", c.Retention)}
+	case c.BatchSize < 1 || c.BatchSize > 100000:
+		return &ConfigError{"BatchSize", fmt.Sprintf("must be between 1 and 100000, got %d", c.BatchSize)}
+	case c.Interval <= 0:
+		return &ConfigError{"Interval", fmt.Sprintf("must be positive, got %s", c.Interval)}
+	}
+	return nil
+}

@@ -1,0 +1,609 @@
+package inbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/lib/pq"
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/redact"
+)
+
+// Reasons of rejected deliveries (label reason of sidebox_inbox_rejected_total).
+const (
+	RejectNoMessageID      = "no_message_id"      // message_id property absent or empty
+	RejectInvalidMessageID = "invalid_message_id" // not valid UTF-8, or contains U+0000
+	RejectUnstorable       = "unstorable"         // the database refused the row itself (data error)
+)
+
+// Consumer is the sidecar's inbox consumer: it stores the deliveries of one queue in
+// the inbox table, deduplicated by (consumer, message_id), and acknowledges them only
+// after they committed.
+//
+// Deliveries flow through a pipeline: one goroutine gathers them into batches, Workers
+// goroutines store batches concurrently (each one INSERT, its own transaction), and one
+// goroutine acknowledges committed batches strictly in delivery order, with one multiple
+// ack covering every consecutive committed batch.
+type Consumer struct {
+	db     *sql.DB
+	broker *broker.Broker
+	cfg    ConsumerConfig
+	log    *zap.Logger
+
+	insertSQL string
+	stmtMu    sync.Mutex
+	stmt      *sql.Stmt // prepared lazily: the database may be down at start
+
+	consuming atomic.Bool // a consume session is open
+	dbOK      atomic.Bool // the last database round trip worked
+
+	received, stored, duplicates prometheus.Counter
+	rejected                     *prometheus.CounterVec
+	batchDuration                prometheus.Observer
+
+	// afterCommit, when set (tests only), runs after a batch committed and before it is
+	// acknowledged.
+	afterCommit func()
+}
+
+// NewConsumer returns a Consumer. cfg is completed with defaults and validated; the
+// broker b is shared with the rest of the process and run by the caller. m may be nil.
+func NewConsumer(db *sql.DB, b *broker.Broker, cfg ConsumerConfig, log *zap.Logger, m *metrics.Metrics) (*Consumer, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("inbox consumer: %w", err)
+	}
+	if m == nil {
+		m = metrics.New(prometheus.NewRegistry())
+	}
+	q := cfg.Queue
+	return &Consumer{
+		db:            db,
+		broker:        b,
+		cfg:           cfg,
+		log:           log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer)),
+		insertSQL:     insertSQL(cfg.Table.String()),
+		received:      m.InboxReceived.WithLabelValues(q),
+		stored:        m.InboxStored.WithLabelValues(q),
+		duplicates:    m.InboxDuplicates.WithLabelValues(q),
+		rejected:      m.InboxRejected.MustCurryWith(prometheus.Labels{"queue": q}),
+		batchDuration: m.InboxBatchDuration.WithLabelValues(q),
+	}, nil
+}
+
+// insertSQL stores a batch given as parallel arrays, in array order (seq follows arrival),
+// skipping ids already stored, and returns how many rows were new. The payloads travel as
+// one bytea with each row's offset (1-based) and length: decoding one value is much
+// cheaper for the server than parsing a bytea[] literal.
+func insertSQL(table string) string {
+	return `WITH ins AS (
+	INSERT INTO ` + table + ` (consumer, message_id, exchange, routing_key, message_type, content_type, headers, payload, ordering_key)
+	SELECT $1, u.id, u.ex, u.rk, nullif(u.ty, ''), nullif(u.ct, ''), u.h::jsonb, substr($8::bytea, u.off, u.len), nullif(u.k, '')
+	FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $9::int[], $10::int[], $11::text[])
+		WITH ORDINALITY AS u(id, ex, rk, ty, ct, h, off, len, k, n)
+	ORDER BY u.n
+	ON CONFLICT (consumer, message_id) DO NOTHING
+	RETURNING 1)
+SELECT count(*) FROM ins`
+}
+
+// Ready reports whether the consumer is consuming and its last database round trip worked.
+func (c *Consumer) Ready() bool {
+	return c.consuming.Load() && c.dbOK.Load() && c.broker.Ready()
+}
+
+// errChannelClosed ends a session whose AMQP channel went away; its unacknowledged
+// deliveries are redelivered by the broker and deduplicated then.
+var errChannelClosed = errors.New("AMQP channel closed")
+
+// Run consumes until ctx is cancelled, then stops consuming, stores and acknowledges the
+// batches in hand (within DrainTimeout) and returns nil. A lost broker connection, a
+// missing queue or an unreachable database are logged and retried with backoff; Ready is
+// false meanwhile.
+func (c *Consumer) Run(ctx context.Context) error {
+	defer c.consuming.Store(false)
+	defer func() {
+		if c.stmt != nil {
+			_ = c.stmt.Close()
+		}
+	}()
+	// work outlives ctx by DrainTimeout, so that the last batches can still be stored.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopDrainTimer := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.DrainTimeout, cancelWork) })
+	defer stopDrainTimer()
+
+	failures := 0
+	for ctx.Err() == nil {
+		progressed, err := c.session(ctx, work)
+		c.consuming.Store(false)
+		if ctx.Err() != nil {
+			break
+		}
+		if progressed {
+			failures = 0
+		}
+		failures++
+		c.log.Warn("inbox consumer interrupted; retrying", zap.Int("failures", failures), zap.String("error", redact.Text(err.Error())))
+		if !c.cfg.Backoff.Sleep(ctx, failures) {
+			break
+		}
+	}
+	c.log.Info("inbox consumer stopped")
+	return nil
+}
+
+// session consumes on one AMQP channel until ctx is done or the channel fails. It
+// reports whether it acknowledged at least one batch.
+func (c *Consumer) session(ctx, work context.Context) (progressed bool, err error) {
+	if c.cfg.Declare || len(c.cfg.Bindings) > 0 {
+		if err := c.declare(ctx); err != nil {
+			return false, err
+		}
+	}
+	ch, err := c.broker.Channel(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = ch.Close() }() // unacknowledged deliveries go back to the queue
+	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
+		return false, fmt.Errorf("set prefetch: %w", err)
+	}
+	const tag = "sidebox-inbox"
+	deliveries, err := ch.Consume(c.cfg.Queue, tag, false, false, false, false, nil)
+	if err != nil {
+		return false, fmt.Errorf("consume queue %q: %w", c.cfg.Queue, err)
+	}
+	c.dbOK.Store(c.db.PingContext(ctx) == nil)
+	c.consuming.Store(true)
+	c.log.Info("inbox consumer started", zap.Int("prefetch", c.cfg.Prefetch), zap.Int("batch_size", c.cfg.BatchSize),
+		zap.Int("workers", c.cfg.Workers))
+
+	// sess ends the pipeline early when a worker or the acker fails.
+	sess, abort := context.WithCancelCause(work)
+	defer abort(nil)
+	todo := make(chan *batch)                     // collector → workers
+	committed := make(chan *batch, c.cfg.Workers) // workers → acker
+	var workers sync.WaitGroup
+	for range c.cfg.Workers {
+		workers.Go(func() {
+			for b := range todo {
+				if err := c.storeBatch(sess, ch, closed, b); err != nil {
+					abort(err)
+					return
+				}
+				select {
+				case committed <- b:
+				case <-sess.Done():
+					return
+				}
+			}
+		})
+	}
+	acked := make(chan int, 1)
+	go func() {
+		n, err := c.acknowledge(ch, committed)
+		if err != nil {
+			abort(err)
+		}
+		acked <- n
+	}()
+
+	open := c.collect(ctx, sess, deliveries, todo)
+	if ctx.Err() != nil {
+		_ = ch.Cancel(tag, false) // no more deliveries; those not yet batched are requeued at close
+	}
+	close(todo)
+	workers.Wait()
+	close(committed)
+	progressed = <-acked > 0
+
+	switch cause := context.Cause(sess); {
+	case sess.Err() != nil && !errors.Is(cause, context.Canceled):
+		return progressed, cause // a worker or the acker failed
+	case ctx.Err() != nil:
+		return progressed, nil
+	case open:
+		return progressed, errors.New("inbox consumer pipeline stopped unexpectedly")
+	}
+	select {
+	case e := <-closed:
+		if e != nil {
+			return progressed, fmt.Errorf("%w: %v", errChannelClosed, e)
+		}
+		return progressed, errChannelClosed
+	default:
+		return progressed, fmt.Errorf("%w: the broker cancelled the consumer (queue deleted?)", errChannelClosed)
+	}
+}
+
+// declare makes sure the queue exists (declaring it durable only when it is missing, so an
+// existing queue's arguments never conflict) and binds it.
+func (c *Consumer) declare(ctx context.Context) error {
+	ch, err := c.broker.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer func(ch *amqp.Channel) { _ = ch.Close() }(ch)
+	if _, err := ch.QueueDeclarePassive(c.cfg.Queue, true, false, false, false, nil); err != nil {
+		var ae *amqp.Error
+		if !errors.As(err, &ae) || ae.Code != amqp.NotFound {
+			return fmt.Errorf("look up queue %q: %w", c.cfg.Queue, err)
+		}
+		// The failed passive declare closed the channel.
+		if ch, err = c.broker.Channel(ctx); err != nil {
+			return err
+		}
+		defer func(ch *amqp.Channel) { _ = ch.Close() }(ch)
+		if _, err := ch.QueueDeclare(c.cfg.Queue, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare queue %q: %w", c.cfg.Queue, err)
+		}
+		c.log.Info("declared inbox queue")
+	}
+	for _, b := range c.cfg.Bindings {
+		if err := ch.QueueBind(c.cfg.Queue, b.RoutingKey, b.Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind queue %q to %s (the exchange must exist): %w", c.cfg.Queue, b, err)
+		}
+	}
+	return nil
+}
+
+// batch is a run of consecutive deliveries, stored in one transaction.
+type batch struct {
+	seq        uint64 // formation order, which is delivery-tag order
+	deliveries []amqp.Delivery
+	rejected   map[uint64]bool // delivery tags rejected
+	ackTag     uint64          // newest delivery not rejected; 0 when all were
+	start      time.Time
+}
+
+// collect gathers deliveries into batches and hands them to the workers. A batch is
+// handed over once it is full, or BatchWait after its first delivery; while every
+// worker is busy it keeps growing up to BatchSize. When ctx is done, the batch in hand
+// is handed over and collect returns; open is false when the delivery channel closed.
+func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Delivery, todo chan<- *batch) (open bool) {
+	var (
+		seq   uint64
+		cur   *batch
+		ready bool // cur may be handed over before it is full
+		timer = time.NewTimer(time.Hour)
+		due   <-chan time.Time
+	)
+	timer.Stop()
+	defer timer.Stop()
+	handOver := func() {
+		if cur != nil {
+			select {
+			case todo <- cur:
+			case <-sess.Done():
+			}
+		}
+	}
+	for {
+		in, out := deliveries, chan<- *batch(nil)
+		if cur != nil {
+			full := len(cur.deliveries) >= c.cfg.BatchSize
+			if full {
+				in = nil
+			}
+			if full || ready {
+				out = todo
+			}
+		}
+		select {
+		case <-ctx.Done():
+			handOver()
+			return true
+		case <-sess.Done():
+			return true
+		case d, ok := <-in:
+			if !ok {
+				handOver()
+				return false
+			}
+			if cur == nil {
+				seq++
+				cur = &batch{seq: seq, deliveries: make([]amqp.Delivery, 0, c.cfg.BatchSize)}
+				ready = c.cfg.BatchWait == 0
+				if !ready {
+					timer.Reset(c.cfg.BatchWait)
+					due = timer.C
+				}
+			}
+			cur.deliveries = append(cur.deliveries, d)
+		case <-due:
+			ready, due = true, nil
+		case out <- cur:
+			timer.Stop()
+			cur, ready, due = nil, false, nil
+		}
+	}
+}
+
+// acknowledge acknowledges committed batches in delivery order: a batch is acknowledged
+// once it and every batch before it committed, with one multiple ack for the newest
+// such delivery. It returns the number of batches settled.
+func (c *Consumer) acknowledge(ch *amqp.Channel, committed <-chan *batch) (int, error) {
+	waiting := map[uint64]*batch{}
+	next := uint64(1)
+	settled := 0
+	var failed error
+	for b := range committed {
+		if failed != nil {
+			continue // keep the workers unblocked until they stop
+		}
+		waiting[b.seq] = b
+		var tag uint64
+		var done []*batch
+		for w, ok := waiting[next]; ok; w, ok = waiting[next] {
+			delete(waiting, next)
+			next++
+			if w.ackTag != 0 {
+				tag = w.ackTag
+			}
+			done = append(done, w)
+		}
+		if tag != 0 {
+			if err := ch.Ack(tag, true); err != nil {
+				failed = fmt.Errorf("acknowledge batch: %w", err)
+				continue
+			}
+		}
+		for _, w := range done {
+			c.batchDuration.Observe(time.Since(w.start).Seconds())
+		}
+		settled += len(done)
+	}
+	return settled, failed
+}
+
+// rows are a batch as the parallel arrays of insertSQL.
+type rows struct {
+	ids, exchanges, keys, types, contentTypes, headers, orderingKeys pq.StringArray
+	payloads                                                         [][]byte
+	tags                                                             []uint64 // delivery tag of each row
+}
+
+func (r *rows) add(tag uint64, d *amqp.Delivery, headers, orderingKey string) {
+	r.ids = append(r.ids, d.MessageId)
+	r.exchanges = append(r.exchanges, cleanText(d.Exchange))
+	r.keys = append(r.keys, cleanText(d.RoutingKey))
+	r.types = append(r.types, cleanText(d.Type))
+	r.contentTypes = append(r.contentTypes, cleanText(d.ContentType))
+	r.headers = append(r.headers, headers)
+	r.orderingKeys = append(r.orderingKeys, orderingKey)
+	r.payloads = append(r.payloads, d.Body)
+	r.tags = append(r.tags, tag)
+}
+
+func (r *rows) slice(i, j int) *rows {
+	return &rows{
+		ids: r.ids[i:j], exchanges: r.exchanges[i:j], keys: r.keys[i:j], types: r.types[i:j],
+		contentTypes: r.contentTypes[i:j], headers: r.headers[i:j], orderingKeys: r.orderingKeys[i:j],
+		payloads: r.payloads[i:j], tags: r.tags[i:j],
+	}
+}
+
+func (r *rows) from(i int) rows { return *r.slice(i, len(r.ids)) }
+
+// payloadParams returns the payloads as one value with each row's 1-based offset and
+// length.
+func (r *rows) payloadParams() (blob []byte, offsets, lengths pq.Int32Array) {
+	size := 0
+	for _, p := range r.payloads {
+		size += len(p)
+	}
+	blob = make([]byte, 0, size)
+	offsets = make(pq.Int32Array, len(r.payloads))
+	lengths = make(pq.Int32Array, len(r.payloads))
+	for i, p := range r.payloads {
+		offsets[i] = int32(len(blob) + 1)
+		lengths[i] = int32(len(p))
+		blob = append(blob, p...)
+	}
+	return blob, offsets, lengths
+}
+
+// storeBatch rejects the deliveries that cannot be stored, stores the others and
+// records which delivery acknowledges the batch.
+func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
+	b.start = time.Now()
+	c.received.Add(float64(len(b.deliveries)))
+
+	var r rows
+	seen := make(map[string]struct{}, len(b.deliveries))
+	duplicates := 0
+	for i := range b.deliveries {
+		d := &b.deliveries[i]
+		if reason := checkMessageID(d.MessageId); reason != "" {
+			if err := c.reject(ch, b, d, reason, ""); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, dup := seen[d.MessageId]; dup {
+			duplicates++
+			continue
+		}
+		seen[d.MessageId] = struct{}{}
+		headers, err := HeadersJSON(d.Headers)
+		if err != nil { // a type the client library decodes but we do not map: keep the row
+			c.log.Warn("inbox delivery has unmappable headers; storing {}", zap.String("message_id", d.MessageId), zap.Error(err))
+			headers = []byte("{}")
+		}
+		key, _ := d.Headers[c.cfg.OrderingHeader].(string)
+		r.add(d.DeliveryTag, d, string(headers), cleanText(key))
+	}
+
+	if valid := len(r.ids); valid > 0 {
+		stored, refused, err := c.store(ctx, ch, closed, b, &r)
+		if err != nil {
+			return err
+		}
+		c.stored.Add(float64(stored))
+		duplicates += valid - stored - refused
+	}
+	c.duplicates.Add(float64(duplicates))
+	if c.afterCommit != nil {
+		c.afterCommit()
+	}
+	for i := len(b.deliveries) - 1; i >= 0; i-- {
+		if tag := b.deliveries[i].DeliveryTag; !b.rejected[tag] {
+			b.ackTag = tag
+			break
+		}
+	}
+	return nil
+}
+
+// reject settles d without requeue: the broker dead-letters it where the queue has a
+// dead-letter exchange and drops it otherwise. It precedes the batch's multiple ack,
+// which would otherwise settle d too.
+func (c *Consumer) reject(ch *amqp.Channel, b *batch, d *amqp.Delivery, reason, detail string) error {
+	fields := []zap.Field{zap.String("reason", reason), zap.Uint64("delivery_tag", d.DeliveryTag),
+		zap.String("exchange", d.Exchange), zap.String("routing_key", d.RoutingKey)}
+	if detail != "" {
+		fields = append(fields, zap.String("error", detail))
+	}
+	if d.MessageId != "" {
+		fields = append(fields, zap.String("message_id", cleanText(d.MessageId)))
+	}
+	c.log.Warn("rejecting inbox delivery without requeue", fields...)
+	if err := ch.Reject(d.DeliveryTag, false); err != nil {
+		return fmt.Errorf("reject delivery: %w", err)
+	}
+	if b.rejected == nil {
+		b.rejected = map[uint64]bool{}
+	}
+	b.rejected[d.DeliveryTag] = true
+	c.rejected.WithLabelValues(reason).Inc()
+	return nil
+}
+
+// checkMessageID returns why id cannot be an inbox key, or "".
+func checkMessageID(id string) string {
+	switch {
+	case id == "":
+		return RejectNoMessageID
+	case !utf8.ValidString(id) || strings.ContainsRune(id, 0):
+		return RejectInvalidMessageID
+	}
+	return ""
+}
+
+// store inserts the rows in one statement (one implicit transaction) and returns the
+// number of new rows and of rows refused. It retries while the database is unreachable,
+// holding the deliveries, until the channel closes (they are redelivered then) or ctx
+// ends. When the database refuses the data itself, rows are stored one by one and the
+// refused ones rejected.
+func (c *Consumer) store(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch, r *rows) (stored, refused int, err error) {
+	for attempt := 1; ; attempt++ {
+		n, err := c.insert(ctx, r)
+		if err == nil {
+			stored += n
+		} else if isDataError(err) {
+			var k int
+			n, k, err = c.insertEach(ctx, ch, b, r)
+			stored, refused = stored+n, refused+k
+		}
+		if err == nil {
+			c.dbOK.Store(true)
+			return stored, refused, nil
+		}
+		if ctx.Err() != nil { // the session is ending: not the database's fault
+			return stored, refused, fmt.Errorf("store inbox batch: %w", err)
+		}
+		c.dbOK.Store(false)
+		c.log.Warn("cannot store inbox batch; retrying", zap.Int("attempt", attempt), zap.Int("rows", len(r.ids)),
+			zap.String("error", redact.Text(err.Error())))
+		t := time.NewTimer(c.cfg.Backoff.Delay(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return stored, refused, fmt.Errorf("store inbox batch: %w", err)
+		case e := <-closed:
+			t.Stop()
+			return stored, refused, fmt.Errorf("%w while storing a batch: %v", errChannelClosed, e)
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Consumer) insert(ctx context.Context, r *rows) (int, error) {
+	stmt, err := c.prepared(ctx)
+	if err != nil {
+		return 0, err
+	}
+	blob, offsets, lengths := r.payloadParams()
+	var n int
+	err = stmt.QueryRowContext(ctx, c.cfg.Consumer, r.ids, r.exchanges, r.keys, r.types, r.contentTypes,
+		r.headers, blob, offsets, lengths, r.orderingKeys).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
+	}
+	return n, nil
+}
+
+// prepared returns the insert statement, preparing it on first use.
+func (c *Consumer) prepared(ctx context.Context) (*sql.Stmt, error) {
+	c.stmtMu.Lock()
+	defer c.stmtMu.Unlock()
+	if c.stmt == nil {
+		stmt, err := c.db.PrepareContext(ctx, c.insertSQL)
+		if err != nil {
+			return nil, fmt.Errorf("prepare inbox insert: %w", err)
+		}
+		c.stmt = stmt
+	}
+	return c.stmt, nil
+}
+
+// insertEach stores rows one at a time and rejects those the database refuses. Rows it
+// handled are removed from r, so that a retry after a lost connection resumes.
+func (c *Consumer) insertEach(ctx context.Context, ch *amqp.Channel, b *batch, r *rows) (stored, refused int, err error) {
+	i := 0
+	defer func() { *r = r.from(i) }()
+	for ; i < len(r.ids); i++ {
+		n, err := c.insert(ctx, r.slice(i, i+1))
+		switch {
+		case err == nil:
+			stored += n
+		case isDataError(err):
+			d := amqp.Delivery{DeliveryTag: r.tags[i], MessageId: r.ids[i], Exchange: r.exchanges[i], RoutingKey: r.keys[i]}
+			if err := c.reject(ch, b, &d, RejectUnstorable, err.Error()); err != nil {
+				return stored, refused, err
+			}
+			refused++
+		default:
+			return stored, refused, err
+		}
+	}
+	return stored, refused, nil
+}
+
+// isDataError reports whether PostgreSQL refused the data itself (data exception,
+// integrity violation, program limit), so that retrying the same rows cannot succeed.
+func isDataError(err error) bool {
+	var pe interface{ SQLState() string }
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.SQLState()[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}

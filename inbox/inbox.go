@@ -1,0 +1,93 @@
+// Package inbox is the receiving side of sidebox: it turns at-least-once delivery with a
+// stable message_id into exactly-once effect on the receiving service.
+//
+// Every message a consumer has seen is one row of the inbox table, keyed by
+// (consumer, message_id). There are two ways to fill it:
+//
+//   - The sidecar's Consumer reads a RabbitMQ queue and stores each delivery as an
+//     unprocessed row, acknowledging it only after the row committed. A Processor (or
+//     plain SQL, see docs/inbox.md) then processes the rows in the service's own
+//     transactions, marking each row processed in the same transaction as its effect.
+//   - A Go service that consumes RabbitMQ itself calls Claim inside the transaction that
+//     applies a message's effect; Claim reports whether the message is new.
+//
+// Processed rows are removed after a retention window by the Purger; a duplicate that
+// arrives after its row was purged is not recognised.
+package inbox
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+
+	"github.com/sidebox/sidebox/internal/pg"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// DefaultTable is the inbox table's default name.
+const DefaultTable = "inbox"
+
+// Migrations returns the inbox table's migrations, written for the table name "inbox".
+func Migrations() pg.Migrations {
+	ms, err := pg.LoadMigrations(migrationFiles, "migrations", DefaultTable)
+	if err != nil {
+		panic(fmt.Sprintf("embedded inbox migrations are broken: %v", err)) // a build defect, caught by tests
+	}
+	return ms
+}
+
+// Execer is what Claim needs: a *sql.Tx, or a *sql.Conn inside a transaction.
+type Execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// ErrNoMessageID is returned by Claim for an empty message id.
+var ErrNoMessageID = errors.New("inbox: message has no message_id")
+
+// Claimer records message ids in one inbox table.
+type Claimer struct {
+	insert string
+}
+
+// NewClaimer returns a Claimer for table, "inbox" or "schema.name".
+func NewClaimer(table string) (*Claimer, error) {
+	t, err := pg.ParseTable(table)
+	if err != nil {
+		return nil, fmt.Errorf("inbox table: %w", err)
+	}
+	return &Claimer{insert: `INSERT INTO ` + t.String() + ` (consumer, message_id, processed_at)
+VALUES ($1, $2, now()) ON CONFLICT (consumer, message_id) DO NOTHING`}, nil
+}
+
+// Claim records messageID for consumer in the "inbox" table through tx, the transaction
+// that applies the message's effect. It reports first = true when the id was new; false
+// means the message was already handled (or is being handled by a transaction that
+// commits first): skip the effect and acknowledge the delivery.
+//
+// The row is written as processed, so it is purged after the retention window. A
+// concurrent transaction claiming the same id waits for this one and then gets false,
+// or true if this one rolled back.
+func Claim(ctx context.Context, tx Execer, consumer, messageID string) (first bool, err error) {
+	c, _ := NewClaimer(DefaultTable)
+	return c.Claim(ctx, tx, consumer, messageID)
+}
+
+// Claim is the package-level Claim for this Claimer's table.
+func (c *Claimer) Claim(ctx context.Context, tx Execer, consumer, messageID string) (first bool, err error) {
+	if messageID == "" {
+		return false, ErrNoMessageID
+	}
+	res, err := tx.ExecContext(ctx, c.insert, consumer, messageID)
+	if err != nil {
+		return false, fmt.Errorf("claim inbox message %q: %w", messageID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("claim inbox message %q: %w", messageID, err)
+	}
+	return n == 1, nil
+}

@@ -1,0 +1,99 @@
+package inbox
+
+import (
+	"database/sql"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sidebox/sidebox/internal/testenv"
+)
+
+// TestConsumerHoldsDeliveriesWhileTheDatabaseIsDown cuts the consumer's database
+// connection: it stops being ready, acknowledges nothing, and stores everything once the
+// database is back.
+func TestConsumerHoldsDeliveriesWhileTheDatabaseIsDown(t *testing.T) {
+	t.Parallel()
+	db, dbURL, tbl := migrated(t, "inbox")
+	proxy := testenv.Proxy(t, dbURL)
+	viaProxy, err := sql.Open("postgres", proxy.URL(dbURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = viaProxy.Close() })
+	url := testenv.AMQPURL(t)
+	conn := amqpConn(t, url)
+	queue := testenv.Name(t, "inbox_dbdown")
+	declareQueue(t, conn, queue, nil)
+
+	r := startConsumer(t, viaProxy, url, ConsumerConfig{Queue: queue, Table: tbl})
+	proxy.Cut(t)
+	var msgs []amqp.Publishing
+	for i := range 100 {
+		msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprint(i), Body: []byte("x")})
+	}
+	publish(t, conn, queue, msgs...)
+	eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
+	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != 0 {
+		t.Fatalf("%d rows stored through a cut connection", n)
+	}
+	if r.received() == 0 {
+		t.Fatal("nothing received while the database was down")
+	}
+
+	proxy.Restore(t)
+	eventually(t, 30*time.Second, "100 rows stored", func() bool { return r.stored() == 100 })
+	eventually(t, 10*time.Second, "ready again", r.c.Ready)
+	r.stop(t)
+	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != 100 {
+		t.Errorf("rows = %d, want 100", n)
+	}
+	if n := depth(t, conn, queue); n != 0 {
+		t.Errorf("queue holds %d messages, want 0", n)
+	}
+}
+
+// TestConsumerLosesTheBrokerBetweenCommitAndAck cuts the AMQP connection right after the
+// first batch committed: the consumer reconnects, the batch is redelivered and absorbed.
+func TestConsumerLosesTheBrokerBetweenCommitAndAck(t *testing.T) {
+	t.Parallel()
+	db, _, tbl := migrated(t, "inbox")
+	url := testenv.AMQPURL(t)
+	proxy := testenv.Proxy(t, url)
+	conn := amqpConn(t, url)
+	queue := testenv.Name(t, "inbox_amqpcut")
+	declareQueue(t, conn, queue, nil)
+	const total = 300
+	var msgs []amqp.Publishing
+	for i := range total {
+		msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprint(i), Body: []byte("x")})
+	}
+	publish(t, conn, queue, msgs...)
+
+	cut := make(chan struct{})
+	var once sync.Once
+	r := startConsumerWith(t, db, proxy.URL(url), ConsumerConfig{Queue: queue, Table: tbl, Workers: 1}, func(c *Consumer) {
+		c.afterCommit = func() {
+			once.Do(func() { proxy.Cut(t); close(cut) })
+		}
+	})
+	<-cut
+	eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
+	proxy.Restore(t)
+	eventually(t, 30*time.Second, "every message stored", func() bool { return r.stored() == total })
+	r.stop(t) // whatever is still unacknowledged goes back to the queue
+	// The batches committed before the cut were redelivered and absorbed.
+	if r.duplicates() < 128 || r.received() != total+r.duplicates() {
+		t.Errorf("received %d, stored %d, duplicates %d: want ≥ 128 duplicates and received = %d + duplicates",
+			r.received(), r.stored(), r.duplicates(), total)
+	}
+	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != total {
+		t.Errorf("rows = %d, want %d", n, total)
+	}
+	if n := depth(t, conn, queue); n != 0 {
+		t.Errorf("queue holds %d messages, want 0", n)
+	}
+}

@@ -1,0 +1,252 @@
+package inbox
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/lib/pq"
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/backoff"
+)
+
+// Message is one stored inbox row, as handed to a Handler.
+type Message struct {
+	Consumer    string
+	MessageID   string
+	Exchange    string
+	RoutingKey  string
+	Type        string          // AMQP type; "" when absent
+	ContentType string          // "" when absent
+	Headers     json.RawMessage // a JSON object; see HeadersJSON for the mapping
+	Payload     []byte
+	OrderingKey string    // "" when none
+	ReceivedAt  time.Time // when the sidecar stored it, database clock
+	Attempts    int       // failed handler calls so far
+}
+
+// Handler applies a message's effect through tx, the transaction in which the Processor
+// then marks the row processed. Returning an error rolls the effect back and schedules
+// a retry; the message is dead after ProcessorConfig.MaxAttempts failures. A Handler must
+// not commit or roll back tx.
+type Handler func(ctx context.Context, tx *sql.Tx, msg Message) error
+
+// Processor processes the rows the sidecar stored for one consumer, each exactly once:
+// the handler's effect and the row's processed mark commit in the same transaction.
+// Several Processors (in several replicas) may run on one table; they skip each other's
+// rows.
+type Processor struct {
+	db      *sql.DB
+	cfg     ProcessorConfig
+	handler Handler
+	log     *zap.Logger
+	retry   backoff.Policy
+
+	claimSQL, doneSQL, failSQL string
+
+	// beforeCommit, when set (tests only), runs after a batch was handled and marked and
+	// before its transaction commits.
+	beforeCommit func()
+}
+
+// NewProcessor returns a Processor calling handler for each unprocessed row of
+// cfg.Consumer. cfg is completed with defaults and validated.
+func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, log *zap.Logger) (*Processor, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("inbox processor: %w", err)
+	}
+	if handler == nil {
+		return nil, errors.New("inbox processor: handler is nil")
+	}
+	t := cfg.Table.String()
+	head := ""
+	if cfg.Ordered {
+		// Head of its key: no earlier row of the key is unprocessed (retrying and dead
+		// rows included), so a key moves one row at a time, in arrival order.
+		head = `
+  AND (i.ordering_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM ` + t + ` e
+    WHERE e.consumer = i.consumer AND e.ordering_key = i.ordering_key
+      AND e.seq < i.seq AND e.processed_at IS NULL))`
+	}
+	return &Processor{
+		db:      db,
+		cfg:     cfg,
+		handler: handler,
+		log:     log.With(zap.String("table", t), zap.String("consumer", cfg.Consumer)),
+		retry:   backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
+		claimSQL: `SELECT i.message_id, i.exchange, i.routing_key, coalesce(i.message_type, ''), coalesce(i.content_type, ''),
+  i.headers, i.payload, coalesce(i.ordering_key, ''), i.received_at, i.attempts
+FROM ` + t + ` i
+WHERE i.consumer = $1 AND i.processed_at IS NULL AND i.dead_at IS NULL AND i.available_at <= now()` + head + `
+ORDER BY i.seq
+LIMIT $2
+FOR UPDATE SKIP LOCKED`,
+		doneSQL: `UPDATE ` + t + ` SET processed_at = now(), last_error = NULL
+WHERE consumer = $1 AND message_id = ANY($2::text[])`,
+		failSQL: `UPDATE ` + t + ` SET attempts = attempts + 1, last_error = $3,
+  available_at = now() + $4 * interval '1 microsecond',
+  dead_at = CASE WHEN attempts + 1 >= $5 THEN now() END
+WHERE consumer = $1 AND message_id = $2
+RETURNING dead_at IS NOT NULL`,
+	}, nil
+}
+
+// Run processes rows until ctx is cancelled and returns nil then; a batch in progress is
+// rolled back (its rows are processed later, no attempt counted). Database errors are
+// logged and retried with backoff. Without rows it polls every PollInterval.
+func (p *Processor) Run(ctx context.Context) error {
+	failures := 0
+	for {
+		n, err := p.ProcessOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := p.cfg.PollInterval
+		if err != nil {
+			failures++
+			wait = min(p.retry.Delay(failures), p.cfg.PollInterval*10)
+			p.log.Warn("inbox processing failed; retrying", zap.Int("failures", failures), zap.Error(err))
+		} else {
+			failures = 0
+			if n > 0 {
+				continue
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// ProcessOnce claims up to BatchSize due rows in one transaction and calls the handler
+// for each, inside a savepoint: a failing handler's effect is rolled back and the row's
+// attempt recorded, the others are marked processed; then it commits. It returns the
+// number of rows handled (processed or failed).
+func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("begin inbox batch: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+
+	msgs, err := p.claim(ctx, tx)
+	if err != nil || len(msgs) == 0 {
+		return 0, err
+	}
+	var done []string
+	for i := range msgs {
+		ok, err := p.handle(ctx, tx, &msgs[i])
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			done = append(done, msgs[i].MessageID)
+		}
+	}
+	if len(done) > 0 {
+		if _, err := tx.ExecContext(ctx, p.doneSQL, p.cfg.Consumer, pq.StringArray(done)); err != nil {
+			return 0, fmt.Errorf("mark inbox rows processed: %w", err)
+		}
+	}
+	if p.beforeCommit != nil {
+		p.beforeCommit()
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("commit inbox batch: %w", err)
+	}
+	return len(msgs), nil
+}
+
+func (p *Processor) claim(ctx context.Context, tx *sql.Tx) ([]Message, error) {
+	rows, err := tx.QueryContext(ctx, p.claimSQL, p.cfg.Consumer, p.cfg.BatchSize)
+	if err != nil {
+		return nil, fmt.Errorf("claim inbox rows: %w", err)
+	}
+	defer rows.Close()
+	var out []Message
+	for rows.Next() {
+		m := Message{Consumer: p.cfg.Consumer}
+		var headers []byte
+		if err := rows.Scan(&m.MessageID, &m.Exchange, &m.RoutingKey, &m.Type, &m.ContentType,
+			&headers, &m.Payload, &m.OrderingKey, &m.ReceivedAt, &m.Attempts); err != nil {
+			return nil, fmt.Errorf("read inbox row: %w", err)
+		}
+		m.Headers = json.RawMessage(headers)
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim inbox rows: %w", err)
+	}
+	return out, nil
+}
+
+// handle runs the handler for msg in a savepoint. It reports whether the handler
+// succeeded; a failure is recorded on the row (still locked by this transaction). An
+// error means the transaction itself is unusable.
+func (p *Processor) handle(ctx context.Context, tx *sql.Tx, msg *Message) (bool, error) {
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT sidebox_inbox_message`); err != nil {
+		return false, fmt.Errorf("savepoint: %w", err)
+	}
+	herr := p.callHandler(ctx, tx, msg)
+	if herr == nil {
+		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT sidebox_inbox_message`); err != nil {
+			return false, fmt.Errorf("release savepoint: %w", err)
+		}
+		return true, nil
+	}
+	if ctx.Err() != nil {
+		// Shutting down: not the message's fault, burn no attempt.
+		return false, fmt.Errorf("handle inbox message %q: %w", msg.MessageID, ctx.Err())
+	}
+	if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT sidebox_inbox_message`); err != nil {
+		return false, fmt.Errorf("roll back handler of inbox message %q: %w", msg.MessageID, err)
+	}
+	delay := p.retry.Delay(msg.Attempts + 1)
+	var dead bool
+	if err := tx.QueryRowContext(ctx, p.failSQL, p.cfg.Consumer, msg.MessageID, errorText(herr),
+		delay.Microseconds(), p.cfg.MaxAttempts).Scan(&dead); err != nil {
+		return false, fmt.Errorf("record failed attempt of inbox message %q: %w", msg.MessageID, err)
+	}
+	if dead {
+		p.log.Error("inbox message is dead after its last attempt", zap.String("message_id", msg.MessageID),
+			zap.Int("attempts", msg.Attempts+1), zap.Error(herr))
+	} else {
+		p.log.Warn("inbox handler failed; will retry", zap.String("message_id", msg.MessageID),
+			zap.Int("attempts", msg.Attempts+1), zap.Duration("retry_in", delay), zap.Error(herr))
+	}
+	return false, nil
+}
+
+// callHandler turns a handler panic into an error, so that one message cannot stop the
+// processor, and its effect is rolled back with the savepoint.
+func (p *Processor) callHandler(ctx context.Context, tx *sql.Tx, msg *Message) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	return p.handler(ctx, tx, *msg)
+}
+
+// errorText is err's message as storable text, capped at 2000 bytes.
+func errorText(err error) string {
+	s := cleanText(err.Error())
+	if len(s) > 2000 {
+		s = s[:2000]
+		for !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+	}
+	return s
+}
