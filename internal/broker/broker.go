@@ -136,6 +136,18 @@ func (b *Broker) Ready() bool {
 	return b.conn != nil && !b.conn.IsClosed()
 }
 
+// FrameSize returns the frame size negotiated on the current connection, or 0 while
+// there is none. A message's content header (its properties and headers table) must
+// fit in one frame.
+func (b *Broker) FrameSize() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.conn == nil {
+		return 0
+	}
+	return b.conn.Config.FrameSize
+}
+
 // Channel opens a channel, waiting for a connection while there is none. It returns
 // ctx's error when ctx is done first.
 func (b *Broker) Channel(ctx context.Context) (*amqp.Channel, error) {

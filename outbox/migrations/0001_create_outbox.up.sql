@@ -20,10 +20,13 @@ CREATE TABLE outbox (
     CONSTRAINT outbox_headers_object CHECK (jsonb_typeof(headers) = 'object')
 );
 
--- Claim order over live rows only; published rows are deleted, dead ones leave this index.
-CREATE INDEX outbox_pending_idx ON outbox (seq) WHERE dead_at IS NULL;
--- "Is this row the head of its key?" and blocked-key checks.
-CREATE INDEX outbox_ordering_idx ON outbox (ordering_key, seq) WHERE ordering_key IS NOT NULL;
+-- The relay's claim. Unkeyed rows: due rows in order of due time, dead ones left out.
+CREATE INDEX outbox_unkeyed_idx ON outbox (available_at, seq) WHERE ordering_key IS NULL AND dead_at IS NULL;
+-- Keyed rows: the relay walks the distinct keys of live rows; the first live row of a
+-- key is its head, the only one of the key that can be in flight.
+CREATE INDEX outbox_ordering_idx ON outbox (ordering_key, seq) WHERE ordering_key IS NOT NULL AND dead_at IS NULL;
+-- Dead rows: they block the later rows of their key. Small; insert never touches it.
+CREATE INDEX outbox_dead_idx ON outbox (ordering_key, seq) WHERE dead_at IS NOT NULL;
 -- When is the next delayed or retrying row due?
 CREATE INDEX outbox_available_idx ON outbox (available_at) WHERE dead_at IS NULL;
 

@@ -1,0 +1,173 @@
+package outbox_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/testenv"
+	"github.com/sidebox/sidebox/outbox"
+)
+
+func migrated(t *testing.T, table string) *sql.DB {
+	t.Helper()
+	db, _ := testenv.DB(t)
+	if _, err := outbox.Migrations().Up(context.Background(), db, pg.MustParseTable(table)); err != nil {
+		t.Fatalf("migrate %s: %v", table, err)
+	}
+	return db
+}
+
+func count(t *testing.T, db *sql.DB, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(q, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return n
+}
+
+// A message written in a transaction exists if and only if the transaction commits.
+func TestWriteIsPartOfTheCallersTransaction(t *testing.T) {
+	t.Parallel()
+	db := migrated(t, "outbox")
+	ctx := context.Background()
+
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed, err := outbox.Write(ctx, tx, outbox.Message{Exchange: "orders", RoutingKey: "order.created", Payload: []byte(`{"id":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	tx, err = db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rolledBack, err := outbox.Write(ctx, tx, outbox.Message{Exchange: "orders", RoutingKey: "order.created", Payload: []byte(`{"id":2}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Visible inside its own transaction, gone after the rollback.
+	var inside int
+	if err := tx.QueryRow(`SELECT count(*) FROM outbox WHERE id = $1`, rolledBack).Scan(&inside); err != nil || inside != 1 {
+		t.Fatalf("row inside its transaction: %d, %v", inside, err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	if n := count(t, db, `SELECT count(*) FROM outbox WHERE id = $1`, committed); n != 1 {
+		t.Errorf("committed message: %d rows, want 1", n)
+	}
+	if n := count(t, db, `SELECT count(*) FROM outbox WHERE id = $1`, rolledBack); n != 0 {
+		t.Errorf("rolled-back message: %d rows, want 0", n)
+	}
+}
+
+// Every field survives the round trip: binary payload byte for byte, headers as JSON,
+// defaults for what was left out, the caller's own ID and delay.
+func TestWriteRoundTrip(t *testing.T) {
+	t.Parallel()
+	db := migrated(t, "app.orders_outbox")
+	w, err := outbox.NewWriter("app.orders_outbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	payload := []byte{0x00, 0xff, 0xfe, 'a', 0x00, 0x80} // not UTF-8, with NULs
+	headers := map[string]any{"s": "x", "n": 42, "f": 1.5, "b": true, "o": map[string]any{"k": "v"}, "a": []any{1, "two"}}
+	own := uuid.New()
+	at := time.Now().Add(time.Hour).Truncate(time.Microsecond)
+
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := w.Write(ctx, tx, outbox.Message{
+		ID: own, Exchange: "orders", RoutingKey: "order.created", Payload: payload, Type: "OrderCreated",
+		ContentType: "application/octet-stream", Headers: headers, OrderingKey: "order-7", AvailableAt: at,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := w.Write(ctx, tx, outbox.Message{Exchange: "orders", Payload: []byte{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if id != own {
+		t.Errorf("Write returned %s, want the caller's ID %s", id, own)
+	}
+	if plain == uuid.Nil {
+		t.Error("Write returned no ID for a message without one")
+	}
+
+	var (
+		gotPayload, gotHeaders []byte
+		typ, key               sql.NullString
+		contentType            string
+		available              time.Time
+		attempts               int
+	)
+	if err := db.QueryRow(`SELECT payload, headers::text, message_type, content_type, ordering_key, available_at, attempts
+		FROM app.orders_outbox WHERE id = $1`, id).Scan(&gotPayload, &gotHeaders, &typ, &contentType, &key, &available, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(gotPayload, payload) {
+		t.Errorf("payload = %x, want %x", gotPayload, payload)
+	}
+	var h map[string]any
+	if err := json.Unmarshal(gotHeaders, &h); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"s": "x", "n": 42.0, "f": 1.5, "b": true, "o": map[string]any{"k": "v"}, "a": []any{1.0, "two"}}
+	if !reflect.DeepEqual(h, want) {
+		t.Errorf("headers = %v, want %v", h, want)
+	}
+	if typ.String != "OrderCreated" || contentType != "application/octet-stream" || key.String != "order-7" || attempts != 0 {
+		t.Errorf("type %q, content type %q, ordering key %q, attempts %d", typ.String, contentType, key.String, attempts)
+	}
+	if !available.Equal(at) {
+		t.Errorf("available_at = %v, want %v", available, at)
+	}
+
+	// Defaults: no type, JSON content, empty headers, no key, due now.
+	if err := db.QueryRow(`SELECT payload, headers::text, message_type, content_type, ordering_key
+		FROM app.orders_outbox WHERE id = $1 AND available_at <= now() AND available_at = created_at`, plain).Scan(&gotPayload, &gotHeaders, &typ, &contentType, &key); err != nil {
+		t.Fatalf("defaults of a plain message: %v", err)
+	}
+	if len(gotPayload) != 0 || string(gotHeaders) != "{}" || typ.Valid || contentType != "application/json" || key.Valid {
+		t.Errorf("defaults: payload %x, headers %s, type %v, content type %q, key %v", gotPayload, gotHeaders, typ, contentType, key)
+	}
+}
+
+func TestWriteRefusesBadInput(t *testing.T) {
+	ctx := context.Background()
+	if _, err := outbox.Write(ctx, nil, outbox.Message{Exchange: "x"}); !errors.Is(err, outbox.ErrNoPayload) {
+		t.Errorf("Write without payload: %v, want ErrNoPayload", err)
+	}
+	if _, err := outbox.Write(ctx, nil, outbox.Message{Payload: []byte("x"), Headers: map[string]any{"c": make(chan int)}}); err == nil {
+		t.Error("Write with unencodable headers succeeded")
+	}
+	for _, name := range []string{"Outbox", "a.b.c", "1outbox", "out-box", ""} {
+		if _, err := outbox.NewWriter(name); err == nil {
+			t.Errorf("NewWriter(%q) accepted an invalid table name", name)
+		}
+	}
+}

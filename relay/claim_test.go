@@ -1,0 +1,261 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/lib/pq"
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/testenv"
+)
+
+// planNode is a node of EXPLAIN (FORMAT JSON).
+type planNode struct {
+	NodeType     string     `json:"Node Type"`
+	RelationName string     `json:"Relation Name"`
+	IndexName    string     `json:"Index Name"`
+	Plans        []planNode `json:"Plans"`
+}
+
+func (n planNode) walk(f func(planNode)) {
+	f(n)
+	for _, c := range n.Plans {
+		c.walk(f)
+	}
+}
+
+// With a backlog of 100,000 rows of every shape (deep keys, many single-row keys,
+// unkeyed rows, keys blocked by dead heads), every variant of the claim uses the
+// indexes, never scans the table, and takes only heads: at most one row per key, none
+// behind a live or dead row of its key.
+func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	for _, q := range []string{
+		// 20 deep keys, 3,000 rows each.
+		`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
+		 SELECT 'x', 'k', '\x00', 'deep-' || (i % 20) FROM generate_series(1, 60000) i`,
+		// 10,000 keys of one row each.
+		`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
+		 SELECT 'x', 'k', '\x00', 'single-' || i FROM generate_series(1, 10000) i`,
+		// 500 keys whose head is dead, each with a live successor.
+		`INSERT INTO outbox (exchange, routing_key, payload, ordering_key, dead_at, attempts)
+		 SELECT 'x', 'k', '\x00', 'blocked-' || i, now(), 10 FROM generate_series(1, 500) i`,
+		`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
+		 SELECT 'x', 'k', '\x00', 'blocked-' || i FROM generate_series(1, 500) i`,
+		// 29,000 unkeyed rows, 1,000 of them not due yet.
+		`INSERT INTO outbox (exchange, routing_key, payload) SELECT 'x', 'k', '\x00' FROM generate_series(1, 28000) i`,
+		`INSERT INTO outbox (exchange, routing_key, payload, available_at)
+		 SELECT 'x', 'k', '\x00', now() + interval '1 hour' FROM generate_series(1, 1000) i`,
+		`ANALYZE outbox`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+
+	q := newQueries(table)
+	const batch = 500
+	cursor := "deep-5"
+	for _, keyedFirst := range []bool{true, false} {
+		for _, cur := range []*string{nil, &cursor} {
+			name := fmt.Sprintf("keyedFirst=%v cursor=%v", keyedFirst, cur != nil)
+			sql := q.claimSQL[b2i(keyedFirst)][b2i(cur != nil)]
+			var arg any
+			if cur != nil {
+				arg = *cur
+			}
+			// As a plain query (custom plan) and prepared (generic plan, as the
+			// relay runs it once a connection has executed it a few times).
+			for _, generic := range []bool{false, true} {
+				tx, err := db.BeginTx(context.Background(), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var raw []byte
+				if !generic {
+					err = tx.QueryRow(`EXPLAIN (ANALYZE, FORMAT JSON) `+sql, batch, arg, 4*batch+16).Scan(&raw)
+				} else {
+					cursorLit := "NULL"
+					if cur != nil {
+						cursorLit = "'" + *cur + "'"
+					}
+					if _, err := tx.Exec(`SET LOCAL plan_cache_mode = force_generic_plan`); err != nil {
+						t.Fatal(err)
+					}
+					if _, err := tx.Exec(`PREPARE claim_plan (int, text, int) AS ` + sql); err != nil {
+						t.Fatal(err)
+					}
+					err = tx.QueryRow(fmt.Sprintf(`EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_plan(%d, %s, %d)`, batch, cursorLit, 4*batch+16)).Scan(&raw)
+				}
+				if err != nil {
+					t.Fatalf("%s: explain: %v", name, err)
+				}
+				_ = tx.Rollback()
+				if generic {
+					if _, err := db.Exec(`DEALLOCATE ALL`); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var plans []struct {
+					Plan          planNode `json:"Plan"`
+					ExecutionTime float64  `json:"Execution Time"`
+				}
+				if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
+					t.Fatalf("%s: cannot read the plan: %v", name, err)
+				}
+				var indexes []string
+				plans[0].Plan.walk(func(n planNode) {
+					if n.RelationName == "outbox" && strings.Contains(n.NodeType, "Seq Scan") {
+						t.Errorf("%s generic=%v: the claim scans the whole table (%s)", name, generic, n.NodeType)
+					}
+					if n.IndexName != "" {
+						indexes = append(indexes, n.IndexName)
+					}
+				})
+				t.Logf("%s generic=%v: %.1f ms, indexes %v", name, generic, plans[0].ExecutionTime, indexes)
+				if ms := plans[0].ExecutionTime; ms > 200 {
+					t.Errorf("%s generic=%v: the claim took %.0f ms on a 100,000-row backlog", name, generic, ms)
+				}
+			}
+
+			// The rows it takes are heads, one per key.
+			tx, err := db.BeginTx(context.Background(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := q.claim(context.Background(), &statements{db: db, log: zap.NewNop()}, tx, batch, keyedFirst, cur, 4*batch+16)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.rows) != batch {
+				t.Errorf("%s: claimed %d rows, want %d", name, len(c.rows), batch)
+			}
+			seen := map[string]bool{}
+			var keyedIDs []string
+			for _, rw := range c.rows {
+				if !rw.keyed {
+					continue
+				}
+				if seen[rw.orderingKey] {
+					t.Errorf("%s: two rows of key %s in one batch", name, rw.orderingKey)
+				}
+				seen[rw.orderingKey] = true
+				keyedIDs = append(keyedIDs, rw.id)
+			}
+			var behind int
+			if err := tx.QueryRow(`SELECT count(*) FROM outbox o WHERE o.id = ANY($1::uuid[])
+				AND EXISTS (SELECT 1 FROM outbox p WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq)`,
+				pq.Array(keyedIDs)).Scan(&behind); err != nil {
+				t.Fatal(err)
+			}
+			if behind != 0 {
+				t.Errorf("%s: %d claimed rows are not the head of their key", name, behind)
+			}
+			_ = tx.Rollback()
+		}
+	}
+}
+
+// Two claims in flight at once take different rows.
+func TestConcurrentClaimsTakeDisjointRows(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	if _, err := db.Exec(`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
+		SELECT 'x', 'k', '\x00', CASE WHEN i % 2 = 0 THEN 'key-' || (i % 10) END FROM generate_series(1, 400) i`); err != nil {
+		t.Fatal(err)
+	}
+	q := newQueries(table)
+	st := &statements{db: db, log: zap.NewNop()}
+	defer st.close()
+	ctx := context.Background()
+	taken := map[string]bool{}
+	for i, keyedFirst := range []bool{true, false, true} {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback() }()
+		c, err := q.claim(ctx, st, tx, 50, keyedFirst, nil, 216)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(c.rows) == 0 {
+			t.Fatalf("claim %d took nothing", i)
+		}
+		for _, rw := range c.rows {
+			if taken[rw.id] {
+				t.Fatalf("claim %d took row %s that another open claim holds", i, rw.id)
+			}
+			taken[rw.id] = true
+		}
+	}
+	// All 10 keys' heads are held: a fourth claim gets no keyed row.
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	c, err := q.claim(ctx, st, tx, 500, true, nil, 216)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rw := range c.rows {
+		if rw.keyed {
+			t.Fatalf("claimed row %s of key %s while its head is held by another claim", rw.id, rw.orderingKey)
+		}
+	}
+}
+
+// When the server forgets the prepared statements (as a connection pooler without
+// prepared-statement support does), the relay falls back to plain queries.
+func TestClaimFallsBackToPlainQueries(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	db.SetMaxOpenConns(1) // one connection: the one whose statements are dropped
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	if _, err := db.Exec(`INSERT INTO outbox (exchange, routing_key, payload) VALUES ('x', 'k', 'p')`); err != nil {
+		t.Fatal(err)
+	}
+	q := newQueries(table)
+	st := &statements{db: db, log: zap.NewNop()}
+	defer st.close()
+	ctx := context.Background()
+	st.prepare(ctx, q.hot()...)
+	if !st.ready(q.hot()...) {
+		t.Fatal("statements not prepared")
+	}
+	claim := func() (claimed, error) {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback() }()
+		return q.claim(ctx, st, tx, 10, true, nil, 56)
+	}
+	if c, err := claim(); err != nil || len(c.rows) != 1 {
+		t.Fatalf("prepared claim: %d rows, %v", len(c.rows), err)
+	}
+	if _, err := db.Exec(`DEALLOCATE ALL`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := claim(); err == nil {
+		t.Fatal("a claim with a forgotten prepared statement succeeded; the test proves nothing")
+	}
+	if !st.off.Load() {
+		t.Fatal("prepared statements still in use after the server forgot them")
+	}
+	if c, err := claim(); err != nil || len(c.rows) != 1 {
+		t.Fatalf("plain claim: %d rows, %v", len(c.rows), err)
+	}
+}

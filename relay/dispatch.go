@@ -1,0 +1,276 @@
+package relay
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/lib/pq"
+	"go.uber.org/zap"
+)
+
+// batch is one claimed set of rows and the transaction that holds their locks.
+type batch struct {
+	tx   *sql.Tx
+	rows []row
+}
+
+// dispatcher claims batches and hands them to free workers. It alone claims, so the
+// walk cursor and the wake-up state need no locking.
+//
+// Wake-up. Writers notify at commit only while the table's wake-up flag is up. The
+// relay raises it when a claim comes back empty, that is when it has caught up and
+// would otherwise have to poll, and lowers it once it sees a steady stream (a second
+// claim in a row with rows, a full batch, or every worker busy): then a finished
+// batch or a free worker makes it claim anyway, and writers do not pay for
+// notifications. Under load the table is rarely found empty, so writers almost never
+// notify; at low rates each commit wakes the relay at once. The flag goes up before
+// the claim that follows, so that claim sees every row committed before it; a writer
+// whose trigger read the flag just before it went up and that committed just after
+// that claim is covered by one more claim after a short settle time.
+type dispatcher struct {
+	r    *Relay
+	idle chan *worker    // workers with an open channel, waiting for a batch
+	wake <-chan struct{} // a notification arrived (or the LISTEN connection came back)
+	done chan struct{}   // a batch finished
+
+	inflight atomic.Int32 // batches handed out and not yet settled
+	followUp atomic.Bool  // a finished batch may have made rows claimable (a key's next row, a retry)
+
+	flagSet    bool      // this relay raised the wake-up flag and has not lowered it since
+	raise      bool      // raise the flag before the next claim
+	streak     bool      // the last claim had rows
+	settleAt   time.Time // a claim is due at this time (zero: none) after the flag went up
+	keyedFirst bool      // which part of the claim goes first; alternates
+	cursor     *string
+	failures   int // consecutive database errors
+}
+
+// finished is called by a worker when its batch is settled. followUp: the batch had
+// keyed rows (their successors may now be heads) or rows left for later (retries,
+// rows without a confirm).
+func (d *dispatcher) finished(followUp bool) {
+	if followUp {
+		d.followUp.Store(true)
+	}
+	d.inflight.Add(-1)
+	select {
+	case d.done <- struct{}{}:
+	default:
+	}
+}
+
+// run claims until ctx is cancelled.
+func (d *dispatcher) run(ctx context.Context) {
+	r := d.r
+	d.raise = true // start listening with the first claim
+	wait := time.Duration(0)
+	for {
+		if wait > 0 {
+			r.idle.Store(d.settleAt.IsZero() && d.inflight.Load() == 0)
+			ok := d.sleep(ctx, wait)
+			r.idle.Store(false)
+			if !ok {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		w := d.acquire(ctx)
+		if w == nil {
+			break
+		}
+		if d.raise {
+			if err := r.flag.set(ctx); err != nil {
+				d.idle <- w
+				if ctx.Err() != nil {
+					break
+				}
+				wait = d.dbFailed("cannot raise the wake-up flag; retrying", err)
+				continue
+			}
+			d.raise, d.flagSet = false, true
+			d.settleAt = time.Now().Add(settleTimeout)
+		}
+		// Signals that came before this claim are answered by it.
+		d.drainSignals()
+		claimStart := time.Now()
+		c, tx, err := d.claim(ctx)
+		if err != nil {
+			d.idle <- w
+			if ctx.Err() != nil {
+				break
+			}
+			wait = d.dbFailed("cannot claim outbox rows; retrying", err)
+			continue
+		}
+		d.failures = 0
+		r.setDBOK(true)
+		if !d.settleAt.IsZero() && !claimStart.Before(d.settleAt) {
+			d.settleAt = time.Time{}
+		}
+		if c.flag == 0 {
+			d.flagSet = false // lowered by another relay of the table, or never raised
+		}
+		walkStopped := c.visited >= d.maxVisits() // the walk ran out of visits, not of keys
+		if len(c.rows) > 0 {
+			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
+			full := len(c.rows) >= r.cfg.BatchSize || walkStopped
+			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
+			if d.flagSet && (d.streak || full || busy) {
+				r.flag.clear(context.WithoutCancel(ctx), r.log)
+				d.flagSet = false
+			}
+			d.streak = true
+			w.in <- &batch{tx: tx, rows: c.rows}
+			if full || !busy {
+				wait = 0 // more may be waiting, and there is a worker for it
+			} else {
+				wait = r.cfg.PollInterval // a finished batch wakes the relay
+			}
+			continue
+		}
+		_ = tx.Rollback()
+		d.idle <- w
+		d.streak = false
+		if walkStopped {
+			wait = 0 // keys not visited yet in this round
+			continue
+		}
+		if !d.flagSet {
+			// Caught up: raise the flag, then claim once more for what committed
+			// before it was up.
+			d.raise = true
+			wait = 0
+			continue
+		}
+		// Sleep until a notification, a finished batch that needs a look, the settle
+		// claim, the next due row or the poll.
+		wait = r.cfg.PollInterval
+		if c.due > 0 && c.due < wait {
+			wait = c.due
+		}
+		if !d.settleAt.IsZero() {
+			wait = max(min(wait, time.Until(d.settleAt)), time.Millisecond)
+		}
+	}
+	if !d.flagSet {
+		// Leave the flag up for other relays of the table, which may sleep.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = r.flag.set(ctx)
+	}
+}
+
+// dbFailed records a database error and returns how long to wait before trying again.
+func (d *dispatcher) dbFailed(msg string, err error) time.Duration {
+	r := d.r
+	d.failures++
+	r.setDBOK(false)
+	d.flagSet = false // the database may have lost or reverted it
+	fields := []zap.Field{zap.Int("failures", d.failures), errField(err)}
+	if pe, ok := errors.AsType[*pq.Error](err); ok && pe.Code == "42P01" {
+		fields = append(fields, zap.String("hint", "the outbox table or its wake-up sequence does not exist: run `sidebox migrate up`"))
+	}
+	r.log.Warn(msg, fields...)
+	return r.reconnect.Delay(d.failures)
+}
+
+// maxVisits bounds the keys one claim's walk visits, so that many blocked keys cannot
+// make every claim slow.
+func (d *dispatcher) maxVisits() int { return 4*d.r.cfg.BatchSize + 16 }
+
+// claim begins a transaction and claims a batch in it. The transaction outlives ctx: a
+// batch in flight is finished even when the relay is stopping.
+func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
+	r := d.r
+	if hot := r.q.hot(); !r.stmts.ready(hot...) {
+		pctx, cancel := context.WithTimeout(ctx, dbTimeout)
+		r.stmts.prepare(pctx, hot...)
+		cancel()
+	}
+	tx, err := r.db.BeginTx(context.WithoutCancel(ctx), nil)
+	if err != nil {
+		return claimed{}, nil, fmt.Errorf("begin claim: %w", err)
+	}
+	d.keyedFirst = !d.keyedFirst
+	r.claims.Add(1)
+	qctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	c, err := r.q.claim(qctx, r.stmts, tx, r.cfg.BatchSize, d.keyedFirst, d.cursor, d.maxVisits())
+	if err != nil {
+		_ = tx.Rollback()
+		return claimed{}, nil, err
+	}
+	// Move the walk's cursor: after the last key visited, or back to the start when
+	// the walk reached the end of the keys.
+	keyedLimit := r.cfg.BatchSize
+	if !d.keyedFirst {
+		keyedLimit -= c.unkeyed
+	}
+	switch {
+	case keyedLimit <= 0:
+	case c.found < keyedLimit && c.visited < d.maxVisits():
+		d.cursor = nil
+	case c.last.Valid:
+		last := c.last.String
+		d.cursor = &last
+	}
+	return c, tx, nil
+}
+
+// acquire waits for a worker with an open channel; nil when ctx is done. While the
+// broker is away no worker has a channel, so nothing is claimed and no attempt burnt.
+func (d *dispatcher) acquire(ctx context.Context) *worker {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case w := <-d.idle:
+			if w.pc == nil || w.pc.ch.IsClosed() {
+				w.in <- nil // reopen first
+				continue
+			}
+			return w
+		}
+	}
+}
+
+// sleep waits for wait, a notification or a finished batch that needs a claim; false
+// when ctx is done. With the flag up, a batch that was published completely changes
+// nothing: new rows notify.
+func (d *dispatcher) sleep(ctx context.Context, wait time.Duration) bool {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-d.wake:
+			return true
+		case <-d.done:
+			if d.followUp.Swap(false) || !d.flagSet {
+				return true
+			}
+		case <-t.C:
+			return true
+		}
+	}
+}
+
+// drainSignals consumes pending wake-ups and batch completions.
+func (d *dispatcher) drainSignals() {
+	for {
+		select {
+		case <-d.wake:
+		case <-d.done:
+			d.followUp.Store(false)
+		default:
+			return
+		}
+	}
+}

@@ -1,0 +1,342 @@
+// Package relay publishes the rows of an outbox table to RabbitMQ.
+//
+// A dispatcher claims batches of due rows with FOR UPDATE SKIP LOCKED, each in its own
+// transaction, and hands them to workers. A worker publishes its whole batch pipelined on
+// one confirm-mode channel (mandatory, persistent), waits for the confirms and returns,
+// then in the same transaction deletes the rows the broker confirmed and records a failed
+// attempt for the rows it returned or nacked, and commits. A row whose confirm never came
+// (broker gone, timeout) is left as it was: it is published again later, so a crash or an
+// outage can duplicate a message but never lose one, and burns no attempt.
+//
+// Rows with the same ordering key go out one at a time in seq order: only the first live
+// row of a key (its head) can be claimed, and a head that is in flight, retrying or dead
+// holds back the rest of its key and nothing else.
+//
+// The relay sleeps when there is nothing to do and is woken by a NOTIFY that writers send
+// only while it sleeps (see the outbox migration), by its poll interval, or when the next
+// delayed or retrying row falls due.
+package relay
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/backoff"
+	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/pg"
+)
+
+// Config tunes a Relay. Zero values take the defaults.
+type Config struct {
+	Table           pg.Table      // the outbox table; required
+	BatchSize       int           // rows per batch; default 500, at most 10000
+	PollInterval    time.Duration // idle polling period; default 1s
+	RetryBackoff    time.Duration // first retry delay of a failed row; default 1s
+	RetryBackoffMax time.Duration // cap of the retry delay; default 5m
+	PublishTimeout  time.Duration // longest wait for a batch's confirms; default 30s
+	MaxAttempts     int           // failed publishes before a row is dead; default 10
+	Workers         int           // batches in flight at once; default 2
+}
+
+// Defaults.
+const (
+	DefaultBatchSize       = 500
+	DefaultPollInterval    = time.Second
+	DefaultRetryBackoff    = time.Second
+	DefaultRetryBackoffMax = 5 * time.Minute
+	DefaultPublishTimeout  = 30 * time.Second
+	DefaultMaxAttempts     = 10
+	DefaultWorkers         = 2
+
+	// MaxBatchSize is the largest accepted BatchSize.
+	MaxBatchSize = 10000
+	// MaxWorkers is the largest accepted Workers.
+	MaxWorkers = 64
+)
+
+const (
+	// settleTimeout is how long after raising the wake-up flag the relay claims once
+	// more. A writer whose commit-time trigger read the flag just before it went up,
+	// and whose commit became visible just after the relay's claim, sent no
+	// notification; the settle claim picks its rows up. The window is the writer's
+	// commit (its WAL flush), normally a few milliseconds.
+	settleTimeout = 50 * time.Millisecond
+	// dbTimeout bounds one claim and one settlement.
+	dbTimeout = 10 * time.Second
+	// drainMargin is added to PublishTimeout for the final settling of batches in
+	// flight when Run is stopped.
+	drainMargin = dbTimeout + 5*time.Second
+)
+
+func (c *Config) setDefaults() {
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.RetryBackoff == 0 {
+		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.RetryBackoffMax == 0 {
+		c.RetryBackoffMax = DefaultRetryBackoffMax
+		if c.RetryBackoffMax < c.RetryBackoff {
+			c.RetryBackoffMax = c.RetryBackoff
+		}
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = DefaultPublishTimeout
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers
+	}
+}
+
+// Validate reports the first invalid setting. Zero values are invalid here; New fills
+// them with the defaults before it validates.
+func (c Config) Validate() error {
+	switch {
+	case c.Table.Name == "":
+		return errors.New("relay: Table is required")
+	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
+		return fmt.Errorf("relay: BatchSize must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
+	case c.PollInterval <= 0:
+		return fmt.Errorf("relay: PollInterval must be positive, got %v", c.PollInterval)
+	case c.RetryBackoff <= 0:
+		return fmt.Errorf("relay: RetryBackoff must be positive, got %v", c.RetryBackoff)
+	case c.RetryBackoffMax < c.RetryBackoff:
+		return fmt.Errorf("relay: RetryBackoffMax (%v) must not be below RetryBackoff (%v)", c.RetryBackoffMax, c.RetryBackoff)
+	case c.PublishTimeout <= 0:
+		return fmt.Errorf("relay: PublishTimeout must be positive, got %v", c.PublishTimeout)
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("relay: MaxAttempts must be at least 1, got %d", c.MaxAttempts)
+	case c.Workers < 1 || c.Workers > MaxWorkers:
+		return fmt.Errorf("relay: Workers must be between 1 and %d, got %d", MaxWorkers, c.Workers)
+	}
+	return nil
+}
+
+// Relay publishes one outbox table. Create it with New and start it with Run.
+type Relay struct {
+	db     *sql.DB
+	dsn    string
+	broker *broker.Broker
+	cfg    Config
+	log    *zap.Logger
+	m      *metrics.Metrics
+	q      queries
+	stmts  *statements
+	flag   *wakeFlag
+
+	retry     backoff.Policy // schedule of failed rows
+	reconnect backoff.Policy // after a database or channel error
+
+	running   atomic.Bool
+	dbOK      atomic.Bool // the last database round trip succeeded
+	listening atomic.Bool // the LISTEN connection is up
+
+	claims atomic.Int64 // claim statements run; for tests
+	idle   atomic.Bool  // asleep with nothing in flight and no settle claim due; for tests
+
+	mu       sync.Mutex
+	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
+}
+
+// New returns a relay for cfg.Table. db is the pool for claims and settlement; dsn opens
+// the dedicated LISTEN connection; b must be run by the caller (broker.Run) for as long
+// as the relay runs, and stopped only after Run returned, so that the batches in flight
+// can finish. A nil m gets a private registry.
+func New(db *sql.DB, dsn string, b *broker.Broker, cfg Config, log *zap.Logger, m *metrics.Metrics) (*Relay, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if db == nil || b == nil {
+		return nil, errors.New("relay: a database and a broker are required")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if m == nil {
+		m = metrics.New(prometheus.NewRegistry())
+	}
+	q := newQueries(cfg.Table)
+	log = log.With(zap.String("table", cfg.Table.String()))
+	return &Relay{
+		db:        db,
+		dsn:       dsn,
+		broker:    b,
+		cfg:       cfg,
+		log:       log,
+		stmts:     &statements{db: db, log: log},
+		m:         m,
+		q:         q,
+		flag:      &wakeFlag{db: db, q: q.flag, name: cfg.Table.Ident("_wakeup")},
+		retry:     backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
+		reconnect: backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+		suspects:  map[string]time.Time{},
+	}, nil
+}
+
+// Ready reports whether the relay is running with the database and the broker reachable.
+func (r *Relay) Ready() bool {
+	return r.running.Load() && r.dbOK.Load() && r.listening.Load() && r.broker.Ready()
+}
+
+// Run relays until ctx is cancelled, then stops claiming, lets the batches in flight
+// finish (confirms awaited, rows settled; bounded by PublishTimeout) and returns nil.
+// Outages of the database or the broker are waited out, never returned.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("relay: Run is already running")
+	}
+	defer r.running.Store(false)
+	defer r.stmts.close()
+	r.log.Info("relay started",
+		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("workers", r.cfg.Workers),
+		zap.Duration("poll_interval", r.cfg.PollInterval), zap.Int("max_attempts", r.cfg.MaxAttempts))
+
+	wake := make(chan struct{}, 1)
+	stopListener := r.listen(wake)
+	defer stopListener()
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	r.setDBOK(r.db.PingContext(pctx) == nil)
+	cancel()
+
+	d := &dispatcher{
+		r:    r,
+		idle: make(chan *worker, r.cfg.Workers),
+		wake: wake,
+		done: make(chan struct{}, 1),
+	}
+	workers := make([]*worker, r.cfg.Workers)
+	var wg sync.WaitGroup
+	for i := range workers {
+		w := &worker{r: r, d: d, id: i, in: make(chan *batch, 1)}
+		workers[i] = w
+		wg.Go(func() { w.run(ctx) })
+	}
+	d.run(ctx)
+
+	// Stopping: no more claims. Workers finish what they hold, then leave.
+	for _, w := range workers {
+		close(w.in)
+	}
+	finished := make(chan struct{})
+	go func() {
+		wg.Wait()
+		r.flag.wait()
+		close(finished)
+	}()
+	grace := r.cfg.PublishTimeout + drainMargin
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-finished:
+		r.log.Info("relay stopped")
+		return nil
+	case <-t.C:
+		return fmt.Errorf("relay: batches in flight did not finish within %v; their rows stay in the outbox and will be published again", grace)
+	}
+}
+
+// setDBOK records whether the database answered.
+func (r *Relay) setDBOK(ok bool) {
+	if r.dbOK.Swap(ok) != ok || ok {
+		r.updateUp()
+	}
+}
+
+func (r *Relay) updateUp() {
+	v := 0.0
+	if r.dbOK.Load() && r.listening.Load() {
+		v = 1
+	}
+	r.m.Up.WithLabelValues(metrics.DependencyPostgres).Set(v)
+}
+
+// isSuspect reports whether the row was in flight when a channel exception struck.
+func (r *Relay) isSuspect(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.suspects[id]
+	return ok
+}
+
+// addSuspects remembers rows to publish one at a time next time, to find the one that
+// makes the broker close the channel. Entries that were never claimed again (another
+// relay took the row) expire.
+func (r *Relay) addSuspects(ids []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for id, at := range r.suspects {
+		if now.Sub(at) > 10*time.Minute {
+			delete(r.suspects, id)
+		}
+	}
+	for _, id := range ids {
+		r.suspects[id] = now
+	}
+}
+
+func (r *Relay) dropSuspect(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.suspects, id)
+}
+
+// wakeFlag writes the table's wake-up sequence: 1 while the relay sleeps (writers then
+// notify at commit), 0 while it works (writers do not). Setting is synchronous, because
+// the relay must claim once more after it; clearing is asynchronous, off the hot path,
+// but never overtakes a later set.
+type wakeFlag struct {
+	db   *sql.DB
+	q    [2]string // lower, raise
+	name string
+
+	mu  sync.Mutex // serialises the writes
+	gen atomic.Uint64
+	wg  sync.WaitGroup
+}
+
+func (f *wakeFlag) set(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gen.Add(1)
+	if _, err := f.db.ExecContext(ctx, f.q[1]); err != nil {
+		return fmt.Errorf("raise wake-up flag %s: %w", f.name, err)
+	}
+	return nil
+}
+
+func (f *wakeFlag) clear(ctx context.Context, log *zap.Logger) {
+	g := f.gen.Add(1)
+	f.wg.Go(func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.gen.Load() != g {
+			return // a later write supersedes this one
+		}
+		ctx, cancel := context.WithTimeout(ctx, dbTimeout)
+		defer cancel()
+		if _, err := f.db.ExecContext(ctx, f.q[0]); err != nil {
+			// Writers keep notifying until the next write; harmless.
+			log.Debug("cannot lower the wake-up flag", errField(err))
+		}
+	})
+}
+
+func (f *wakeFlag) wait() { f.wg.Wait() }

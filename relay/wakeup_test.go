@@ -1,0 +1,93 @@
+package relay
+
+import (
+	"database/sql"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/testenv"
+)
+
+// waitIdle waits until the relay sleeps with the wake-up flag up, nothing in flight
+// and its settle claim done.
+func waitIdle(t *testing.T, db *sql.DB, r *running) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "the relay to sleep with the wake-up flag up", func() bool {
+		var v int
+		if err := db.QueryRow(`SELECT last_value FROM outbox_wakeup`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v == 1 && r.idle.Load()
+	})
+}
+
+// An idle relay runs at most one claim per poll interval.
+func TestIdleRelayClaimsOncePerPollInterval(t *testing.T) {
+	t.Parallel()
+	db, dsn := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	url := testenv.AMQPURL(t)
+
+	cfg := testConfig(table)
+	cfg.PollInterval = 300 * time.Millisecond
+	r := startRelay(t, db, dsn, url, cfg)
+	waitIdle(t, db, r)
+	before := r.claims.Load()
+	const window = 1500 * time.Millisecond
+	<-time.After(window) // measuring a rate over a window, not waiting for an event
+	n := r.claims.Load() - before
+	if max := int64(window/cfg.PollInterval) + 1; n > max {
+		t.Errorf("idle relay ran %d claims in %v, want at most %d (one per poll interval)", n, window, max)
+	}
+	if n == 0 {
+		t.Errorf("idle relay ran no claim in %v with a poll interval of %v", window, cfg.PollInterval)
+	}
+}
+
+// A notification wakes a sleeping relay at once: with a poll interval of 30 s, rows
+// written one by one arrive within milliseconds.
+func TestNotificationWakesSleepingRelay(t *testing.T) {
+	t.Parallel()
+	db, dsn := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	url := testenv.AMQPURL(t)
+	exchange, queue := topology(t, url, "k")
+	s := consume(t, url, queue)
+
+	cfg := testConfig(table)
+	cfg.PollInterval = 30 * time.Second
+	r := startRelay(t, db, dsn, url, cfg)
+	waitIdle(t, db, r)
+	claims := r.claims.Load()
+	<-time.After(300 * time.Millisecond) // a quiet spell: no polling at all
+	if n := r.claims.Load() - claims; n != 0 {
+		t.Errorf("idle relay ran %d claims in 300ms with a poll interval of 30s", n)
+	}
+
+	const n = 60
+	committed := map[string]time.Time{}
+	tick := time.NewTicker(20 * time.Millisecond) // 50 msg/s, each in its own transaction
+	defer tick.Stop()
+	for range n {
+		<-tick.C
+		id := insertRow(t, db, table, exchange, "k", "ping", nil)
+		committed[id] = time.Now()
+	}
+	s.waitDistinct(t, n, 10*time.Second)
+	var lat []time.Duration
+	for _, m := range s.messages() {
+		if c, ok := committed[m.MessageId]; ok {
+			lat = append(lat, m.at.Sub(c))
+		}
+	}
+	slices.Sort(lat)
+	p50, p99, worst := lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
+	t.Logf("commit-to-delivery at 50 msg/s: p50 %v, p99 %v, max %v", p50, p99, worst)
+	if worst > time.Second {
+		t.Errorf("a message took %v to arrive; the notification did not wake the relay", worst)
+	}
+}

@@ -1,0 +1,416 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+)
+
+// worker publishes the batches the dispatcher hands it, on a confirm-mode channel it
+// keeps for as long as the channel stays healthy.
+type worker struct {
+	r  *Relay
+	d  *dispatcher
+	id int
+	in chan *batch // a batch, or nil: reopen the channel
+	pc *pubChannel
+}
+
+// pubChannel is a confirm-mode channel with its returned-message and close listeners.
+type pubChannel struct {
+	ch      *amqp.Channel
+	returns chan amqp.Return
+	closes  chan *amqp.Error
+	closed  *amqp.Error // the close reason, once seen
+}
+
+// closeReason returns why the channel closed, or nil while it is open or when it was
+// closed without a server error.
+func (p *pubChannel) closeReason() *amqp.Error {
+	if p.closed == nil {
+		select {
+		case e, ok := <-p.closes:
+			if ok {
+				p.closed = e
+			}
+		default:
+		}
+	}
+	return p.closed
+}
+
+// outcome of one row's publish attempt.
+type outcome uint8
+
+const (
+	unknown   outcome = iota // no confirm: the row is left as it was
+	confirmed                // the broker took it: delete
+	failed                   // returned, nacked or unpublishable: an attempt
+)
+
+// result is the outcome of a row, with the reason of a failure.
+type result struct {
+	outcome outcome
+	reason  string
+	kind    failKind
+}
+
+type failKind uint8
+
+const (
+	failOther failKind = iota
+	failReturned
+	failNacked
+)
+
+func (w *worker) run(ctx context.Context) {
+	defer w.closeChannel()
+	for {
+		if w.pc == nil || w.pc.ch.IsClosed() {
+			if !w.open(ctx) {
+				return
+			}
+		}
+		w.d.idle <- w // never blocks: one place per worker
+		b, ok := <-w.in
+		if !ok {
+			return
+		}
+		if b == nil {
+			continue
+		}
+		w.d.finished(w.process(ctx, b))
+	}
+}
+
+// open replaces the channel, waiting for the broker as long as it takes; false when ctx
+// is done first.
+func (w *worker) open(ctx context.Context) bool {
+	w.closeChannel()
+	r := w.r
+	for failures := 1; ; failures++ {
+		ch, err := r.broker.Channel(ctx)
+		if err == nil {
+			if err = ch.Confirm(false); err == nil {
+				w.pc = &pubChannel{
+					ch:      ch,
+					returns: ch.NotifyReturn(make(chan amqp.Return, r.cfg.BatchSize+1)),
+					closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+				}
+				return true
+			}
+			_ = ch.Close()
+			err = fmt.Errorf("put channel in confirm mode: %w", err)
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		r.log.Warn("cannot open a publishing channel; retrying", zap.Int("worker", w.id), zap.Int("failures", failures), errField(err))
+		if !r.reconnect.Sleep(ctx, failures) {
+			return false
+		}
+	}
+}
+
+func (w *worker) closeChannel() {
+	if w.pc != nil {
+		_ = w.pc.ch.Close()
+		w.pc = nil
+	}
+}
+
+// process publishes a batch and settles it. It runs to the end even when ctx is
+// cancelled: stopping the relay lets the batches in flight finish. It reports whether
+// the batch may have made other rows claimable: it had keyed rows (the next row of
+// their key), or rows that stay in the outbox (retries, rows without a confirm).
+func (w *worker) process(ctx context.Context, b *batch) (followUp bool) {
+	start := time.Now()
+	results := w.publish(ctx, b.rows)
+	ok := w.r.settle(ctx, b, results, start)
+	if !ok {
+		return true
+	}
+	for i, x := range results {
+		if x.outcome != confirmed || b.rows[i].keyed {
+			return true
+		}
+	}
+	return false
+}
+
+// publish sends the batch and collects the outcome of every row. Rows that made the
+// broker close a channel before (suspects) go first, one at a time, so that the one that
+// does it again is identified; the others are pipelined.
+func (w *worker) publish(ctx context.Context, rows []row) []result {
+	r := w.r
+	res := make([]result, len(rows))
+	msgs := make([]amqp.Publishing, len(rows))
+	frameMax := r.broker.FrameSize()
+	var alone, pipelined []int
+	for i := range rows {
+		msg, err := rows[i].publishing(frameMax)
+		if err != nil {
+			res[i] = result{outcome: failed, reason: "cannot map the row to an AMQP message: " + err.Error()}
+			continue
+		}
+		msgs[i] = msg
+		if r.isSuspect(rows[i].id) {
+			alone = append(alone, i)
+		} else {
+			pipelined = append(pipelined, i)
+		}
+	}
+	deadline := time.Now().Add(r.cfg.PublishTimeout)
+	for _, i := range alone {
+		if !w.ready(ctx, deadline) {
+			return res
+		}
+		w.send(rows, msgs, []int{i}, res, deadline)
+		switch ce := w.pc.closeReason(); {
+		case res[i].outcome != unknown:
+			r.dropSuspect(rows[i].id)
+		case ce != nil && isSoftError(ce):
+			// Alone on the channel, so this row did it. It stays a suspect: its
+			// next attempt goes alone too.
+			res[i] = result{outcome: failed, reason: "the broker closed the channel on it: " + ce.Error()}
+		}
+	}
+	if len(pipelined) == 0 || !w.ready(ctx, deadline) {
+		return res
+	}
+	w.send(rows, msgs, pipelined, res, deadline)
+	if ce := w.pc.closeReason(); ce != nil && isSoftError(ce) {
+		// One of the unconfirmed rows probably caused it (a missing exchange, a
+		// message too large); next time they go one at a time.
+		var ids []string
+		for _, i := range pipelined {
+			if res[i].outcome == unknown {
+				ids = append(ids, rows[i].id)
+			}
+		}
+		r.addSuspects(ids)
+		r.log.Warn("the broker closed the publishing channel; the unconfirmed rows will be published one at a time",
+			zap.Int("unconfirmed", len(ids)), zap.String("reason", ce.Error()))
+	}
+	return res
+}
+
+// ready makes sure the worker has an open channel before deadline; a closed one is
+// replaced only if the broker is connected (a channel exception), never waited for (an
+// outage).
+func (w *worker) ready(ctx context.Context, deadline time.Time) bool {
+	if w.pc != nil && !w.pc.ch.IsClosed() {
+		return true
+	}
+	if !w.r.broker.Ready() {
+		return false
+	}
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	return w.open(ctx)
+}
+
+// pending is a published row waiting for its confirm.
+type pending struct {
+	i  int
+	dc *amqp.DeferredConfirmation
+}
+
+// send publishes rows[idx] pipelined and waits until deadline for their confirms.
+func (w *worker) send(rows []row, msgs []amqp.Publishing, idx []int, res []result, deadline time.Time) {
+	pc := w.pc
+	pend := make([]pending, 0, len(idx))
+	for _, i := range idx {
+		dc, err := pc.ch.PublishWithDeferredConfirm(rows[i].exchange, rows[i].routingKey, true, false, msgs[i])
+		if err != nil {
+			// The channel or the connection is gone; nothing more goes out here and
+			// the rest stays unpublished.
+			w.r.log.Debug("publish failed", zap.Int("worker", w.id), errField(err))
+			_ = pc.ch.Close()
+			break
+		}
+		pend = append(pend, pending{i, dc})
+	}
+
+	// Collect confirms and returns. The broker sends a return before the confirm of the
+	// same message, and the client hands it to pc.returns before it resolves the
+	// confirm, so once every confirm is in, every return of the batch is buffered.
+	returned := map[string]amqp.Return{}
+	returns := pc.returns
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	timedOut := false
+wait:
+	for _, p := range pend {
+		for {
+			select {
+			case <-p.dc.Done():
+				continue wait
+			case ret, ok := <-returns:
+				if !ok {
+					returns = nil // channel closed; its confirms resolve now too
+					continue
+				}
+				returned[ret.MessageId] = ret
+			case <-timer.C:
+				timedOut = true
+				break wait
+			}
+		}
+	}
+	for drained := false; !drained && returns != nil; {
+		select {
+		case ret, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			returned[ret.MessageId] = ret
+		default:
+			drained = true
+		}
+	}
+
+	for _, p := range pend {
+		rw := &rows[p.i]
+		if ret, ok := returned[rw.id]; ok {
+			res[p.i] = result{outcome: failed, kind: failReturned,
+				reason: fmt.Sprintf("returned by the broker: %d %s (exchange %q, routing key %q)", ret.ReplyCode, ret.ReplyText, rw.exchange, rw.routingKey)}
+			continue
+		}
+		select {
+		case <-p.dc.Done():
+		default:
+			continue // no confirm in time: unknown
+		}
+		switch {
+		case p.dc.Acked():
+			res[p.i] = result{outcome: confirmed}
+		case pc.ch.IsClosed():
+			// Closing the channel resolves its pending confirms as nacks; the
+			// broker did not say anything about this message.
+		default:
+			res[p.i] = result{outcome: failed, kind: failNacked, reason: "nacked by the broker"}
+		}
+	}
+	if timedOut {
+		w.r.log.Warn("confirms did not arrive in time; the unconfirmed rows will be published again",
+			zap.Int("worker", w.id), zap.Duration("publish_timeout", w.r.cfg.PublishTimeout))
+		// Late confirms must not be taken for the next batch's.
+		_ = pc.ch.Close()
+	}
+}
+
+// isSoftError reports a channel-level exception the broker raises because of a
+// message (a missing exchange, a refused access, a precondition such as size), as
+// opposed to a lost connection.
+func isSoftError(e *amqp.Error) bool {
+	if e == nil || !e.Server {
+		return false
+	}
+	switch e.Code {
+	case amqp.ContentTooLarge, amqp.NoConsumers, amqp.AccessRefused, amqp.NotFound, amqp.ResourceLocked, amqp.PreconditionFailed:
+		return true
+	}
+	return false
+}
+
+// maxRetryLogs bounds the rows of one batch logged one by one when they fail; dead
+// rows are always logged.
+const maxRetryLogs = 10
+
+// settle removes the confirmed rows and records the failures in the batch's
+// transaction and commits it; false when that failed. The database work uses its own deadline, not ctx: a batch
+// is finished even when the relay is stopping.
+func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.Time) bool {
+	var (
+		ids      []string
+		failures []failure
+		returned int
+		nacked   int
+		unknowns int
+	)
+	for i, x := range res {
+		rw := &b.rows[i]
+		switch x.outcome {
+		case confirmed:
+			ids = append(ids, rw.id)
+		case failed:
+			failures = append(failures, failure{id: rw.id, err: x.reason, delay: r.retry.Delay(rw.attempts + 1)})
+			switch x.kind {
+			case failReturned:
+				returned++
+			case failNacked:
+				nacked++
+			}
+		default:
+			unknowns++
+		}
+	}
+	dbctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
+	defer cancel()
+	latencies, states, err := r.q.settle(dbctx, r.stmts, b.tx, ids, failures, r.cfg.MaxAttempts)
+	if err == nil {
+		err = b.tx.Commit()
+		if err != nil {
+			err = fmt.Errorf("commit batch: %w", err)
+		}
+	}
+	if err != nil {
+		_ = b.tx.Rollback()
+		r.setDBOK(false)
+		r.log.Warn("cannot settle a batch; its rows stay in the outbox and will be published again",
+			zap.Int("rows", len(b.rows)), zap.Int("confirmed", len(ids)), errField(err))
+		return false
+	}
+	r.setDBOK(true)
+
+	table := r.q.tableName
+	r.m.Published.WithLabelValues(table).Add(float64(len(ids)))
+	lat := r.m.PublishLatency.WithLabelValues(table)
+	for _, l := range latencies {
+		lat.Observe(l)
+	}
+	r.m.Returned.WithLabelValues(table).Add(float64(returned))
+	r.m.Nacked.WithLabelValues(table).Add(float64(nacked))
+	byID := make(map[string]*row, len(failures))
+	for i := range b.rows {
+		byID[b.rows[i].id] = &b.rows[i]
+	}
+	reasons := make(map[string]string, len(failures))
+	for _, f := range failures {
+		reasons[f.id] = f.err
+	}
+	dead, retried := 0, 0
+	for _, s := range states {
+		rw := byID[s.id]
+		fields := []zap.Field{zap.String("id", s.id), zap.Int("attempts", s.attempts), zap.String("reason", reasons[s.id])}
+		if rw != nil {
+			fields = append(fields, zap.String("exchange", rw.exchange), zap.String("routing_key", rw.routingKey))
+			if rw.keyed {
+				fields = append(fields, zap.String("ordering_key", rw.orderingKey))
+			}
+		}
+		if s.dead {
+			dead++
+			r.log.Error("outbox row is dead after its last allowed attempt; it is kept, and blocks its ordering key if it has one", fields...)
+		} else if retried++; retried <= maxRetryLogs {
+			r.log.Warn("publishing an outbox row failed; it will be retried", fields...)
+		}
+	}
+	if retried > maxRetryLogs {
+		r.log.Warn("more outbox rows of the batch failed; they will be retried", zap.Int("rows", retried-maxRetryLogs))
+	}
+	r.m.DeadTotal.WithLabelValues(table).Add(float64(dead))
+	fields := []zap.Field{zap.Int("rows", len(b.rows)), zap.Int("published", len(ids)),
+		zap.Int("failed", len(failures)), zap.Int("unconfirmed", unknowns), zap.Duration("took", time.Since(start))}
+	if unknowns > 0 {
+		r.log.Info("batch settled; rows without a confirm stay in the outbox and will be published again", fields...)
+	} else {
+		r.log.Debug("batch settled", fields...)
+	}
+	return true
+}
