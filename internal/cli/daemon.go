@@ -1,0 +1,356 @@
+package cli
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/backoff"
+	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/config"
+	"github.com/sidebox/sidebox/internal/health"
+	"github.com/sidebox/sidebox/internal/logging"
+	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/redact"
+	"github.com/sidebox/sidebox/internal/status"
+	"github.com/sidebox/sidebox/relay"
+)
+
+// mode is what a long-running command runs.
+type mode string
+
+const (
+	modeRun   mode = "run"   // relay, plus the inbox consumer when a queue is configured
+	modeRelay mode = "relay" // relay only
+	modeInbox mode = "inbox" // inbox consumer only
+)
+
+// daemon runs one of the long-running commands until a signal, then drains.
+func daemon(ctx context.Context, md mode, args []string, stderr io.Writer) error {
+	if err := noArgs(newFlags(string(md)), args); err != nil {
+		return err
+	}
+	cfg := config.Load()
+	withRelay := md != modeInbox
+	withInbox := md == modeInbox || (md == modeRun && cfg.InboxQueue != "")
+	groups := config.Database | config.Broker | config.Server | config.Log
+	if withRelay {
+		groups |= config.Outbox | config.Relay
+	}
+	if withInbox {
+		groups |= config.Inbox | config.Consumer
+	}
+	if err := cfg.Check(groups); err != nil {
+		return err
+	}
+	log, err := logging.New(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err // unreachable after Check(config.Log)
+	}
+	defer func() { _ = log.Sync() }()
+
+	s := &sidecar{cfg: cfg, log: log, mode: md, withRelay: withRelay, withInbox: withInbox}
+	if err := s.run(ctx); err != nil {
+		log.Error("sidebox stopped on a fatal error", zap.String("error", redact.Text(err.Error())))
+		return &loggedError{err}
+	}
+	return nil
+}
+
+// sidecar is one run of a long-running command.
+type sidecar struct {
+	cfg       *config.Config
+	log       *zap.Logger
+	mode      mode
+	withRelay bool
+	withInbox bool
+}
+
+// component is a part that runs until its context is cancelled and then drains.
+type component struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+func (s *sidecar) run(ctx context.Context) error {
+	cfg, log := s.cfg, s.log
+	version, commit := buildVersion()
+	log.Info("starting sidebox",
+		zap.String("command", string(s.mode)), zap.String("version", version), zap.String("commit", commit),
+		zap.Bool("relay", s.withRelay), zap.Bool("inbox", s.withInbox),
+		zap.Any("config", cfg.Redacted()))
+	if unknown := config.Unknown(); len(unknown) > 0 {
+		log.Warn("ignoring unknown SIDEBOX_ variables; misspelt?", zap.Strings("variables", unknown))
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+	m.BuildInfo.WithLabelValues(version, commit).Set(1)
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on SIDEBOX_HTTP_ADDR: %w", err)
+	}
+	defer ln.Close() // Serve closes it too; this covers the early returns
+
+	// sql.Open does not connect: a database that is down at start is retried by the
+	// components and shows in /readyz, it does not stop the process.
+	dsn, err := withConnectTimeout(cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", redact.URL(cfg.DatabaseURL), err)
+	}
+	defer db.Close()
+
+	hs := health.New(reg, log)
+	b := broker.New(cfg.AMQPURLs, broker.Config{Name: brokerName(s.mode)}, log, m)
+	comps, relayRuns, err := s.components(db, dsn, b, hs, m)
+	if err != nil {
+		return err
+	}
+	hs.Add("postgres", health.Cached(pingGauge(health.Ping(db, time.Second), m, relayRuns), 2*time.Second))
+	hs.Add("rabbitmq", health.Func(b.Ready, "not connected to RabbitMQ"))
+	sampled := status.SamplerConfig{Interval: cfg.StatusInterval}
+	if s.withRelay {
+		sampled.Outbox = cfg.Outbox
+	}
+	if s.withInbox {
+		sampled.Inbox = cfg.Inbox
+	}
+	sampler := status.NewSampler(db, sampled, log, m)
+
+	// The broker connection and the HTTP server outlive the components: batches in
+	// flight at the signal still need their confirms, and probes and scrapes keep
+	// working during the drain.
+	infra, stopInfra := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopInfra()
+	var infraWG sync.WaitGroup
+	infraWG.Go(func() { b.Run(infra) })
+	httpErr := make(chan error, 1)
+	infraWG.Go(func() {
+		if err := hs.Serve(infra, ln); err != nil {
+			httpErr <- err
+		}
+	})
+
+	work, stopWork := context.WithCancel(ctx)
+	defer stopWork()
+	failed := make(chan error, len(comps))
+	var wg sync.WaitGroup
+	for _, c := range comps {
+		wg.Go(func() {
+			err := c.run(work)
+			switch {
+			case err != nil:
+				failed <- fmt.Errorf("%s: %w", c.name, err)
+			case work.Err() == nil:
+				failed <- fmt.Errorf("%s stopped unexpectedly", c.name)
+			}
+		})
+	}
+	wg.Go(func() { sampler.Run(work) })
+	log.Info("sidebox started", zap.String("http_addr", ln.Addr().String()))
+
+	var fatal error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining", zap.String("reason", context.Cause(ctx).Error()), zap.Duration("timeout", cfg.ShutdownTimeout))
+	case fatal = <-failed:
+	case fatal = <-httpErr:
+	}
+	hs.Drain()
+	stopWork()
+
+	drained := make(chan struct{})
+	go func() { wg.Wait(); close(drained) }()
+	timeout := time.NewTimer(cfg.ShutdownTimeout)
+	defer timeout.Stop()
+	select {
+	case <-drained:
+	case <-timeout.C:
+		return errors.Join(fatal, fmt.Errorf("drain did not finish within SIDEBOX_SHUTDOWN_TIMEOUT (%s)", cfg.ShutdownTimeout))
+	case <-forcedChan(ctx):
+		return errors.Join(fatal, errors.New("second signal: stopped without finishing the drain"))
+	}
+	stopInfra()
+	infraWG.Wait()
+	close(failed)
+	for err := range failed {
+		fatal = errors.Join(fatal, err)
+	}
+	if fatal != nil {
+		return fatal
+	}
+	log.Info("drained; exiting")
+	return nil
+}
+
+// components builds the relay and the inbox consumer and purger, as configured, and
+// registers their readiness checks. relayRuns reports whether the relay runs.
+func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *health.Server, m *metrics.Metrics) (comps []component, relayRuns func() bool, err error) {
+	cfg, log := s.cfg, s.log
+	relayRuns = func() bool { return false }
+	if s.withRelay {
+		r, err := relay.New(db, dsn, b, relay.Config{
+			Table:           cfg.Outbox,
+			BatchSize:       cfg.BatchSize,
+			PollInterval:    cfg.PollInterval,
+			MaxAttempts:     cfg.MaxAttempts,
+			RetryBackoff:    cfg.RetryBackoff,
+			RetryBackoffMax: cfg.RetryBackoffMax,
+			PublishTimeout:  cfg.PublishTimeout,
+			Workers:         cfg.RelayWorkers,
+		}, log, m)
+		if err != nil {
+			return nil, nil, err
+		}
+		gate := &tableGate{db: db, table: cfg.Outbox, kind: "outbox", log: log}
+		relayRuns = gate.open.Load
+		hs.Add("relay", gate.check(r.Ready, "relay not ready"))
+		comps = append(comps, component{"relay", func(ctx context.Context) error {
+			if !gate.wait(ctx) {
+				return nil
+			}
+			return r.Run(ctx)
+		}})
+	}
+	if s.withInbox {
+		c, err := inbox.NewConsumer(db, b, inbox.ConsumerConfig{
+			Queue:        cfg.InboxQueue,
+			Table:        cfg.Inbox,
+			Consumer:     cfg.Consumer(),
+			Prefetch:     cfg.InboxPrefetch,
+			BatchSize:    cfg.InboxBatchSize,
+			BatchWait:    cfg.InboxBatchWait,
+			Declare:      cfg.InboxDeclare,
+			Bindings:     cfg.Bindings,
+			DrainTimeout: cfg.ShutdownTimeout,
+		}, log, m)
+		if err != nil {
+			return nil, nil, err
+		}
+		p, err := inbox.NewPurger(db, inbox.PurgerConfig{Table: cfg.Inbox, Retention: cfg.InboxRetention}, log, m)
+		if err != nil {
+			return nil, nil, err
+		}
+		gate := &tableGate{db: db, table: cfg.Inbox, kind: "inbox", log: log}
+		hs.Add("inbox", gate.check(c.Ready, "inbox consumer not consuming"))
+		comps = append(comps, component{"inbox", func(ctx context.Context) error {
+			if !gate.wait(ctx) {
+				return nil
+			}
+			purged := make(chan error, 1)
+			go func() { purged <- p.Run(ctx) }()
+			err := c.Run(ctx)
+			if perr := <-purged; perr != nil {
+				err = errors.Join(err, fmt.Errorf("purger: %w", perr))
+			}
+			return err
+		}})
+	}
+	return comps, relayRuns, nil
+}
+
+// pingGauge makes the database readiness check keep sidebox_up{postgres} current,
+// except while the relay runs: the relay keeps it then, from its own connections
+// (the pool and the LISTEN connection).
+func pingGauge(ping health.Check, m *metrics.Metrics, relayRuns func() bool) health.Check {
+	up := m.Up.WithLabelValues(metrics.DependencyPostgres)
+	return func(ctx context.Context) error {
+		err := ping(ctx)
+		if relayRuns() {
+			return err
+		}
+		if err != nil {
+			up.Set(0)
+		} else {
+			up.Set(1)
+		}
+		return err
+	}
+}
+
+// brokerName is the connection name shown in RabbitMQ's management UI.
+func brokerName(md mode) string {
+	host, err := os.Hostname()
+	if err != nil {
+		return "sidebox " + string(md)
+	}
+	return "sidebox " + string(md) + "@" + host
+}
+
+// tableGate holds a component back until its table exists, so that the sidecar may
+// start before `sidebox migrate up` has run (say, a migration job running alongside
+// the new pods); readiness says what it waits for meanwhile.
+type tableGate struct {
+	db    *sql.DB
+	table pg.Table
+	kind  string
+	log   *zap.Logger
+
+	missing atomic.Bool // the last look found no table
+	open    atomic.Bool // the table exists; the component runs
+}
+
+// wait returns true once the table exists, false when ctx is done first.
+func (g *tableGate) wait(ctx context.Context) bool {
+	poll := backoff.Policy{Base: 250 * time.Millisecond, Max: 5 * time.Second}
+	warned := false
+	for attempt := 1; ; attempt++ {
+		ok, err := pg.TableExists(ctx, g.db, g.table)
+		switch {
+		case err == nil && ok:
+			g.open.Store(true)
+			if warned {
+				g.log.Info(g.kind+" table exists now; starting", zap.String("table", g.table.String()))
+			}
+			return true
+		case err == nil:
+			g.missing.Store(true)
+			if !warned {
+				g.log.Warn(g.kind+" table does not exist; waiting for it (run `sidebox migrate up`)", zap.String("table", g.table.String()))
+				warned = true
+			}
+		default:
+			// The database is down: the postgres readiness check reports it.
+			g.log.Debug("cannot look up "+g.kind+" table", zap.String("error", redact.Text(err.Error())))
+		}
+		if !poll.Sleep(ctx, attempt) {
+			return false
+		}
+	}
+}
+
+// check reports the gate's state until it opens, then the component's readiness.
+func (g *tableGate) check(ready func() bool, problem string) health.Check {
+	return func(context.Context) error {
+		switch {
+		case g.open.Load():
+			if !ready() {
+				return errors.New(problem)
+			}
+			return nil
+		case g.missing.Load():
+			return fmt.Errorf("%s table %s does not exist; run `sidebox migrate up`", g.kind, g.table)
+		default:
+			return fmt.Errorf("looking up %s table %s", g.kind, g.table)
+		}
+	}
+}

@@ -1,0 +1,466 @@
+// Package config reads sidebox's configuration from SIDEBOX_* environment variables
+// with envconfig and validates, for each command, only the variables that command uses.
+//
+// Every problem is reported at once as a *Error naming the variable; the CLI turns them
+// into exit code 2. Values of URL variables are never part of an error message, since
+// they may carry a password.
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+	"github.com/lib/pq"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/redact"
+)
+
+// Prefix starts the name of every variable sidebox reads.
+const Prefix = "SIDEBOX_"
+
+// Config is the process's configuration. The struct tags are the source of truth for
+// variable names, defaults, the group a variable belongs to and its documentation.
+//
+// Tags carry the full variable name and Load passes envconfig no prefix: with a prefix,
+// envconfig falls back to the unprefixed name (DATABASE_URL, LOG_LEVEL) when the
+// prefixed one is unset, which would let an application's variables leak into sidebox.
+type Config struct {
+	DatabaseURL string `envconfig:"SIDEBOX_DATABASE_URL" group:"database" secret:"true" desc:"PostgreSQL URL (postgres://...) or key=value connection string of the service's own database (lib/pq syntax)"`
+	AMQPURL     string `envconfig:"SIDEBOX_AMQP_URL" group:"broker" secret:"true" desc:"RabbitMQ URL, amqp:// or amqps://; a comma-separated list for a cluster, tried in turn"`
+
+	OutboxTable string `envconfig:"SIDEBOX_OUTBOX_TABLE" default:"outbox" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox)"`
+	InboxTable  string `envconfig:"SIDEBOX_INBOX_TABLE" default:"inbox" group:"inbox" desc:"inbox table, optionally schema-qualified"`
+
+	HTTPAddr        string        `envconfig:"SIDEBOX_HTTP_ADDR" default:":9719" group:"server" desc:"listen address of /healthz, /readyz and /metrics"`
+	ShutdownTimeout time.Duration `envconfig:"SIDEBOX_SHUTDOWN_TIMEOUT" default:"30s" group:"server" desc:"longest drain after SIGTERM/SIGINT; past it the process exits with code 1"`
+	StatusInterval  time.Duration `envconfig:"SIDEBOX_STATUS_INTERVAL" default:"15s" group:"server" desc:"refresh period of the backlog gauges (pending, retrying, dead, blocked keys, oldest pending age, inbox unprocessed and dead)"`
+	LogLevel        string        `envconfig:"SIDEBOX_LOG_LEVEL" default:"info" group:"log" desc:"debug, info, warn or error"`
+	LogFormat       string        `envconfig:"SIDEBOX_LOG_FORMAT" default:"json" group:"log" desc:"json or console"`
+
+	BatchSize       int           `envconfig:"SIDEBOX_BATCH_SIZE" default:"500" group:"relay" desc:"rows claimed per relay batch (1-10000)"`
+	PollInterval    time.Duration `envconfig:"SIDEBOX_POLL_INTERVAL" default:"1s" group:"relay" desc:"idle polling period of the relay; a notification from a writer wakes it earlier"`
+	MaxAttempts     int           `envconfig:"SIDEBOX_MAX_ATTEMPTS" default:"10" group:"relay" desc:"failed publishes (nack or return) before a row is kept as dead"`
+	RetryBackoff    time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF" default:"1s" group:"relay" desc:"first retry delay of a failed row; doubles per attempt, with jitter"`
+	RetryBackoffMax time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF_MAX" default:"5m" group:"relay" desc:"cap of the retry delay"`
+	PublishTimeout  time.Duration `envconfig:"SIDEBOX_PUBLISH_TIMEOUT" default:"30s" group:"relay" desc:"longest wait for the broker's confirms of one batch"`
+	RelayWorkers    int           `envconfig:"SIDEBOX_RELAY_WORKERS" default:"2" group:"relay" desc:"batches in flight at once, each in its own transaction and channel (1-64)"`
+
+	InboxQueue     string        `envconfig:"SIDEBOX_INBOX_QUEUE" group:"consumer" desc:"queue the inbox consumer reads; unset: no inbox consumer (sidebox inbox requires it)"`
+	InboxConsumer  string        `envconfig:"SIDEBOX_INBOX_CONSUMER" group:"consumer" desc:"consumer name stored with each inbox row (deduplication is per consumer); default: the queue name"`
+	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" default:"256" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds (1-65535)"`
+	InboxBatchSize int           `envconfig:"SIDEBOX_INBOX_BATCH_SIZE" default:"128" group:"consumer" desc:"deliveries stored per transaction (1 to the prefetch)"`
+	InboxBatchWait time.Duration `envconfig:"SIDEBOX_INBOX_BATCH_WAIT" default:"5ms" group:"consumer" desc:"longest wait to fill a batch once it holds a delivery (at most 10s)"`
+	InboxRetention time.Duration `envconfig:"SIDEBOX_INBOX_RETENTION" default:"168h" group:"consumer" desc:"processed inbox rows older than this are deleted (at least 1m)"`
+	InboxDeclare   bool          `envconfig:"SIDEBOX_INBOX_DECLARE" default:"false" group:"consumer" desc:"declare the inbox queue (durable) before consuming; otherwise it must exist"`
+	InboxBindings  string        `envconfig:"SIDEBOX_INBOX_BINDINGS" group:"consumer" desc:"exchange:routing.key,... bindings of the inbox queue to existing exchanges; implies SIDEBOX_INBOX_DECLARE"`
+
+	InjectAddr    string `envconfig:"SIDEBOX_INJECT_ADDR" default:":8443" group:"inject" desc:"listen address (HTTPS) of the admission webhook (sidebox inject)"`
+	InjectTLSCert string `envconfig:"SIDEBOX_INJECT_TLS_CERT" group:"inject" desc:"path of the webhook's TLS certificate (PEM)"`
+	InjectTLSKey  string `envconfig:"SIDEBOX_INJECT_TLS_KEY" group:"inject" desc:"path of the webhook's TLS private key (PEM)"`
+	InjectImage   string `envconfig:"SIDEBOX_INJECT_IMAGE" group:"inject" desc:"sidecar image the webhook injects into pods that do not name their own"`
+	InjectMode    string `envconfig:"SIDEBOX_INJECT_MODE" default:"native" group:"inject" desc:"kind of sidecar injected by default: native (an init container with restartPolicy Always, Kubernetes 1.29 and later) or classic (a regular container)"`
+
+	// Derived by Check from the variables above.
+	Outbox   pg.Table
+	Inbox    pg.Table
+	AMQPURLs []string
+	Bindings []inbox.Binding
+
+	// parseErrors holds envconfig's conversion failures by variable; Check reports those
+	// of the groups it is asked about.
+	parseErrors map[string]*Error
+}
+
+// Group is a set of variables that some commands use.
+type Group uint
+
+// The variable groups. A command checks the union of the groups it uses.
+const (
+	Database Group = 1 << iota // SIDEBOX_DATABASE_URL, required
+	Broker                     // SIDEBOX_AMQP_URL, required
+	Outbox                     // SIDEBOX_OUTBOX_TABLE
+	Inbox                      // SIDEBOX_INBOX_TABLE
+	Server                     // HTTP address, shutdown timeout, status interval
+	Log                        // log level and format
+	Relay                      // relay knobs
+	Consumer                   // inbox consumer knobs; SIDEBOX_INBOX_QUEUE required
+	Inject                     // admission webhook
+)
+
+// groupOf returns the group named by a field's group tag.
+func groupOf(f reflect.StructField) Group {
+	switch f.Tag.Get("group") {
+	case "database":
+		return Database
+	case "broker":
+		return Broker
+	case "outbox":
+		return Outbox
+	case "inbox":
+		return Inbox
+	case "server":
+		return Server
+	case "log":
+		return Log
+	case "relay":
+		return Relay
+	case "consumer":
+		return Consumer
+	case "inject":
+		return Inject
+	}
+	panic("config: field " + f.Name + " has no valid group tag") // a defect, caught by every test
+}
+
+// Var describes one variable, for documentation and the start-up log.
+type Var struct {
+	Name        string
+	Default     string
+	Description string
+	Secret      bool
+}
+
+// Vars lists every variable sidebox reads, in declaration order.
+func Vars() []Var {
+	var out []Var
+	for _, f := range envFields() {
+		out = append(out, Var{
+			Name:        f.Tag.Get("envconfig"),
+			Default:     f.Tag.Get("default"),
+			Description: f.Tag.Get("desc"),
+			Secret:      f.Tag.Get("secret") == "true",
+		})
+	}
+	return out
+}
+
+func envFields() []reflect.StructField {
+	var out []reflect.StructField
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		if f := t.Field(i); f.Tag.Get("envconfig") != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Load reads every variable. Values that do not convert to their field's type are
+// remembered, not returned: Check reports them for the commands that use them.
+func Load() *Config {
+	c := &Config{parseErrors: map[string]*Error{}}
+	v := reflect.ValueOf(c).Elem()
+	for _, f := range envFields() {
+		// One field at a time, so that one bad value does not hide the next one.
+		one := reflect.New(reflect.StructOf([]reflect.StructField{{Name: f.Name, Type: f.Type, Tag: f.Tag}}))
+		err := envconfig.Process("", one.Interface())
+		if err == nil {
+			v.FieldByIndex(f.Index).Set(one.Elem().Field(0))
+			continue
+		}
+		name := f.Tag.Get("envconfig")
+		c.parseErrors[name] = &Error{Var: name, Problem: parseProblem(f, err)}
+	}
+	return c
+}
+
+// parseProblem describes a value envconfig could not convert, echoing it only when the
+// variable is not secret.
+func parseProblem(f reflect.StructField, err error) string {
+	want := "a valid " + f.Type.String()
+	switch {
+	case f.Type == reflect.TypeFor[time.Duration]():
+		want = "a duration such as 500ms, 30s, 5m or 1h"
+	case f.Type.Kind() == reflect.Int:
+		want = "an integer"
+	case f.Type.Kind() == reflect.Bool:
+		want = "true or false"
+	}
+	if f.Tag.Get("secret") == "true" {
+		return "must be " + want
+	}
+	got := ""
+	if pe, ok := err.(*envconfig.ParseError); ok {
+		got = pe.Value
+	}
+	return fmt.Sprintf("must be %s, got %q", want, got)
+}
+
+// Consumer returns the inbox consumer name: SIDEBOX_INBOX_CONSUMER, else the queue.
+func (c *Config) Consumer() string {
+	if c.InboxConsumer != "" {
+		return c.InboxConsumer
+	}
+	return c.InboxQueue
+}
+
+// Check validates the variables of the given groups and fills the derived fields.
+// It returns nil or an Errors listing every problem, in variable order.
+func (c *Config) Check(groups Group) error {
+	var errs Errors
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, &Error{Var: name, Problem: fmt.Sprintf(format, args...)})
+	}
+	order := map[string]int{}
+	for i, f := range envFields() {
+		name := f.Tag.Get("envconfig")
+		order[name] = i
+		if groups&groupOf(f) == 0 {
+			continue
+		}
+		if pe := c.parseErrors[name]; pe != nil {
+			errs = append(errs, pe)
+		}
+	}
+	parsed := func(name string) bool { return c.parseErrors[name] == nil }
+
+	if groups&Database != 0 {
+		if p := checkDatabaseURL(c.DatabaseURL); p != "" {
+			bad("SIDEBOX_DATABASE_URL", "%s", p)
+		}
+	}
+	if groups&Broker != 0 {
+		urls, p := checkAMQPURLs(c.AMQPURL)
+		if p != "" {
+			bad("SIDEBOX_AMQP_URL", "%s", p)
+		}
+		c.AMQPURLs = urls
+	}
+	if groups&Outbox != 0 {
+		t, err := pg.ParseTable(c.OutboxTable)
+		if err != nil {
+			bad("SIDEBOX_OUTBOX_TABLE", "%v", err)
+		}
+		c.Outbox = t
+	}
+	if groups&Inbox != 0 {
+		t, err := pg.ParseTable(c.InboxTable)
+		if err != nil {
+			bad("SIDEBOX_INBOX_TABLE", "%v", err)
+		}
+		c.Inbox = t
+		if groups&Outbox != 0 && c.Inbox.Name != "" && c.Inbox == c.Outbox {
+			bad("SIDEBOX_INBOX_TABLE", "must differ from SIDEBOX_OUTBOX_TABLE, both are %q", c.InboxTable)
+		}
+	}
+	if groups&Server != 0 {
+		if p := checkAddr(c.HTTPAddr); p != "" {
+			bad("SIDEBOX_HTTP_ADDR", "%s", p)
+		}
+		positive(bad, parsed, "SIDEBOX_SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
+		positive(bad, parsed, "SIDEBOX_STATUS_INTERVAL", c.StatusInterval)
+	}
+	if groups&Log != 0 {
+		switch strings.ToLower(c.LogLevel) {
+		case "debug", "info", "warn", "error":
+		default:
+			bad("SIDEBOX_LOG_LEVEL", "must be debug, info, warn or error, got %q", c.LogLevel)
+		}
+		if f := strings.ToLower(c.LogFormat); f != "json" && f != "console" {
+			bad("SIDEBOX_LOG_FORMAT", "must be json or console, got %q", c.LogFormat)
+		}
+	}
+	if groups&Relay != 0 {
+		between(bad, parsed, "SIDEBOX_BATCH_SIZE", c.BatchSize, 1, 10000)
+		positive(bad, parsed, "SIDEBOX_POLL_INTERVAL", c.PollInterval)
+		between(bad, parsed, "SIDEBOX_MAX_ATTEMPTS", c.MaxAttempts, 1, 1000000)
+		positive(bad, parsed, "SIDEBOX_RETRY_BACKOFF", c.RetryBackoff)
+		positive(bad, parsed, "SIDEBOX_RETRY_BACKOFF_MAX", c.RetryBackoffMax)
+		if parsed("SIDEBOX_RETRY_BACKOFF") && parsed("SIDEBOX_RETRY_BACKOFF_MAX") && c.RetryBackoff > 0 && c.RetryBackoffMax < c.RetryBackoff {
+			bad("SIDEBOX_RETRY_BACKOFF_MAX", "must be at least SIDEBOX_RETRY_BACKOFF (%s), got %q", c.RetryBackoff, c.RetryBackoffMax.String())
+		}
+		positive(bad, parsed, "SIDEBOX_PUBLISH_TIMEOUT", c.PublishTimeout)
+		between(bad, parsed, "SIDEBOX_RELAY_WORKERS", c.RelayWorkers, 1, 64)
+	}
+	if groups&Consumer != 0 {
+		c.checkConsumer(bad, parsed)
+	}
+	if groups&Inject != 0 {
+		if p := checkAddr(c.InjectAddr); p != "" {
+			bad("SIDEBOX_INJECT_ADDR", "%s", p)
+		}
+		for _, v := range []struct{ name, value string }{
+			{"SIDEBOX_INJECT_TLS_CERT", c.InjectTLSCert}, {"SIDEBOX_INJECT_TLS_KEY", c.InjectTLSKey}, {"SIDEBOX_INJECT_IMAGE", c.InjectImage},
+		} {
+			if v.value == "" {
+				bad(v.name, "must be set")
+			}
+		}
+		if c.InjectMode != "native" && c.InjectMode != "classic" {
+			bad("SIDEBOX_INJECT_MODE", "must be native or classic, got %q", c.InjectMode)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(errs, func(a, b *Error) int { return order[a.Var] - order[b.Var] })
+	return errs
+}
+
+func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(string) bool) {
+	switch {
+	case c.InboxQueue == "":
+		bad("SIDEBOX_INBOX_QUEUE", "must be set: it names the queue the inbox consumer reads")
+	case len(c.InboxQueue) > 255:
+		bad("SIDEBOX_INBOX_QUEUE", "must be at most 255 bytes, got %d", len(c.InboxQueue))
+	}
+	if len(c.InboxConsumer) > 1000 {
+		bad("SIDEBOX_INBOX_CONSUMER", "must be at most 1000 bytes, got %d", len(c.InboxConsumer))
+	}
+	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch, 1, 65535)
+	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= 65535 {
+		between(bad, parsed, "SIDEBOX_INBOX_BATCH_SIZE", c.InboxBatchSize, 1, c.InboxPrefetch)
+	}
+	if parsed("SIDEBOX_INBOX_BATCH_WAIT") && (c.InboxBatchWait <= 0 || c.InboxBatchWait > 10*time.Second) {
+		bad("SIDEBOX_INBOX_BATCH_WAIT", "must be a positive duration of at most 10s, got %q", c.InboxBatchWait.String())
+	}
+	if parsed("SIDEBOX_INBOX_RETENTION") && c.InboxRetention < time.Minute {
+		bad("SIDEBOX_INBOX_RETENTION", "must be at least 1m, got %q", c.InboxRetention.String())
+	}
+	b, err := inbox.ParseBindings(c.InboxBindings)
+	if err != nil {
+		bad("SIDEBOX_INBOX_BINDINGS", "%v", err)
+	}
+	c.Bindings = b
+}
+
+func positive(bad func(string, string, ...any), parsed func(string) bool, name string, d time.Duration) {
+	if parsed(name) && d <= 0 {
+		bad(name, "must be a positive duration, got %q", d.String())
+	}
+}
+
+func between(bad func(string, string, ...any), parsed func(string) bool, name string, n, lo, hi int) {
+	if parsed(name) && (n < lo || n > hi) {
+		bad(name, "must be between %d and %d, got %q", lo, hi, strconv.Itoa(n))
+	}
+}
+
+// checkDatabaseURL returns what is wrong with a lib/pq connection string, without
+// quoting it: neither the URL parser's nor lib/pq's messages are safe to show, as they
+// may repeat part of a password.
+func checkDatabaseURL(s string) string {
+	const forms = "a postgres:// or postgresql:// URL or a key=value connection string (lib/pq syntax)"
+	switch {
+	case strings.TrimSpace(s) == "":
+		return "must be set to " + forms
+	case strings.Contains(s, "://"):
+		u, err := url.Parse(s)
+		if err != nil {
+			return "is not a valid URL (the value is not shown, it may contain a password); want " + forms
+		}
+		if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+			return fmt.Sprintf("has scheme %q; want %s", u.Scheme, forms)
+		}
+	case !strings.Contains(s, "="):
+		return "must be " + forms + " (the value is not shown, it may contain a password)"
+	}
+	if _, err := pq.NewConfig(s); err != nil {
+		if strings.Contains(err.Error(), "environment variable $PG") {
+			// lib/pq refuses some libpq variables; its message names only the variable.
+			return "cannot be used: " + err.Error()
+		}
+		return "is not a valid connection string (the value is not shown, it may contain a password); want " + forms
+	}
+	return ""
+}
+
+// checkAMQPURLs splits the comma-separated list and checks every item.
+func checkAMQPURLs(s string) ([]string, string) {
+	if strings.TrimSpace(s) == "" {
+		return nil, "must be set to an amqp:// or amqps:// URL, or a comma-separated list of them"
+	}
+	var urls []string
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		which := "the value"
+		if len(parts) > 1 {
+			which = fmt.Sprintf("item %d of %d", i+1, len(parts))
+		}
+		if p == "" {
+			return nil, which + " is empty"
+		}
+		u, err := url.Parse(p)
+		if err != nil || !strings.Contains(p, "://") {
+			return nil, which + " is not a URL (not shown, it may contain a password); want amqp://user:password@host:5672/vhost"
+		}
+		if u.Scheme != "amqp" && u.Scheme != "amqps" {
+			return nil, fmt.Sprintf("%s has scheme %q; want amqp:// or amqps://", which, u.Scheme)
+		}
+		if u.Hostname() == "" {
+			return nil, which + " names no host"
+		}
+		if _, err := amqp.ParseURI(p); err != nil {
+			return nil, which + " is not a valid AMQP URL (not shown, it may contain a password)"
+		}
+		urls = append(urls, p)
+	}
+	return urls, ""
+}
+
+func checkAddr(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("must be host:port or :port, got %q", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Sprintf("must end in a port number 0-65535, got %q", addr)
+	}
+	return ""
+}
+
+// Unknown returns the names of set SIDEBOX_* variables that sidebox does not read,
+// sorted; typically a misspelling worth a warning.
+func Unknown() []string {
+	known := map[string]bool{}
+	for _, v := range Vars() {
+		known[v.Name] = true
+	}
+	var out []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, Prefix) && !known[name] && !kubernetesServiceVar(name) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// kubernetesServiceVar reports names Kubernetes sets for a Service called "sidebox"
+// (SIDEBOX_PORT, SIDEBOX_SERVICE_HOST, SIDEBOX_PORT_9719_TCP_ADDR ...).
+func kubernetesServiceVar(name string) bool {
+	rest := strings.TrimPrefix(name, Prefix)
+	return rest == "PORT" || strings.HasPrefix(rest, "PORT_") || strings.HasPrefix(rest, "SERVICE_")
+}
+
+// Redacted returns every variable with its effective value, secrets masked, for the
+// start-up log line.
+func (c *Config) Redacted() map[string]string {
+	out := map[string]string{}
+	v := reflect.ValueOf(c).Elem()
+	for _, f := range envFields() {
+		name := f.Tag.Get("envconfig")
+		val := fmt.Sprint(v.FieldByIndex(f.Index).Interface())
+		switch {
+		case name == "SIDEBOX_AMQP_URL":
+			val = redact.URLs(val)
+		case f.Tag.Get("secret") == "true":
+			val = redact.URL(val)
+		}
+		out[name] = val
+	}
+	return out
+}

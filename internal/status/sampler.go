@@ -1,0 +1,103 @@
+package status
+
+import (
+	"context"
+	"database/sql"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/redact"
+)
+
+// SamplerConfig says what a Sampler measures; a zero table is skipped.
+type SamplerConfig struct {
+	Interval time.Duration
+	Outbox   pg.Table
+	Inbox    pg.Table
+}
+
+// Sampler refreshes the backlog gauges every interval while it runs.
+type Sampler struct {
+	db  *sql.DB
+	cfg SamplerConfig
+	log *zap.Logger
+	m   *metrics.Metrics
+}
+
+// NewSampler returns a Sampler; call Run.
+func NewSampler(db *sql.DB, cfg SamplerConfig, log *zap.Logger, m *metrics.Metrics) *Sampler {
+	return &Sampler{db: db, cfg: cfg, log: log, m: m}
+}
+
+// Run samples at once and then every interval until ctx is done. Failures (database
+// down, table missing) are logged and retried at the next tick, never returned.
+func (s *Sampler) Run(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Interval)
+	defer t.Stop()
+	failing := false
+	for {
+		err := s.Sample(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && !failing:
+			s.log.Warn("cannot refresh backlog gauges; retrying every status interval", zap.String("error", redact.Text(err.Error())))
+		case err != nil:
+			s.log.Debug("cannot refresh backlog gauges", zap.String("error", redact.Text(err.Error())))
+		case failing:
+			s.log.Info("backlog gauges refreshed again")
+		}
+		failing = err != nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Sample measures the configured tables once and sets the gauges. A table that does not
+// exist has its series removed. The query is bounded by the interval (1s to 30s), so a
+// slow scan never piles up behind the next one.
+func (s *Sampler) Sample(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, min(max(s.cfg.Interval, time.Second), 30*time.Second))
+	defer cancel()
+	if t := s.cfg.Outbox; t.Name != "" {
+		o, err := OutboxStatus(ctx, s.db, t)
+		if err != nil {
+			return err
+		}
+		label := t.String()
+		if o == nil {
+			s.m.Pending.DeleteLabelValues(label)
+			s.m.Retrying.DeleteLabelValues(label)
+			s.m.Dead.DeleteLabelValues(label)
+			s.m.BlockedKeys.DeleteLabelValues(label)
+			s.m.OldestPending.DeleteLabelValues(label)
+		} else {
+			s.m.Pending.WithLabelValues(label).Set(float64(o.Pending))
+			s.m.Retrying.WithLabelValues(label).Set(float64(o.Retrying))
+			s.m.Dead.WithLabelValues(label).Set(float64(o.Dead))
+			s.m.BlockedKeys.WithLabelValues(label).Set(float64(o.BlockedKeys))
+			s.m.OldestPending.WithLabelValues(label).Set(o.OldestPendingAgeSeconds)
+		}
+	}
+	if t := s.cfg.Inbox; t.Name != "" {
+		in, err := InboxStatus(ctx, s.db, t)
+		if err != nil {
+			return err
+		}
+		label := t.String()
+		if in == nil {
+			s.m.InboxUnprocessed.DeleteLabelValues(label)
+			s.m.InboxDead.DeleteLabelValues(label)
+		} else {
+			s.m.InboxUnprocessed.WithLabelValues(label).Set(float64(in.Unprocessed))
+			s.m.InboxDead.WithLabelValues(label).Set(float64(in.Dead))
+		}
+	}
+	return nil
+}

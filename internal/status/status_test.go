@@ -1,0 +1,175 @@
+package status
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/testenv"
+	"github.com/sidebox/sidebox/outbox"
+)
+
+func exec(t *testing.T, db *sql.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := db.Exec(q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func migrate(t *testing.T, db *sql.DB, ob, ib pg.Table) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := outbox.Migrations().Up(ctx, db, ob); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inbox.Migrations().Up(ctx, db, ib); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMissingTablesAreNull(t *testing.T) {
+	db, _ := testenv.DB(t)
+	r, err := Collect(context.Background(), db, pg.MustParseTable("outbox"), pg.MustParseTable("app.inbox"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(r)
+	if string(b) != `{"outbox":null,"inbox":null}` {
+		t.Errorf("report = %s", b)
+	}
+}
+
+func TestCounts(t *testing.T) {
+	db, _ := testenv.DB(t)
+	ob, ib := pg.MustParseTable("app.orders_outbox"), pg.MustParseTable("app.orders_inbox")
+	migrate(t, db, ob, ib)
+	ctx := context.Background()
+
+	r, err := Collect(ctx, db, ob, ib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *r.Outbox != (Outbox{}) || *r.Inbox != (Inbox{}) {
+		t.Errorf("empty tables: %+v %+v", *r.Outbox, *r.Inbox)
+	}
+
+	// Key a: head retrying, one behind it (blocked). Key b: head pending, a dead row
+	// behind (not blocked: the head decides). Key c: head dead (blocked). No key: one
+	// pending, one delayed an hour (not due, so not in the age), one retrying.
+	exec(t, db, `INSERT INTO app.orders_outbox (payload, ordering_key, attempts, dead_at, created_at, available_at) VALUES
+		('a1', 'a', 2, NULL, now() - interval '100 seconds', now() + interval '1 minute'),
+		('a2', 'a', 0, NULL, now() - interval '50 seconds', now() - interval '50 seconds'),
+		('b1', 'b', 0, NULL, now(), now()),
+		('b2', 'b', 10, now(), now(), now()),
+		('c1', 'c', 10, now(), now() - interval '1 day', now()),
+		('n1', NULL, 0, NULL, now() - interval '10 seconds', now() - interval '10 seconds'),
+		('n2', NULL, 0, NULL, now() - interval '1 day', now() + interval '1 hour'),
+		('n3', NULL, 1, NULL, now(), now() + interval '1 minute')`)
+	exec(t, db, `INSERT INTO app.orders_inbox (consumer, message_id, processed_at, dead_at) VALUES
+		('c', '1', NULL, NULL), ('c', '2', NULL, NULL), ('c', '3', now(), NULL), ('d', '1', NULL, now())`)
+
+	o, err := OutboxStatus(ctx, db, ob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Pending != 4 || o.Retrying != 2 || o.Dead != 2 || o.BlockedKeys != 2 {
+		t.Errorf("outbox = %+v, want pending 4, retrying 2, dead 2, blocked keys 2", *o)
+	}
+	// The retrying a1 counts from its creation, 100 s ago; n2 is not due yet.
+	if o.OldestPendingAgeSeconds < 100 || o.OldestPendingAgeSeconds > 110 {
+		t.Errorf("oldest pending age = %v, want about 100", o.OldestPendingAgeSeconds)
+	}
+	in, err := InboxStatus(ctx, db, ib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *in != (Inbox{Unprocessed: 2, Dead: 1}) {
+		t.Errorf("inbox = %+v", *in)
+	}
+}
+
+func TestSampler(t *testing.T) {
+	db, _ := testenv.DB(t)
+	ob, ib := pg.MustParseTable("outbox"), pg.MustParseTable("inbox")
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	s := NewSampler(db, SamplerConfig{Interval: time.Minute, Outbox: ob, Inbox: ib}, zap.NewNop(), m)
+	ctx := context.Background()
+
+	if err := s.Sample(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := gauge(t, reg, "sidebox_outbox_pending", "outbox"); ok {
+		t.Error("a pending series for a table that does not exist")
+	}
+
+	migrate(t, db, ob, ib)
+	exec(t, db, `INSERT INTO outbox (payload, created_at, available_at) VALUES ('x', now() - interval '1 minute', now() - interval '1 minute'), ('y', now(), now())`)
+	exec(t, db, `INSERT INTO inbox (consumer, message_id) VALUES ('c', '1')`)
+	if err := s.Sample(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := value(t, reg, "sidebox_outbox_pending", "outbox"); v != 2 {
+		t.Errorf("pending gauge = %v", v)
+	}
+	if v := value(t, reg, "sidebox_outbox_oldest_pending_age_seconds", "outbox"); v < 60 || v > 70 {
+		t.Errorf("oldest pending gauge = %v", v)
+	}
+	if v := value(t, reg, "sidebox_inbox_unprocessed", "inbox"); v != 1 {
+		t.Errorf("inbox unprocessed gauge = %v", v)
+	}
+
+	// Run samples at once and stops with its context.
+	exec(t, db, `DELETE FROM outbox`)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.Run(rctx); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for value(t, reg, "sidebox_outbox_pending", "outbox") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not sample")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
+
+// gauge reads the gauge name{table=table} from reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name, table string) (float64, bool) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "table" && l.GetValue() == table {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+func value(t *testing.T, reg *prometheus.Registry, name, table string) float64 {
+	t.Helper()
+	v, ok := gauge(t, reg, name, table)
+	if !ok {
+		t.Fatalf("no series %s{table=%q}", name, table)
+	}
+	return v
+}
