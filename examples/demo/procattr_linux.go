@@ -1,0 +1,10 @@
+package main
+
+import "syscall"
+
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{
+		Setpgid:   true,            // no Ctrl-C from the terminal: the demo stops the child
+		Pdeathsig: syscall.SIGKILL, // and no orphan if the demo itself is killed
+	}
+}
