@@ -539,7 +539,6 @@ func TestHealthz(t *testing.T) {
 	}
 }
 
-
 func TestConfigValidate(t *testing.T) {
 	good := inject.Config{Addr: ":8443", TLSCert: "/tls/tls.crt", TLSKey: "/tls/tls.key", Image: testImage, Mode: inject.ModeNative}
 	if err := good.Validate(); err != nil {
