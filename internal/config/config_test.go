@@ -181,31 +181,36 @@ func TestUnknown(t *testing.T) {
 }
 
 func TestVarsDocumented(t *testing.T) {
-	b, err := os.ReadFile("../../docs/configuration.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows := map[string][]string{}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		cells := strings.Split(line, " | ")
-		if len(cells) >= 3 && strings.HasPrefix(cells[0], "| `SIDEBOX_") {
-			rows[strings.Trim(cells[0], "| `")] = cells
-		}
-	}
-	for _, v := range Vars() {
-		if v.Description == "" {
-			t.Errorf("%s has no desc tag", v.Name)
-		}
-		cells, ok := rows[v.Name]
-		switch {
-		case !ok:
-			t.Errorf("docs/configuration.md has no row for %s", v.Name)
-		case v.Default != "" && cells[1] != "`"+v.Default+"`":
-			t.Errorf("docs/configuration.md gives %s the default %s, the code `%s`", v.Name, cells[1], v.Default)
-		}
-		delete(rows, v.Name)
-	}
-	for name := range rows {
-		t.Errorf("docs/configuration.md documents %s, which sidebox does not read", name)
+	// The README carries the same table as docs/configuration.md; both must match the code.
+	for _, doc := range []string{"docs/configuration.md", "README.md"} {
+		t.Run(doc, func(t *testing.T) {
+			b, err := os.ReadFile("../../" + doc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows := map[string][]string{}
+			for line := range strings.SplitSeq(string(b), "\n") {
+				cells := strings.Split(line, " | ")
+				if len(cells) >= 3 && strings.HasPrefix(cells[0], "| `SIDEBOX_") {
+					rows[strings.Trim(cells[0], "| `")] = cells
+				}
+			}
+			for _, v := range Vars() {
+				if v.Description == "" {
+					t.Errorf("%s has no desc tag", v.Name)
+				}
+				cells, ok := rows[v.Name]
+				switch {
+				case !ok:
+					t.Errorf("%s has no row for %s", doc, v.Name)
+				case v.Default != "" && cells[1] != "`"+v.Default+"`":
+					t.Errorf("%s gives %s the default %s, the code `%s`", doc, v.Name, cells[1], v.Default)
+				}
+				delete(rows, v.Name)
+			}
+			for name := range rows {
+				t.Errorf("%s documents %s, which sidebox does not read", doc, name)
+			}
+		})
 	}
 }
