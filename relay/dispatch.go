@@ -22,15 +22,16 @@ type batch struct {
 // walk cursor and the wake-up state need no locking.
 //
 // Wake-up. Writers notify at commit only while the table's wake-up flag is up. The
-// relay raises it when a claim comes back empty, that is when it has caught up and
-// would otherwise have to poll, and lowers it once it sees a steady stream (a second
-// claim in a row with rows, a full batch, or every worker busy): then a finished
-// batch or a free worker makes it claim anyway, and writers do not pay for
-// notifications. Under load the table is rarely found empty, so writers almost never
-// notify; at low rates each commit wakes the relay at once. The flag goes up before
-// the claim that follows, so that claim sees every row committed before it; a writer
-// whose trigger read the flag just before it went up and that committed just after
-// that claim is covered by one more claim after a short settle time.
+// relay listens (flag up) while it keeps up: a commit wakes it at once and a free
+// worker takes the rows. It drains (flag down) once it falls behind, that is when a
+// batch comes back full or every worker is busy: then it claims again whenever a
+// worker is free, finding what committed meanwhile, and writers pay nothing for
+// notifications. It listens again when a claim comes back empty. So notifications
+// cost writers only while the relay is ahead of them, which bounds their rate by the
+// relay's batch rate. The flag goes up before the claim that follows, so that claim
+// sees every row committed before it; a writer whose trigger read the flag just
+// before it went up and that committed just after that claim is covered by one more
+// claim after a short settle time.
 type dispatcher struct {
 	r    *Relay
 	idle chan *worker    // workers with an open channel, waiting for a batch
@@ -42,7 +43,6 @@ type dispatcher struct {
 
 	flagSet    bool      // this relay raised the wake-up flag and has not lowered it since
 	raise      bool      // raise the flag before the next claim
-	streak     bool      // the last claim had rows
 	settleAt   time.Time // a claim is due at this time (zero: none) after the flag went up
 	keyedFirst bool      // which part of the claim goes first; alternates
 	cursor     *string
@@ -121,22 +121,22 @@ func (d *dispatcher) run(ctx context.Context) {
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
 			full := len(c.rows) >= r.cfg.BatchSize || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
-			if d.flagSet && (d.streak || full || busy) {
+			if d.flagSet && (full || busy) {
+				// Behind: drain without notifications.
 				r.flag.clear(context.WithoutCancel(ctx), r.log)
 				d.flagSet = false
 			}
-			d.streak = true
 			w.in <- &batch{tx: tx, rows: c.rows}
-			if full || !busy {
-				wait = 0 // more may be waiting, and there is a worker for it
-			} else {
-				wait = r.cfg.PollInterval // a finished batch wakes the relay
+			switch {
+			case full, !busy && !d.flagSet:
+				wait = 0 // draining, and a worker is free (or will be: acquire waits)
+			default:
+				wait = r.cfg.PollInterval // a notification or a finished batch wakes the relay
 			}
 			continue
 		}
 		_ = tx.Rollback()
 		d.idle <- w
-		d.streak = false
 		if walkStopped {
 			wait = 0 // keys not visited yet in this round
 			continue

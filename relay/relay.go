@@ -12,9 +12,11 @@
 // row of a key (its head) can be claimed, and a head that is in flight, retrying or dead
 // holds back the rest of its key and nothing else.
 //
-// The relay sleeps when there is nothing to do and is woken by a NOTIFY that writers send
-// only while it sleeps (see the outbox migration), by its poll interval, or when the next
-// delayed or retrying row falls due.
+// The relay sleeps when it has caught up and is woken by a NOTIFY that writers send only
+// while its wake-up flag is up (see the outbox migration and the dispatcher), by a
+// finished batch whose key has a next row, by its poll interval, or when the next
+// delayed or retrying row falls due. Under a steady stream the flag is down and writers
+// pay nothing for notifications.
 package relay
 
 import (

@@ -145,6 +145,27 @@ func TestBacklogDrains(t *testing.T) {
 
 	start := time.Now()
 	r := startRelay(t, db, dsn, url, testConfig(table))
+	// While it drains, the wake-up flag is down: writers would not notify.
+	var up, down int
+	waitFor(t, 60*time.Second, "the backlog to shrink", func() bool {
+		left := outboxCount(t, db, table, "")
+		if left > n/5 && left < n*4/5 {
+			var v int
+			if err := db.QueryRow(`SELECT last_value FROM outbox_wakeup`).Scan(&v); err != nil {
+				t.Fatal(err)
+			}
+			if v == 1 {
+				up++
+			} else {
+				down++
+			}
+		}
+		return left <= n/5
+	})
+	t.Logf("wake-up flag during the drain: down in %d samples, up in %d", down, up)
+	if up > down {
+		t.Errorf("wake-up flag up in %d of %d samples during the drain; writers would notify under load", up, up+down)
+	}
 	s.waitDistinct(t, n, 60*time.Second)
 	took := time.Since(start)
 	waitFor(t, 10*time.Second, "outbox empty", func() bool { return outboxCount(t, db, table, "") == 0 })

@@ -36,7 +36,7 @@ const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.messag
 //
 // The claim takes one batch in one statement, in two parts:
 //   - keyed rows: a loose index scan walks the distinct ordering keys that have live rows
-//     (outbox_ordering_idx), one index probe per key, starting after a cursor so that
+//     (outbox_ordering_idx), a few index probes per key, starting after a cursor so that
 //     every key gets its turn. The first live row of a key is its head; it is eligible
 //     when it is due and no dead row of the same key precedes it (outbox_dead_idx).
 //     The walk stops after enough eligible heads or after a bounded number of keys, so
