@@ -55,13 +55,14 @@ SELECT
 FROM %s`
 
 // A key is blocked when its head row is retrying or dead. Run only when there are failed
-// rows; each failed row with a key is checked against outbox_ordering_idx for an older
-// row of the same key.
+// rows; each failed row with a key is checked for an older row of the same key among the
+// live rows (outbox_ordering_idx) and among the dead ones (outbox_dead_idx).
 const blockedQuery = `
 SELECT count(*) FROM %[1]s o
 WHERE o.ordering_key IS NOT NULL
   AND (o.attempts > 0 OR o.dead_at IS NOT NULL)
-  AND NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key IS NOT NULL AND h.ordering_key = o.ordering_key AND h.seq < o.seq)`
+  AND NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AND h.seq < o.seq AND h.dead_at IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AND h.seq < o.seq AND h.dead_at IS NOT NULL)`
 
 const inboxQuery = `
 SELECT
