@@ -267,6 +267,17 @@ func startRelay(t *testing.T, db *sql.DB, dsn, amqpURL string, cfg Config) *runn
 }
 
 // counter reads a counter of the relay's table.
+// counterReaches waits until the counter reaches want, then checks it did not pass it.
+// The relay counts just after a batch's commit returns, so a test that saw the commit's
+// effect in the database may look a moment too early.
+func counterReaches(t *testing.T, c *prometheus.CounterVec, table pg.Table, name string, want float64) {
+	t.Helper()
+	waitFor(t, 10*time.Second, name+" to reach its final value", func() bool { return counter(t, c, table) >= want })
+	if got := counter(t, c, table); got != want {
+		t.Errorf("%s = %v, want %v", name, got, want)
+	}
+}
+
 func counter(t *testing.T, c *prometheus.CounterVec, table pg.Table) float64 {
 	t.Helper()
 	var m dto.Metric

@@ -126,9 +126,7 @@ func TestCommittedRowsArriveMappedAndRolledBackOnesNever(t *testing.T) {
 	if p.ContentType != "application/json" || p.Type != "" || len(p.Headers) != 0 || string(p.Body) != `{"id":42}` {
 		t.Errorf("minimal row: content_type %q, type %q, headers %v, body %q", p.ContentType, p.Type, p.Headers, p.Body)
 	}
-	if got := counter(t, r.metrics.Published, table); got != 2 {
-		t.Errorf("published_total = %v, want 2", got)
-	}
+	counterReaches(t, r.metrics.Published, table, "published_total", 2)
 }
 
 // A backlog of 10,000 rows drains completely, each message exactly once.
@@ -178,9 +176,7 @@ func TestBacklogDrains(t *testing.T) {
 	if s.total() != n {
 		t.Errorf("%d deliveries, want %d", s.total(), n)
 	}
-	if got := counter(t, r.metrics.Published, table); got != n {
-		t.Errorf("published_total = %v, want %d", got, n)
-	}
+	counterReaches(t, r.metrics.Published, table, "published_total", n)
 	// Idle now: the wake-up flag is up so that writers notify.
 	waitFor(t, 5*time.Second, "wake-up flag set", func() bool {
 		var v int
@@ -301,12 +297,8 @@ func TestUnroutableRowRetriesThenIsKeptDead(t *testing.T) {
 	if n := s.count(bad); n != 0 {
 		t.Errorf("unroutable message arrived %d times", n)
 	}
-	if got := counter(t, r.metrics.Returned, table); got != 3 {
-		t.Errorf("returned_total = %v, want 3", got)
-	}
-	if got := counter(t, r.metrics.DeadTotal, table); got != 1 {
-		t.Errorf("dead_total = %v, want 1", got)
-	}
+	counterReaches(t, r.metrics.Returned, table, "returned_total", 3)
+	counterReaches(t, r.metrics.DeadTotal, table, "dead_total", 1)
 	// Dead rows are kept, and not published again.
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
