@@ -113,6 +113,9 @@ func (s *sidecar) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if dsn, err = withSessionDefaults(dsn, cfg.PublishTimeout); err != nil {
+		return err
+	}
 	db, err := sql.Open("postgres", dsn)
 	if err != nil {
 		return fmt.Errorf("open database %s: %w", redact.URL(cfg.DatabaseURL), err)
