@@ -242,6 +242,7 @@ func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *healt
 			Prefetch:     cfg.InboxPrefetch,
 			BatchSize:    cfg.InboxBatchSize,
 			BatchWait:    cfg.InboxBatchWait,
+			Workers:      cfg.InboxWorkers,
 			Declare:      cfg.InboxDeclare,
 			Bindings:     cfg.Bindings,
 			DrainTimeout: cfg.ShutdownTimeout,

@@ -60,6 +60,7 @@ type Config struct {
 	InboxConsumer  string        `envconfig:"SIDEBOX_INBOX_CONSUMER" group:"consumer" desc:"consumer name stored with each inbox row (deduplication is per consumer); default: the queue name"`
 	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" default:"256" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds (1-65535)"`
 	InboxBatchSize int           `envconfig:"SIDEBOX_INBOX_BATCH_SIZE" default:"128" group:"consumer" desc:"deliveries stored per transaction (1 to the prefetch)"`
+	InboxWorkers   int           `envconfig:"SIDEBOX_INBOX_WORKERS" default:"2" group:"consumer" desc:"batches stored at once, each in its own transaction (1-16)"`
 	InboxBatchWait time.Duration `envconfig:"SIDEBOX_INBOX_BATCH_WAIT" default:"5ms" group:"consumer" desc:"longest wait to fill a batch once it holds a delivery (at most 10s)"`
 	InboxRetention time.Duration `envconfig:"SIDEBOX_INBOX_RETENTION" default:"168h" group:"consumer" desc:"processed inbox rows older than this are deleted (at least 1m)"`
 	InboxDeclare   bool          `envconfig:"SIDEBOX_INBOX_DECLARE" default:"false" group:"consumer" desc:"declare the inbox queue (durable) before consuming; otherwise it must exist"`
@@ -319,6 +320,7 @@ func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(str
 		bad("SIDEBOX_INBOX_CONSUMER", "must be at most 1000 bytes, got %d", len(c.InboxConsumer))
 	}
 	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch, 1, 65535)
+	between(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers, 1, 16)
 	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= 65535 {
 		between(bad, parsed, "SIDEBOX_INBOX_BATCH_SIZE", c.InboxBatchSize, 1, c.InboxPrefetch)
 	}

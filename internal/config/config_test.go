@@ -96,6 +96,8 @@ func TestErrors(t *testing.T) {
 			[]string{`SIDEBOX_INBOX_QUEUE: must be set`}},
 		{"inbox batch over prefetch", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_PREFETCH": "10", "SIDEBOX_INBOX_BATCH_SIZE": "11"}, Consumer,
 			[]string{`SIDEBOX_INBOX_BATCH_SIZE: must be between 1 and 10, got "11"`}},
+		{"inbox workers", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_WORKERS": "17"}, Consumer,
+			[]string{`SIDEBOX_INBOX_WORKERS: must be between 1 and 16, got "17"`}},
 		{"bindings", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_BINDINGS": "orders"}, Consumer,
 			[]string{`SIDEBOX_INBOX_BINDINGS: binding "orders" has no colon`}},
 		{"bool", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_DECLARE": "yes please"}, Consumer,
