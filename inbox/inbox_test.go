@@ -91,7 +91,7 @@ func TestConsumerConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Consumer != "orders" || c.Table.Name != "inbox" || c.Prefetch != 256 || c.BatchSize != 128 || c.BatchWait != 5*time.Millisecond {
+	if c.Consumer != "orders" || c.Table.Name != "inbox" || c.Prefetch != 512 || c.BatchSize != 128 || c.BatchWait != 5*time.Millisecond {
 		t.Errorf("defaults %+v", c)
 	}
 	small := ConsumerConfig{Queue: "q", Prefetch: 10}

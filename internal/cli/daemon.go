@@ -121,6 +121,7 @@ func (s *sidecar) run(ctx context.Context) error {
 		return fmt.Errorf("open database %s: %w", redact.URL(cfg.DatabaseURL), err)
 	}
 	defer db.Close()
+	pg.TunePool(db, pg.SidecarIdleConns(cfg.RelayWorkers, cfg.InboxWorkers))
 
 	hs := health.New(reg, log)
 	b := broker.New(cfg.AMQPURLs, broker.Config{Name: brokerName(s.mode)}, log, m)

@@ -58,7 +58,7 @@ type Config struct {
 
 	InboxQueue     string        `envconfig:"SIDEBOX_INBOX_QUEUE" group:"consumer" desc:"queue the inbox consumer reads; unset: no inbox consumer (sidebox inbox requires it)"`
 	InboxConsumer  string        `envconfig:"SIDEBOX_INBOX_CONSUMER" group:"consumer" desc:"consumer name stored with each inbox row (deduplication is per consumer); default: the queue name"`
-	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" default:"256" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds (1-65535)"`
+	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" default:"512" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds (1-65535)"`
 	InboxBatchSize int           `envconfig:"SIDEBOX_INBOX_BATCH_SIZE" default:"128" group:"consumer" desc:"deliveries stored per transaction (1 to the prefetch)"`
 	InboxWorkers   int           `envconfig:"SIDEBOX_INBOX_WORKERS" default:"2" group:"consumer" desc:"batches stored at once, each in its own transaction (1-16)"`
 	InboxBatchWait time.Duration `envconfig:"SIDEBOX_INBOX_BATCH_WAIT" default:"5ms" group:"consumer" desc:"longest wait to fill a batch once it holds a delivery (at most 10s)"`

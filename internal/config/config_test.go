@@ -45,7 +45,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("AMQPURLs = %q", c.AMQPURLs)
 	}
 	if c.BatchSize != 500 || c.PollInterval != time.Second || c.RetryBackoffMax != 5*time.Minute ||
-		c.RelayWorkers != 2 || c.InboxPrefetch != 256 || c.InboxBatchWait != 5*time.Millisecond ||
+		c.RelayWorkers != 2 || c.InboxPrefetch != 512 || c.InboxBatchWait != 5*time.Millisecond ||
 		c.InboxRetention != 168*time.Hour || c.ShutdownTimeout != 30*time.Second || c.StatusInterval != 15*time.Second ||
 		c.HTTPAddr != ":9719" || c.LogLevel != "info" || c.LogFormat != "json" {
 		t.Errorf("defaults = %+v", c)
