@@ -1,0 +1,178 @@
+package bench
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/pg"
+)
+
+const (
+	inboxMessages = 50000 // deliveries per run
+	inboxDupEvery = 10    // every 10th delivery repeats an earlier message ID: 10% duplicates
+	inboxRounds   = 3     // raw, inbox | inbox, raw | raw, inbox: best of each counts
+	// The raw consumer uses the inbox consumer's defaults: prefetch and ack batch.
+	rawPrefetch = inbox.DefaultPrefetch
+	rawAckBatch = inbox.DefaultConsumerBatchSize
+)
+
+// inboxIDs returns the message IDs of the deliveries and the number of distinct ones:
+// every inboxDupEvery-th repeats the ID of the delivery half-way back, so duplicates
+// mostly fall into other batches and are caught by the table's key, not in memory.
+func inboxIDs(n int) ([]string, int) {
+	ids := messageIDs(n)
+	for i := inboxDupEvery - 1; i < n; i += inboxDupEvery {
+		ids[i] = ids[i/2]
+	}
+	distinct := map[string]struct{}{}
+	for _, id := range ids {
+		distinct[id] = struct{}{}
+	}
+	return ids, len(distinct)
+}
+
+// benchInbox compares the inbox consumer's ingest rate with a raw amqp091-go consumer
+// that acks in batches, on the same pre-filled queue.
+func benchInbox(b *testing.B) *report {
+	e := newEnv(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	table := pg.Table{Name: "inbox"}
+	if _, err := inbox.Migrations().Up(ctx, e.db, table); err != nil {
+		b.Fatalf("migrate inbox: %v", err)
+	}
+	m, reg := newMetrics()
+	brk := e.startBroker(m)
+	pub := e.dial("publisher")
+	cons := e.dial("consumer")
+	queue := e.queue(pub, "bench_inbox")
+	sidecarDB := e.sidecarPool()
+
+	ids, distinct := inboxIDs(inboxMessages)
+	fill := func() {
+		b.Helper()
+		if err := publishConfirmed(ctx, pub, queue, ids, 1000); err != nil {
+			b.Fatalf("fill queue: %v", err)
+		}
+	}
+
+	var raw, box []float64
+	var busy []string // the inbox consumer's batch statistics per run
+	runRaw := func() {
+		fill()
+		start := time.Now()
+		if err := consumeAcking(ctx, cons, queue, inboxMessages, rawPrefetch, rawAckBatch); err != nil {
+			b.Fatal(err)
+		}
+		raw = append(raw, inboxMessages/time.Since(start).Seconds())
+	}
+	runInbox := func() {
+		e.exec(ctx, `TRUNCATE `+table.String())
+		fill()
+		before, err := sample(reg, "sidebox_inbox_batch_duration_seconds", "queue", queue)
+		if err != nil {
+			b.Fatal(err)
+		}
+		elapsed, err := ingest(ctx, sidecarDB, brk, e.log, reg, m, inbox.ConsumerConfig{Queue: queue, Table: table})
+		if err != nil {
+			b.Fatal(err)
+		}
+		after, err := sample(reg, "sidebox_inbox_batch_duration_seconds", "queue", queue)
+		if err != nil {
+			b.Fatal(err)
+		}
+		batches := after.count - before.count
+		busy = append(busy, fmt.Sprintf("%d batches of %.0f on average, %.1f ms each; batch time summed = %.0f%% of the run",
+			batches, float64(inboxMessages)/float64(batches), 1000*(after.sum-before.sum)/float64(batches),
+			100*(after.sum-before.sum)/elapsed.Seconds()))
+		var rows int
+		if err := e.db.QueryRowContext(ctx, `SELECT count(*) FROM `+table.String()).Scan(&rows); err != nil {
+			b.Fatalf("count inbox rows: %v", err)
+		}
+		left, err := queueDepth(cons, queue)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if rows != distinct || left != 0 {
+			b.Fatalf("inbox run: %d rows stored (want %d), %d messages left in the queue", rows, distinct, left)
+		}
+		box = append(box, inboxMessages/elapsed.Seconds())
+	}
+	for round := range inboxRounds {
+		if round%2 == 0 {
+			runRaw()
+			runInbox()
+		} else {
+			runInbox()
+			runRaw()
+		}
+	}
+
+	r := newReport("Inbox ingest: 50,000 deliveries of 256 B, 10% duplicate IDs (BenchmarkInboxIngest)",
+		"consumer", "msgs/s (best)", "all runs", "ratio", "target")
+	ratio := best(box) / best(raw)
+	r.row(fmt.Sprintf("raw amqp091-go consumer, prefetch %d, multiple-ack per %d", rawPrefetch, rawAckBatch), rate(best(raw)), rates(raw), "", "")
+	r.row("sidebox inbox consumer (defaults), stored with dedup", rate(best(box)), rates(box), fmt.Sprintf("%.2f", ratio), "≥ 0.70")
+	r.note("Queue durable, filled before each run with 50,000 persistent messages (%s distinct IDs); %d rounds in the order raw, inbox | inbox, raw | raw, inbox; the best run of each counts.", group(int64(distinct)), inboxRounds)
+	r.note("Inbox run: from Consumer.Run until its counters show all 50,000 deliveries stored or counted as duplicates (then acked); checked: %s rows, queue empty.", group(int64(distinct)))
+	for i, s := range busy {
+		r.note("Inbox run %d: %s (sidebox_inbox_batch_duration_seconds; %d workers store batches concurrently, so up to %d%%).", i+1, s, inbox.DefaultWorkers, 100*inbox.DefaultWorkers)
+	}
+	e.noteLoad(r)
+	b.ReportMetric(best(raw), "raw-msgs/s")
+	b.ReportMetric(best(box), "msgs/s")
+	b.ReportMetric(ratio, "ratio")
+	return r
+}
+
+// ingest runs an inbox consumer with cfg until it has settled inboxMessages deliveries,
+// stops it and returns the time it took.
+func ingest(ctx context.Context, db *sql.DB, brk *broker.Broker, log *zap.Logger, reg *prometheus.Registry, m *metrics.Metrics, cfg inbox.ConsumerConfig) (time.Duration, error) {
+	queue := cfg.Queue
+	c, err := inbox.NewConsumer(db, brk, cfg, log, m)
+	if err != nil {
+		return 0, fmt.Errorf("inbox consumer: %w", err)
+	}
+	base, err := settled(reg, queue)
+	if err != nil {
+		return 0, err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- c.Run(runCtx) }()
+	err = waitFor(ctx, time.Millisecond, func() (bool, error) {
+		n, err := settled(reg, queue)
+		return n-base >= inboxMessages, err
+	})
+	elapsed := time.Since(start)
+	stop()
+	if rerr := <-done; rerr != nil && err == nil {
+		err = fmt.Errorf("inbox consumer: %w", rerr)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return elapsed, nil
+}
+
+// settled reads the inbox consumer's stored + duplicates counters of queue.
+func settled(reg *prometheus.Registry, queue string) (float64, error) {
+	stored, err := sample(reg, "sidebox_inbox_stored_total", "queue", queue)
+	if err != nil {
+		return 0, err
+	}
+	dups, err := sample(reg, "sidebox_inbox_duplicates_total", "queue", queue)
+	return stored.value + dups.value, err
+}
