@@ -84,8 +84,14 @@ func TestConsumerLosesTheBrokerBetweenCommitAndAck(t *testing.T) {
 	<-cut
 	eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
 	proxy.Restore(t)
-	eventually(t, 30*time.Second, "every message stored", func() bool { return r.stored() == total })
-	r.stop(t) // whatever is still unacknowledged goes back to the queue
+	// The cut came after the first commit and before its ack: what the consumer held then
+	// comes back once it reconnects, and is absorbed. Done when every message is stored,
+	// every delivery is accounted for (nothing left in the client's buffer) and nothing
+	// waits in the queue; stopping then acknowledges what the consumer still holds.
+	eventually(t, 30*time.Second, "every message stored and every redelivery absorbed", func() bool {
+		return r.stored() == total && r.duplicates() >= 1 && r.received() == total+r.duplicates() && depth(t, conn, queue) == 0
+	})
+	r.stop(t)
 	// The batches committed before the cut were redelivered and absorbed.
 	if r.duplicates() < 1 || r.received() != total+r.duplicates() {
 		t.Errorf("received %d, stored %d, duplicates %d: want the batch committed before the cut redelivered (≥ 1 duplicate) and received = %d + duplicates",
