@@ -38,14 +38,8 @@ type env struct {
 
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	e := &env{tb: tb, dbURL: testenv.DatabaseURL(tb), amqpURL: testenv.AMQPURL(tb), log: zap.NewNop(), load: loadAverage()}
-	db, err := sql.Open("postgres", e.dbURL)
-	if err != nil {
-		tb.Fatalf("open database: %v", err)
-	}
-	tb.Cleanup(func() { _ = db.Close() })
-	e.db = db
-	return e
+	db, dbURL := testenv.DB(tb)
+	return &env{tb: tb, dbURL: dbURL, amqpURL: testenv.AMQPURL(tb), db: db, log: zap.NewNop(), load: loadAverage()}
 }
 
 // sidecarPool opens the pool that the relay or the inbox consumer runs on, as the sidecar

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -235,19 +236,10 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 		"sidebox_inbox_dead",
 		"sidebox_inbox_duplicates_total", // inbox duplicates
 	} {
-		if !contains(used, want) {
+		if !slices.Contains(used, want) {
 			t.Errorf("dashboard does not show %s", want)
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // ruleFile is Prometheus' rule file format.
@@ -530,7 +522,7 @@ func TestCompose(t *testing.T) {
 				t.Errorf("%s: %s is not a sidebox variable", name, v)
 			}
 		}
-		if len(svc.Command) == 0 || !contains([]string{"run", "relay", "inbox", "migrate"}, svc.Command[0]) {
+		if len(svc.Command) == 0 || !slices.Contains([]string{"run", "relay", "inbox", "migrate"}, svc.Command[0]) {
 			t.Errorf("%s: command %v", name, svc.Command)
 		}
 	}

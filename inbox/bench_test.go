@@ -24,6 +24,7 @@ import (
 // defaults. The machine must be otherwise idle for the numbers to mean anything.
 func BenchmarkIngest(b *testing.B) {
 	body := make([]byte, 256)
+	// fill declares queue (deleted when the benchmark ends) and publishes b.N messages.
 	fill := func(b *testing.B, conn *amqp.Connection, queue string) {
 		ch, err := conn.Channel()
 		if err != nil {
@@ -33,6 +34,12 @@ func BenchmarkIngest(b *testing.B) {
 		if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
 			b.Fatal(err)
 		}
+		b.Cleanup(func() {
+			if ch, err := conn.Channel(); err == nil {
+				_, _ = ch.QueueDelete(queue, false, false, false)
+				_ = ch.Close()
+			}
+		})
 		if err := ch.Confirm(false); err != nil {
 			b.Fatal(err)
 		}
@@ -55,19 +62,14 @@ func BenchmarkIngest(b *testing.B) {
 	}
 
 	b.Run("raw", func(b *testing.B) {
-		url := testenv.AMQPURL(b)
-		conn, err := amqp.Dial(url)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer conn.Close()
+		conn := amqpConn(b, testenv.AMQPURL(b))
 		queue := testenv.Name(b, "bench_raw")
 		fill(b, conn, queue)
 		ch, err := conn.Channel()
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer func() { _, _ = ch.QueueDelete(queue, false, false, false); _ = ch.Close() }()
+		defer ch.Close()
 		if err := ch.Qos(DefaultPrefetch, 0, false); err != nil {
 			b.Fatal(err)
 		}
@@ -98,19 +100,9 @@ func BenchmarkIngest(b *testing.B) {
 		if _, err := Migrations().Up(context.Background(), db, pg.Table{Name: DefaultTable}); err != nil {
 			b.Fatal(err)
 		}
-		conn, err := amqp.Dial(url)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer conn.Close()
+		conn := amqpConn(b, url)
 		queue := testenv.Name(b, "bench_inbox")
 		fill(b, conn, queue)
-		defer func() {
-			if ch, err := conn.Channel(); err == nil {
-				_, _ = ch.QueueDelete(queue, false, false, false)
-				_ = ch.Close()
-			}
-		}()
 		b.ResetTimer()
 		start := time.Now()
 		cfg := ConsumerConfig{Queue: queue}

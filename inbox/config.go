@@ -18,6 +18,34 @@ type ConfigError struct {
 
 func (e *ConfigError) Error() string { return e.Field + ": " + e.Problem }
 
+// check keeps the first problem found in a config.
+type check struct{ err *ConfigError }
+
+// fail records problem (a format) for field when bad and no earlier check failed.
+func (k *check) fail(bad bool, field, problem string, args ...any) {
+	if bad && k.err == nil {
+		k.err = &ConfigError{field, fmt.Sprintf(problem, args...)}
+	}
+}
+
+func (k *check) required(field, v string) { k.fail(v == "", field, "must be set") }
+
+func (k *check) between(field string, v, lo, hi int) {
+	k.fail(v < lo || v > hi, field, "must be between %d and %d, got %d", lo, hi, v)
+}
+
+func (k *check) positive(field string, d time.Duration) {
+	k.fail(d <= 0, field, "must be positive, got %s", d)
+}
+
+// result is the first problem, or nil.
+func (k *check) result() error {
+	if k.err == nil {
+		return nil
+	}
+	return k.err
+}
+
 // Defaults of ConsumerConfig.
 const (
 	DefaultPrefetch          = 512
@@ -88,34 +116,21 @@ func (c *ConsumerConfig) SetDefaults() {
 
 // Validate checks a config after SetDefaults.
 func (c *ConsumerConfig) Validate() error {
-	switch {
-	case c.Queue == "":
-		return &ConfigError{"Queue", "must be set"}
-	case len(c.Queue) > 255:
-		return &ConfigError{"Queue", "must be at most 255 bytes"}
-	case c.Table.Name == "":
-		return &ConfigError{"Table", "must be set"}
-	case c.Consumer == "":
-		return &ConfigError{"Consumer", "must be set"}
-	case c.Prefetch < 1 || c.Prefetch > 65535:
-		return &ConfigError{"Prefetch", fmt.Sprintf("must be between 1 and 65535, got %d", c.Prefetch)}
-	case c.BatchSize < 1 || c.BatchSize > c.Prefetch:
-		return &ConfigError{"BatchSize", fmt.Sprintf("must be between 1 and the prefetch (%d), got %d", c.Prefetch, c.BatchSize)}
-	case c.BatchWait < 0 || c.BatchWait > 10*time.Second:
-		return &ConfigError{"BatchWait", fmt.Sprintf("must be between 0 and 10s, got %s", c.BatchWait)}
-	case c.Workers < 1 || c.Workers > 16:
-		return &ConfigError{"Workers", fmt.Sprintf("must be between 1 and 16, got %d", c.Workers)}
-	case c.DrainTimeout < 0:
-		return &ConfigError{"DrainTimeout", fmt.Sprintf("must not be negative, got %s", c.DrainTimeout)}
-	case c.Backoff.Base <= 0 || c.Backoff.Max < c.Backoff.Base:
-		return &ConfigError{"Backoff", "base must be positive and at most max"}
-	}
+	var k check
+	k.required("Queue", c.Queue)
+	k.fail(len(c.Queue) > 255, "Queue", "must be at most 255 bytes")
+	k.required("Table", c.Table.Name)
+	k.required("Consumer", c.Consumer)
+	k.between("Prefetch", c.Prefetch, 1, 65535)
+	k.fail(c.BatchSize < 1 || c.BatchSize > c.Prefetch, "BatchSize", "must be between 1 and the prefetch (%d), got %d", c.Prefetch, c.BatchSize)
+	k.fail(c.BatchWait < 0 || c.BatchWait > 10*time.Second, "BatchWait", "must be between 0 and 10s, got %s", c.BatchWait)
+	k.between("Workers", c.Workers, 1, 16)
+	k.fail(c.DrainTimeout < 0, "DrainTimeout", "must not be negative, got %s", c.DrainTimeout)
+	k.fail(c.Backoff.Base <= 0 || c.Backoff.Max < c.Backoff.Base, "Backoff", "base must be positive and at most max")
 	for _, b := range c.Bindings {
-		if b.Exchange == "" {
-			return &ConfigError{"Bindings", "the default exchange cannot be bound"}
-		}
+		k.fail(b.Exchange == "", "Bindings", "the default exchange cannot be bound")
 	}
-	return nil
+	return k.result()
 }
 
 // Binding binds the inbox queue to an exchange with a routing key (or pattern).
@@ -206,23 +221,15 @@ func (c *ProcessorConfig) SetDefaults() {
 
 // Validate checks a config after SetDefaults.
 func (c *ProcessorConfig) Validate() error {
-	switch {
-	case c.Table.Name == "":
-		return &ConfigError{"Table", "must be set"}
-	case c.Consumer == "":
-		return &ConfigError{"Consumer", "must be set"}
-	case c.BatchSize < 1 || c.BatchSize > maxProcessorBatch:
-		return &ConfigError{"BatchSize", fmt.Sprintf("must be between 1 and %d, got %d", maxProcessorBatch, c.BatchSize)}
-	case c.PollInterval <= 0:
-		return &ConfigError{"PollInterval", fmt.Sprintf("must be positive, got %s", c.PollInterval)}
-	case c.MaxAttempts < 1:
-		return &ConfigError{"MaxAttempts", fmt.Sprintf("must be at least 1, got %d", c.MaxAttempts)}
-	case c.RetryBackoff <= 0:
-		return &ConfigError{"RetryBackoff", fmt.Sprintf("must be positive, got %s", c.RetryBackoff)}
-	case c.RetryBackoffMax < c.RetryBackoff:
-		return &ConfigError{"RetryBackoffMax", fmt.Sprintf("must be at least RetryBackoff (%s), got %s", c.RetryBackoff, c.RetryBackoffMax)}
-	}
-	return nil
+	var k check
+	k.required("Table", c.Table.Name)
+	k.required("Consumer", c.Consumer)
+	k.between("BatchSize", c.BatchSize, 1, maxProcessorBatch)
+	k.positive("PollInterval", c.PollInterval)
+	k.fail(c.MaxAttempts < 1, "MaxAttempts", "must be at least 1, got %d", c.MaxAttempts)
+	k.positive("RetryBackoff", c.RetryBackoff)
+	k.fail(c.RetryBackoffMax < c.RetryBackoff, "RetryBackoffMax", "must be at least RetryBackoff (%s), got %s", c.RetryBackoff, c.RetryBackoffMax)
+	return k.result()
 }
 
 // Defaults of PurgerConfig.
@@ -258,15 +265,10 @@ func (c *PurgerConfig) SetDefaults() {
 
 // Validate checks a config after SetDefaults.
 func (c *PurgerConfig) Validate() error {
-	switch {
-	case c.Table.Name == "":
-		return &ConfigError{"Table", "must be set"}
-	case c.Retention < time.Minute:
-		return &ConfigError{"Retention", fmt.Sprintf("must be at least 1m, got %s", c.Retention)}
-	case c.BatchSize < 1 || c.BatchSize > 100000:
-		return &ConfigError{"BatchSize", fmt.Sprintf("must be between 1 and 100000, got %d", c.BatchSize)}
-	case c.Interval <= 0:
-		return &ConfigError{"Interval", fmt.Sprintf("must be positive, got %s", c.Interval)}
-	}
-	return nil
+	var k check
+	k.required("Table", c.Table.Name)
+	k.fail(c.Retention < time.Minute, "Retention", "must be at least 1m, got %s", c.Retention)
+	k.between("BatchSize", c.BatchSize, 1, 100000)
+	k.positive("Interval", c.Interval)
+	return k.result()
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"syscall"
 	"testing"
@@ -24,10 +23,7 @@ import (
 func TestConsumerStoresDistinctIDsOnce(t *testing.T) {
 	t.Parallel()
 	db, _, tbl := migrated(t, "inbox")
-	url := testenv.AMQPURL(t)
-	conn := amqpConn(t, url)
-	queue := testenv.Name(t, "inbox_dedup")
-	declareQueue(t, conn, queue, nil)
+	url, conn, queue := testQueue(t, "inbox_dedup")
 
 	// 500 deliveries, 400 distinct ids: ids 0..99 come twice.
 	var msgs []amqp.Publishing
@@ -36,7 +32,9 @@ func TestConsumerStoresDistinctIDsOnce(t *testing.T) {
 	}
 	publish(t, conn, queue, msgs...)
 
-	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl})
+	// One worker: batches commit in delivery order, so the first copy of an id is the
+	// one stored. With several, a later copy may commit first (docs/inbox.md).
+	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl, Workers: 1})
 	eventually(t, 30*time.Second, "500 deliveries settled", func() bool { return r.stored()+r.duplicates() == 500 })
 	r.stop(t) // anything not acknowledged would be requeued now
 
@@ -64,10 +62,7 @@ func TestConsumerStoresDistinctIDsOnce(t *testing.T) {
 func TestConsumerStoresMessageFields(t *testing.T) {
 	t.Parallel()
 	db, _, tbl := migrated(t, "app.orders_inbox")
-	url := testenv.AMQPURL(t)
-	conn := amqpConn(t, url)
-	queue := testenv.Name(t, "inbox_fields")
-	declareQueue(t, conn, queue, nil)
+	url, conn, queue := testQueue(t, "inbox_fields")
 	ts := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
 	publish(t, conn, queue,
 		amqp.Publishing{
@@ -186,29 +181,11 @@ func TestTwoConsumersRejectDeliveriesWithoutID(t *testing.T) {
 func TestConsumerKilledBetweenCommitAndAck(t *testing.T) {
 	t.Parallel()
 	db, dbURL, tbl := migrated(t, "inbox")
-	url := testenv.AMQPURL(t)
-	conn := amqpConn(t, url)
-	queue := testenv.Name(t, "inbox_kill")
-	declareQueue(t, conn, queue, nil)
+	url, conn, queue := testQueue(t, "inbox_kill")
 	const total = 300
-	var msgs []amqp.Publishing
-	for i := range total {
-		msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprintf("k-%d", i), Body: []byte("x")})
-	}
-	publish(t, conn, queue, msgs...)
+	publish(t, conn, queue, numbered("k-", total)...)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperConsumerProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "SIDEBOX_INBOX_HELPER=consumer", "HELPER_DB="+withAppName(dbURL), "HELPER_AMQP="+url, "HELPER_QUEUE="+queue)
-	out, err := cmd.CombinedOutput()
-	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
-	}
-
-	// A statement the dead process had sent may still commit: wait for its sessions to end.
-	eventually(t, 10*time.Second, "the killed process's database sessions to end", func() bool {
-		return countRows(t, db, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'inbox_helper'`) == 0
-	})
+	runUntilKilled(t, db, dbURL, "TestHelperConsumerProcess", "consumer", "HELPER_AMQP="+url, "HELPER_QUEUE="+queue)
 	committed := countRows(t, db, `SELECT count(*) FROM inbox`)
 	if committed == 0 || committed > 100 {
 		t.Fatalf("the killed consumer committed %d rows, want its batches in flight (1..2×50)", committed)
@@ -300,10 +277,7 @@ func TestConsumerDeclaresQueueAndBindings(t *testing.T) {
 func TestConsumerDrainsOnCancel(t *testing.T) {
 	t.Parallel()
 	db, _, tbl := migrated(t, "inbox")
-	url := testenv.AMQPURL(t)
-	conn := amqpConn(t, url)
-	queue := testenv.Name(t, "inbox_drain")
-	declareQueue(t, conn, queue, nil)
+	url, conn, queue := testQueue(t, "inbox_drain")
 	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl, Prefetch: 100, BatchSize: 100, BatchWait: 10 * time.Second})
 	var msgs []amqp.Publishing
 	for i := range 10 {

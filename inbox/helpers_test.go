@@ -3,8 +3,12 @@ package inbox
 import (
 	"context"
 	"database/sql"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,7 +36,7 @@ func migrated(t *testing.T, table string) (*sql.DB, string, pg.Table) {
 }
 
 // amqpConn dials the test broker for the test's own declarations and publishes.
-func amqpConn(t *testing.T, url string) *amqp.Connection {
+func amqpConn(t testing.TB, url string) *amqp.Connection {
 	t.Helper()
 	conn, err := amqp.Dial(url)
 	if err != nil {
@@ -67,6 +71,16 @@ func declareQueue(t *testing.T, conn *amqp.Connection, name string, args amqp.Ta
 	})
 }
 
+// testQueue dials the test broker and declares a fresh queue named after prefix.
+func testQueue(t *testing.T, prefix string) (url string, conn *amqp.Connection, queue string) {
+	t.Helper()
+	url = testenv.AMQPURL(t)
+	conn = amqpConn(t, url)
+	queue = testenv.Name(t, prefix)
+	declareQueue(t, conn, queue, nil)
+	return url, conn, queue
+}
+
 // publish sends msgs to the default exchange with routing key queue and waits for the
 // broker's confirms.
 func publish(t *testing.T, conn *amqp.Connection, queue string, msgs ...amqp.Publishing) {
@@ -91,6 +105,15 @@ func publish(t *testing.T, conn *amqp.Connection, queue string, msgs ...amqp.Pub
 			t.Fatalf("publish not confirmed: ok=%v err=%v", ok, err)
 		}
 	}
+}
+
+// numbered returns n messages with ids prefix0, prefix1 ... and the body "x".
+func numbered(prefix string, n int) []amqp.Publishing {
+	msgs := make([]amqp.Publishing, n)
+	for i := range msgs {
+		msgs[i] = amqp.Publishing{MessageId: prefix + strconv.Itoa(i), Body: []byte("x")}
+	}
+	return msgs
 }
 
 // depth returns the number of ready messages in queue (unacknowledged ones not included).
@@ -218,6 +241,24 @@ func openDB(url string) (*sql.DB, error) {
 		return nil, err
 	}
 	return db, db.Ping()
+}
+
+// runUntilKilled runs the test function helper in a child process (with
+// SIDEBOX_INBOX_HELPER=name, HELPER_DB=dbURL and env), requires that it died by SIGKILL,
+// and waits until its database sessions ended: a statement the dead process had sent may
+// still commit until then.
+func runUntilKilled(t *testing.T, db *sql.DB, dbURL, helper, name string, env ...string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), append([]string{"SIDEBOX_INBOX_HELPER=" + name, "HELPER_DB=" + withAppName(dbURL)}, env...)...)
+	out, err := cmd.CombinedOutput()
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
+	}
+	eventually(t, 10*time.Second, "the killed process's database sessions to end", func() bool {
+		return countRows(t, db, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'inbox_helper'`) == 0
+	})
 }
 
 // withAppName tags a helper process's database sessions, so that a test can wait for

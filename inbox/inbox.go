@@ -53,14 +53,17 @@ type Claimer struct {
 	insert string
 }
 
+// claimValues completes a claim's INSERT INTO <table>.
+const claimValues = ` (consumer, message_id, processed_at)
+VALUES ($1, $2, now()) ON CONFLICT (consumer, message_id) DO NOTHING`
+
 // NewClaimer returns a Claimer for table, "inbox" or "schema.name".
 func NewClaimer(table string) (*Claimer, error) {
 	t, err := pg.ParseTable(table)
 	if err != nil {
 		return nil, fmt.Errorf("inbox table: %w", err)
 	}
-	return &Claimer{insert: `INSERT INTO ` + t.String() + ` (consumer, message_id, processed_at)
-VALUES ($1, $2, now()) ON CONFLICT (consumer, message_id) DO NOTHING`}, nil
+	return &Claimer{insert: `INSERT INTO ` + t.String() + claimValues}, nil
 }
 
 // Claim records messageID for consumer in the "inbox" table through tx, the transaction
@@ -72,7 +75,7 @@ VALUES ($1, $2, now()) ON CONFLICT (consumer, message_id) DO NOTHING`}, nil
 // concurrent transaction claiming the same id waits for this one and then gets false,
 // or true if this one rolled back.
 func Claim(ctx context.Context, tx Execer, consumer, messageID string) (first bool, err error) {
-	c, _ := NewClaimer(DefaultTable)
+	c := Claimer{insert: `INSERT INTO ` + DefaultTable + claimValues} // a constant: nothing built per call
 	return c.Claim(ctx, tx, consumer, messageID)
 }
 

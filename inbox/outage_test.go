@@ -2,12 +2,9 @@ package inbox
 
 import (
 	"database/sql"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
-
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sidebox/sidebox/internal/testenv"
 )
@@ -24,18 +21,11 @@ func TestConsumerHoldsDeliveriesWhileTheDatabaseIsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = viaProxy.Close() })
-	url := testenv.AMQPURL(t)
-	conn := amqpConn(t, url)
-	queue := testenv.Name(t, "inbox_dbdown")
-	declareQueue(t, conn, queue, nil)
+	url, conn, queue := testQueue(t, "inbox_dbdown")
 
 	r := startConsumer(t, viaProxy, url, ConsumerConfig{Queue: queue, Table: tbl})
 	proxy.Cut(t)
-	var msgs []amqp.Publishing
-	for i := range 100 {
-		msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprint(i), Body: []byte("x")})
-	}
-	publish(t, conn, queue, msgs...)
+	publish(t, conn, queue, numbered("", 100)...)
 	eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
 	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != 0 {
 		t.Fatalf("%d rows stored through a cut connection", n)
@@ -61,16 +51,9 @@ func TestConsumerHoldsDeliveriesWhileTheDatabaseIsDown(t *testing.T) {
 func TestConsumerLosesTheBrokerBetweenCommitAndAck(t *testing.T) {
 	t.Parallel()
 	db, _, tbl := migrated(t, "inbox")
-	url := testenv.AMQPURL(t)
+	url, conn, queue := testQueue(t, "inbox_amqpcut")
 	proxy := testenv.Proxy(t, url)
-	conn := amqpConn(t, url)
-	queue := testenv.Name(t, "inbox_amqpcut")
-	declareQueue(t, conn, queue, nil)
 	const total = 300
-	var msgs []amqp.Publishing
-	for i := range total {
-		msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprint(i), Body: []byte("x")})
-	}
 
 	cut := make(chan struct{})
 	var once sync.Once
@@ -80,7 +63,7 @@ func TestConsumerLosesTheBrokerBetweenCommitAndAck(t *testing.T) {
 		}
 	})
 	// Publish only once the consumer is ready: the first commit cuts the connection.
-	publish(t, conn, queue, msgs...)
+	publish(t, conn, queue, numbered("", total)...)
 	<-cut
 	eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
 	proxy.Restore(t)

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -208,16 +207,7 @@ func TestProcessorCrashBeforeCommit(t *testing.T) {
 	effectsTable(t, db)
 	storeRows(t, db, "svc", "m1")
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcessorProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "SIDEBOX_INBOX_HELPER=processor", "HELPER_DB="+withAppName(dbURL))
-	out, err := cmd.CombinedOutput()
-	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
-	}
-	eventually(t, 10*time.Second, "the killed process's database sessions to end", func() bool {
-		return countRows(t, db, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'inbox_helper'`) == 0
-	})
+	runUntilKilled(t, db, dbURL, "TestHelperProcessorProcess", "processor")
 	if n := countRows(t, db, `SELECT count(*) FROM effects`); n != 0 {
 		t.Errorf("effects after the crash = %d, want 0", n)
 	}

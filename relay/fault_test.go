@@ -26,12 +26,7 @@ import (
 // arrived, nothing arrived twice, and a new relay publishes the rest.
 func TestStopFinishesBatchesInFlight(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 	const n = 6000
 	ids := backlog(t, db, table, exchange, "k", n)
 
@@ -124,12 +119,7 @@ func TestHelperRelayProcess(t *testing.T) {
 // kills. A final SIGTERM ends the last process with exit status 0.
 func TestRelaySurvivesSIGKILL(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 	const n, kills, batchSize, workers = 20000, 5, 250, 2
 	ids := backlog(t, db, table, exchange, "k", n)
 

@@ -31,6 +31,28 @@ func migrate(t *testing.T, db *sql.DB, table pg.Table) {
 	}
 }
 
+// setup gives a test a fresh database with the outbox table tableName migrated, and an
+// exchange on the shared broker that routes key to a queue the returned sink consumes.
+func setup(t *testing.T, tableName, key string) (db *sql.DB, dsn string, table pg.Table, url, exchange string, s *sink) {
+	t.Helper()
+	db, dsn = testenv.DB(t)
+	table = pg.MustParseTable(tableName)
+	migrate(t, db, table)
+	url = testenv.AMQPURL(t)
+	exchange, queue := topology(t, url, key)
+	return db, dsn, table, url, exchange, consume(t, url, queue)
+}
+
+// wakeFlagValue reads the wake-up flag of the table "outbox".
+func wakeFlagValue(t *testing.T, db *sql.DB) int {
+	t.Helper()
+	var v int
+	if err := db.QueryRow(`SELECT last_value FROM outbox_wakeup`).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 // topology declares a durable direct exchange and a durable queue bound to it with the
 // given routing keys, on the broker at url, and deletes both at the end of the test.
 func topology(t *testing.T, url string, keys ...string) (exchange, queue string) {
@@ -266,7 +288,6 @@ func startRelay(t *testing.T, db *sql.DB, dsn, amqpURL string, cfg Config) *runn
 	return &running{Relay: r, metrics: m, stop: stop, exited: exited}
 }
 
-// counter reads a counter of the relay's table.
 // counterReaches waits until the counter reaches want, then checks it did not pass it.
 // The relay counts just after a batch's commit returns, so a test that saw the commit's
 // effect in the database may look a moment too early.
@@ -278,6 +299,7 @@ func counterReaches(t *testing.T, c *prometheus.CounterVec, table pg.Table, name
 	}
 }
 
+// counter reads a counter of the relay's table.
 func counter(t *testing.T, c *prometheus.CounterVec, table pg.Table) float64 {
 	t.Helper()
 	var m dto.Metric

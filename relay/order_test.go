@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sidebox/sidebox/internal/pg"
-	"github.com/sidebox/sidebox/internal/testenv"
 	"github.com/sidebox/sidebox/outbox"
 )
 
@@ -17,12 +15,7 @@ import (
 // unkeyed rows): every key's rows arrive once each, in the order they were written.
 func TestThreeRelaysKeepPerKeyOrder(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 
 	cfg := testConfig(table)
 	cfg.BatchSize = 50 // many small batches: more interleaving between the relays
@@ -93,12 +86,7 @@ func TestThreeRelaysKeepPerKeyOrder(t *testing.T) {
 // fixed and revived, the key goes on in order.
 func TestFailingHeadBlocksOnlyItsKey(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 
 	key := func(k string) map[string]any { return map[string]any{"ordering_key": k} }
 	head := insertRow(t, db, table, exchange, "nowhere", "blocked 0", key("blocked"))

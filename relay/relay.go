@@ -20,6 +20,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -80,30 +81,14 @@ const (
 )
 
 func (c *Config) setDefaults() {
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.RetryBackoff == 0 {
-		c.RetryBackoff = DefaultRetryBackoff
-	}
-	if c.RetryBackoffMax == 0 {
-		c.RetryBackoffMax = DefaultRetryBackoffMax
-		if c.RetryBackoffMax < c.RetryBackoff {
-			c.RetryBackoffMax = c.RetryBackoff
-		}
-	}
-	if c.PublishTimeout == 0 {
-		c.PublishTimeout = DefaultPublishTimeout
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.Workers == 0 {
-		c.Workers = DefaultWorkers
-	}
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultBatchSize)
+	c.PollInterval = cmp.Or(c.PollInterval, DefaultPollInterval)
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff)
+	// A default cap never falls below a configured first delay.
+	c.RetryBackoffMax = cmp.Or(c.RetryBackoffMax, max(DefaultRetryBackoffMax, c.RetryBackoff))
+	c.PublishTimeout = cmp.Or(c.PublishTimeout, DefaultPublishTimeout)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
+	c.Workers = cmp.Or(c.Workers, DefaultWorkers)
 }
 
 // Validate reports the first invalid setting. Zero values are invalid here; New fills

@@ -21,12 +21,7 @@ import (
 // whose transaction rolled back never does.
 func TestCommittedRowsArriveMappedAndRolledBackOnesNever(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("app.orders_outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "order.created")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "app.orders_outbox", "order.created")
 	w, err := outbox.NewWriter(table.String())
 	if err != nil {
 		t.Fatal(err)
@@ -132,12 +127,7 @@ func TestCommittedRowsArriveMappedAndRolledBackOnesNever(t *testing.T) {
 // A backlog of 10,000 rows drains completely, each message exactly once.
 func TestBacklogDrains(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 	const n = 10000
 	ids := backlog(t, db, table, exchange, "k", n)
 
@@ -148,11 +138,7 @@ func TestBacklogDrains(t *testing.T) {
 	waitFor(t, 60*time.Second, "the backlog to shrink", func() bool {
 		left := outboxCount(t, db, table, "")
 		if left > n/5 && left < n*4/5 {
-			var v int
-			if err := db.QueryRow(`SELECT last_value FROM outbox_wakeup`).Scan(&v); err != nil {
-				t.Fatal(err)
-			}
-			if v == 1 {
+			if wakeFlagValue(t, db) == 1 {
 				up++
 			} else {
 				down++
@@ -179,11 +165,7 @@ func TestBacklogDrains(t *testing.T) {
 	counterReaches(t, r.metrics.Published, table, "published_total", n)
 	// Idle now: the wake-up flag is up so that writers notify.
 	waitFor(t, 5*time.Second, "wake-up flag set", func() bool {
-		var v int
-		if err := db.QueryRow(`SELECT last_value FROM outbox_wakeup`).Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v == 1
+		return wakeFlagValue(t, db) == 1
 	})
 	if !r.Ready() {
 		t.Error("Ready() = false with both dependencies up")
@@ -196,7 +178,7 @@ func TestBacklogDrains(t *testing.T) {
 	}
 }
 
-// failedRow reads the bookkeeping of one row.
+// rowState is the bookkeeping of one row.
 type rowState struct {
 	attempts  int
 	lastError string
@@ -241,12 +223,7 @@ func insertRow(t *testing.T, db *sql.DB, table pg.Table, exchange, key, body str
 // the last attempt; the rows around it are published as usual.
 func TestUnroutableRowRetriesThenIsKeptDead(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "good")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "good")
 
 	var good []string
 	for i := range 5 {
@@ -312,12 +289,7 @@ func TestUnroutableRowRetriesThenIsKeptDead(t *testing.T) {
 // row, counts the attempt against it alone, and keeps publishing the others.
 func TestMissingExchangeFailsOnlyItsRow(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 
 	var good []string
 	for i := range 30 {
@@ -353,12 +325,7 @@ func TestMissingExchangeFailsOnlyItsRow(t *testing.T) {
 // crash and not a stuck table.
 func TestUnmappableHeadersFailTheRow(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 
 	bad := insertRow(t, db, table, exchange, "k", "bad", map[string]any{"headers": `{"n": 100000000000000000000}`})
 	good := insertRow(t, db, table, exchange, "k", "good", map[string]any{"headers": `{"n": 1}`})
@@ -383,12 +350,7 @@ func TestUnmappableHeadersFailTheRow(t *testing.T) {
 // without waiting for the poll interval.
 func TestDelayedRowWaitsForAvailableAt(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 
 	cfg := testConfig(table)
 	cfg.PollInterval = 30 * time.Second

@@ -238,21 +238,10 @@ func (q *queries) settle(ctx context.Context, st *statements, tx *sql.Tx, confir
 	var latencies []float64
 	if len(confirmed) > 0 {
 		rs, err := st.query(ctx, tx, q.remove, pq.Array(confirmed))
+		if err == nil {
+			latencies, err = scanAll(rs, func(l *float64) []any { return []any{l} })
+		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.tableName, err)
-		}
-		for rs.Next() {
-			var l float64
-			if err := rs.Scan(&l); err != nil {
-				_ = rs.Close()
-				return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.tableName, err)
-			}
-			latencies = append(latencies, l)
-		}
-		if err := rs.Close(); err != nil {
-			return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.tableName, err)
-		}
-		if err := rs.Err(); err != nil {
 			return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.tableName, err)
 		}
 	}
@@ -265,25 +254,33 @@ func (q *queries) settle(ctx context.Context, st *statements, tx *sql.Tx, confir
 			ids[i], errs[i], delays[i] = f.id, truncate(f.err, 2000), f.delay.Seconds()
 		}
 		rs, err := tx.QueryContext(ctx, q.fail, pq.Array(ids), pq.Array(errs), pq.Array(delays), maxAttempts)
+		if err == nil {
+			out, err = scanAll(rs, func(f *failedRow) []any { return []any{&f.id, &f.attempts, &f.dead} })
+		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("record failed attempts in %s: %w", q.tableName, err)
-		}
-		for rs.Next() {
-			var f failedRow
-			if err := rs.Scan(&f.id, &f.attempts, &f.dead); err != nil {
-				_ = rs.Close()
-				return nil, nil, fmt.Errorf("record failed attempts in %s: %w", q.tableName, err)
-			}
-			out = append(out, f)
-		}
-		if err := rs.Close(); err != nil {
-			return nil, nil, fmt.Errorf("record failed attempts in %s: %w", q.tableName, err)
-		}
-		if err := rs.Err(); err != nil {
 			return nil, nil, fmt.Errorf("record failed attempts in %s: %w", q.tableName, err)
 		}
 	}
 	return latencies, out, nil
+}
+
+// scanAll reads every row of rs into a T, through the scan destinations that dest
+// returns for it (every row overwrites them all), and closes rs.
+func scanAll[T any](rs *sql.Rows, dest func(*T) []any) ([]T, error) {
+	var out []T
+	var v T
+	d := dest(&v)
+	for rs.Next() {
+		if err := rs.Scan(d...); err != nil {
+			_ = rs.Close()
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	if err := rs.Close(); err != nil {
+		return nil, err
+	}
+	return out, rs.Err()
 }
 
 func b2i(b bool) int {

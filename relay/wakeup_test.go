@@ -15,11 +15,7 @@ import (
 func waitIdle(t *testing.T, db *sql.DB, r *running) {
 	t.Helper()
 	waitFor(t, 10*time.Second, "the relay to sleep with the wake-up flag up", func() bool {
-		var v int
-		if err := db.QueryRow(`SELECT last_value FROM outbox_wakeup`).Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v == 1 && r.idle.Load()
+		return wakeFlagValue(t, db) == 1 && r.idle.Load()
 	})
 }
 
@@ -51,12 +47,7 @@ func TestIdleRelayClaimsOncePerPollInterval(t *testing.T) {
 // written one by one arrive within milliseconds.
 func TestNotificationWakesSleepingRelay(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-	exchange, queue := topology(t, url, "k")
-	s := consume(t, url, queue)
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
 
 	cfg := testConfig(table)
 	cfg.PollInterval = 30 * time.Second

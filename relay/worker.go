@@ -329,6 +329,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 	var (
 		ids      []string
 		failures []failure
+		failedAt = map[string]int{} // index in b.rows of each failed row
 		returned int
 		nacked   int
 		unknowns int
@@ -340,6 +341,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 			ids = append(ids, rw.id)
 		case failed:
 			failures = append(failures, failure{id: rw.id, err: x.reason, delay: r.retry.Delay(rw.attempts + 1)})
+			failedAt[rw.id] = i
 			switch x.kind {
 			case failReturned:
 				returned++
@@ -376,20 +378,12 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 	}
 	r.m.Returned.WithLabelValues(table).Add(float64(returned))
 	r.m.Nacked.WithLabelValues(table).Add(float64(nacked))
-	byID := make(map[string]*row, len(failures))
-	for i := range b.rows {
-		byID[b.rows[i].id] = &b.rows[i]
-	}
-	reasons := make(map[string]string, len(failures))
-	for _, f := range failures {
-		reasons[f.id] = f.err
-	}
 	dead, retried := 0, 0
 	for _, s := range states {
-		rw := byID[s.id]
-		fields := []zap.Field{zap.String("id", s.id), zap.Int("attempts", s.attempts), zap.String("reason", reasons[s.id])}
-		if rw != nil {
-			fields = append(fields, zap.String("exchange", rw.exchange), zap.String("routing_key", rw.routingKey))
+		fields := []zap.Field{zap.String("id", s.id), zap.Int("attempts", s.attempts)}
+		if i, ok := failedAt[s.id]; ok {
+			rw := &b.rows[i]
+			fields = append(fields, zap.String("reason", res[i].reason), zap.String("exchange", rw.exchange), zap.String("routing_key", rw.routingKey))
 			if rw.keyed {
 				fields = append(fields, zap.String("ordering_key", rw.orderingKey))
 			}

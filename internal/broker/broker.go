@@ -4,8 +4,8 @@
 package broker
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -27,15 +27,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Name == "" {
-		c.Name = "sidebox"
-	}
-	if c.Heartbeat == 0 {
-		c.Heartbeat = 10 * time.Second
-	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = 5 * time.Second
-	}
+	c.Name = cmp.Or(c.Name, "sidebox")
+	c.Heartbeat = cmp.Or(c.Heartbeat, 10*time.Second)
+	c.DialTimeout = cmp.Or(c.DialTimeout, 5*time.Second)
 	if c.Backoff.Base == 0 {
 		c.Backoff = backoff.Policy{Base: 200 * time.Millisecond, Max: 10 * time.Second}
 	}
@@ -52,9 +46,6 @@ type Broker struct {
 	conn      *amqp.Connection
 	connected chan struct{} // closed while conn is usable; replaced when it is lost
 }
-
-// ErrClosed is returned by Channel once the broker has stopped for good.
-var ErrClosed = errors.New("broker connection closed")
 
 // New returns a Broker for the given URLs (tried in turn). Call Run to connect.
 func New(urls []string, cfg Config, log *zap.Logger, m *metrics.Metrics) *Broker {

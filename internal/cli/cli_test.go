@@ -262,7 +262,7 @@ func status(t *testing.T, vars []string) (report, string) {
 
 func TestMigrateAndStatus(t *testing.T) {
 	t.Parallel()
-	dsn := testenv.DatabaseURL(t)
+	db, dsn := testenv.DB(t)
 	vars := []string{"SIDEBOX_DATABASE_URL=" + withPassword(t, dsn), "SIDEBOX_OUTBOX_TABLE=app.outbox"}
 
 	if _, raw := status(t, vars); raw != `{"outbox":null,"inbox":null}` {
@@ -288,11 +288,6 @@ func TestMigrateAndStatus(t *testing.T) {
 		t.Errorf("status --json after migrate = %s", raw)
 	}
 
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	for _, q := range []string{
 		`INSERT INTO app.outbox (payload, ordering_key) VALUES ('a', 'k'), ('b', 'k'), ('c', NULL)`,
 		`INSERT INTO app.outbox (payload, ordering_key, attempts, created_at) VALUES ('d', 'j', 3, now() - interval '1 hour')`,
@@ -586,7 +581,7 @@ func count(t *testing.T, db *sql.DB, query string) int {
 // every row is then either published or still in the outbox, none twice.
 func TestRelayDrainsOnSIGTERM(t *testing.T) {
 	t.Parallel()
-	dsn := testenv.DatabaseURL(t)
+	db, dsn := testenv.DB(t)
 	queue, queued := amqpQueue(t)
 	vars := []string{
 		"SIDEBOX_DATABASE_URL=" + withPassword(t, dsn),
@@ -596,11 +591,6 @@ func TestRelayDrainsOnSIGTERM(t *testing.T) {
 	if r := run(t, vars, "migrate", "up"); r.code != 0 {
 		t.Fatal(r)
 	}
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	const rows = 3000
 	if _, err := db.Exec(`INSERT INTO outbox (routing_key, payload) SELECT $1, convert_to(g::text, 'UTF8') FROM generate_series(1, $2) g`, queue, rows); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/sidebox/sidebox/inbox"
@@ -21,18 +22,17 @@ const connectTimeout = defaultConnectTimeout
 
 // schema is one of the two tables sidebox migrates.
 type schema struct {
-	kind  string // "outbox" or "inbox": the snippet directory
 	table pg.Table
-	ms    pg.Migrations
+	ms    pg.Migrations // ms.Base, "outbox" or "inbox", names the kind of table
 }
 
-func (s schema) String() string { return s.kind + " table " + s.table.String() }
+func (s schema) String() string { return s.ms.Base + " table " + s.table.String() }
 
 // schemas returns the tables in the order they are created; down goes in reverse.
 func schemas(cfg *config.Config) []schema {
 	return []schema{
-		{"outbox", cfg.Outbox, outbox.Migrations()},
-		{"inbox", cfg.Inbox, inbox.Migrations()},
+		{cfg.Outbox, outbox.Migrations()},
+		{cfg.Inbox, inbox.Migrations()},
 	}
 }
 
@@ -66,36 +66,16 @@ func migrateCmd(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 func migrateUp(ctx context.Context, stdout io.Writer) error {
-	cfg, err := loadConfig(config.Database | config.Outbox | config.Inbox)
-	if err != nil {
-		return err
-	}
-	db, err := connect(ctx, cfg.DatabaseURL)
+	cfg, db, err := connectConfigured(ctx)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	for _, s := range schemas(cfg) {
-		applied, err := s.ms.Up(ctx, db, s.table)
-		for _, a := range applied {
-			fmt.Fprintf(stdout, "%s: applied %04d_%s\n", s, a.Version, a.Name)
-		}
-		if err != nil {
-			return fmt.Errorf("migrate up: %w", err)
-		}
-		if len(applied) == 0 {
-			fmt.Fprintf(stdout, "%s: up to date\n", s)
-		}
-	}
-	return nil
+	return migrateEach(ctx, stdout, db, schemas(cfg), "migrate up", "applied", "up to date", pg.Migrations.Up)
 }
 
 func migrateDown(ctx context.Context, stdout io.Writer, force bool) error {
-	cfg, err := loadConfig(config.Database | config.Outbox | config.Inbox)
-	if err != nil {
-		return err
-	}
-	db, err := connect(ctx, cfg.DatabaseURL)
+	cfg, db, err := connectConfigured(ctx)
 	if err != nil {
 		return err
 	}
@@ -106,17 +86,24 @@ func migrateDown(ctx context.Context, stdout io.Writer, force bool) error {
 		}
 	}
 	all := schemas(cfg)
-	for i := len(all) - 1; i >= 0; i-- {
-		s := all[i]
-		undone, err := s.ms.Down(ctx, db, s.table)
-		for _, a := range undone {
-			fmt.Fprintf(stdout, "%s: rolled back %04d_%s\n", s, a.Version, a.Name)
+	slices.Reverse(all)
+	return migrateEach(ctx, stdout, db, all, "migrate down", "rolled back", "nothing to roll back", pg.Migrations.Down)
+}
+
+// migrateEach runs step (pg.Migrations.Up or Down) on each table in turn and prints
+// every migration it did, or none when a table had nothing to do.
+func migrateEach(ctx context.Context, stdout io.Writer, db *sql.DB, all []schema, op, did, none string,
+	step func(pg.Migrations, context.Context, *sql.DB, pg.Table) ([]pg.Applied, error)) error {
+	for _, s := range all {
+		done, err := step(s.ms, ctx, db, s.table)
+		for _, a := range done {
+			fmt.Fprintf(stdout, "%s: %s %04d_%s\n", s, did, a.Version, a.Name)
 		}
 		if err != nil {
-			return fmt.Errorf("migrate down: %w", err)
+			return fmt.Errorf("%s: %w", op, err)
 		}
-		if len(undone) == 0 {
-			fmt.Fprintf(stdout, "%s: nothing to roll back\n", s)
+		if len(done) == 0 {
+			fmt.Fprintf(stdout, "%s: %s\n", s, none)
 		}
 	}
 	return nil
@@ -162,22 +149,17 @@ func refuseDown(ctx context.Context, db *sql.DB, cfg *config.Config) error {
 func printSnippets(w io.Writer, down bool) error {
 	type file struct{ name, sql string }
 	var files []file
-	for _, s := range []struct {
-		dir string
-		ms  pg.Migrations
-	}{{"outbox", outbox.Migrations()}, {"inbox", inbox.Migrations()}} {
-		for _, m := range s.ms.Steps {
+	for _, ms := range []pg.Migrations{outbox.Migrations(), inbox.Migrations()} {
+		for _, m := range ms.Steps {
+			ext, text := "up", m.Up
 			if down {
-				files = append(files, file{fmt.Sprintf("%s/migrations/%04d_%s.down.sql", s.dir, m.Version, m.Name), m.Down})
-			} else {
-				files = append(files, file{fmt.Sprintf("%s/migrations/%04d_%s.up.sql", s.dir, m.Version, m.Name), m.Up})
+				ext, text = "down", m.Down
 			}
+			files = append(files, file{fmt.Sprintf("%s/migrations/%04d_%s.%s.sql", ms.Base, m.Version, m.Name, ext), text})
 		}
 	}
 	if down {
-		for i, j := 0, len(files)-1; i < j; i, j = i+1, j-1 {
-			files[i], files[j] = files[j], files[i]
-		}
+		slices.Reverse(files)
 	}
 	for i, f := range files {
 		if i > 0 {
@@ -189,6 +171,20 @@ func printSnippets(w io.Writer, down bool) error {
 		}
 	}
 	return nil
+}
+
+// connectConfigured reads the configuration of the one-shot commands (database and
+// both tables) and connects to the database.
+func connectConfigured(ctx context.Context) (*config.Config, *sql.DB, error) {
+	cfg, err := loadConfig(config.Database | config.Outbox | config.Inbox)
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := connect(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, db, nil
 }
 
 // connect opens the database and checks it answers within connectTimeout.

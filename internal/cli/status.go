@@ -18,11 +18,7 @@ func statusCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(config.Database | config.Outbox | config.Inbox)
-	if err != nil {
-		return err
-	}
-	db, err := connect(ctx, cfg.DatabaseURL)
+	cfg, db, err := connectConfigured(ctx)
 	if err != nil {
 		return err
 	}

@@ -211,7 +211,7 @@ func podPatch(pod *corev1.Pod, s settings) []patchOp {
 	if pod.Annotations == nil {
 		ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations", Value: map[string]string{AnnotationStatus: StatusInjected}})
 	} else {
-		ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations/" + escapePointer(AnnotationStatus), Value: StatusInjected})
+		ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations/" + pointerEscaper.Replace(AnnotationStatus), Value: StatusInjected})
 	}
 
 	var inits []corev1.Container
@@ -236,7 +236,5 @@ func podPatch(pod *corev1.Pod, s settings) []patchOp {
 	return ops
 }
 
-// escapePointer escapes a map key for a JSON Pointer (RFC 6901).
-func escapePointer(s string) string {
-	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
-}
+// pointerEscaper escapes a map key for a JSON Pointer (RFC 6901).
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")

@@ -97,6 +97,21 @@ func reviewOf(t *testing.T, pod *corev1.Pod) []byte {
 	return body
 }
 
+// editedReview returns the review of pod after edit changed it.
+func editedReview(t *testing.T, pod *corev1.Pod, edit func(*admissionv1.AdmissionReview)) []byte {
+	t.Helper()
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(reviewOf(t, pod), &review); err != nil {
+		t.Fatal(err)
+	}
+	edit(&review)
+	body, err := json.Marshal(review)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
 // post sends body to /mutate and returns the status code and body.
 func post(t *testing.T, srv *httptest.Server, contentType string, body []byte) (int, []byte) {
 	t.Helper()
@@ -110,6 +125,18 @@ func post(t *testing.T, srv *httptest.Server, contentType string, body []byte) (
 		t.Fatal(err)
 	}
 	return resp.StatusCode, out
+}
+
+// postReview posts body and returns the response, requiring only status 200
+// and a decodable review with a response.
+func postReview(t *testing.T, srv *httptest.Server, body []byte) *admissionv1.AdmissionResponse {
+	t.Helper()
+	code, out := post(t, srv, "application/json", body)
+	var resp admissionv1.AdmissionReview
+	if code != http.StatusOK || json.Unmarshal(out, &resp) != nil || resp.Response == nil {
+		t.Fatalf("status %d: %s", code, out)
+	}
+	return resp.Response
 }
 
 // admit posts the pod's review and returns the response, checking the
@@ -397,22 +424,9 @@ func TestOtherRequestsPass(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			var review admissionv1.AdmissionReview
-			if err := json.Unmarshal(reviewOf(t, pod), &review); err != nil {
-				t.Fatal(err)
-			}
-			mutate(review.Request)
-			body, err := json.Marshal(review)
-			if err != nil {
-				t.Fatal(err)
-			}
-			code, out := post(t, srv, "application/json", body)
-			var resp admissionv1.AdmissionReview
-			if code != http.StatusOK || json.Unmarshal(out, &resp) != nil || resp.Response == nil {
-				t.Fatalf("status %d: %s", code, out)
-			}
-			if !resp.Response.Allowed || len(resp.Response.Patch) != 0 {
-				t.Errorf("allowed %v patch %q", resp.Response.Allowed, resp.Response.Patch)
+			resp := postReview(t, srv, editedReview(t, pod, func(r *admissionv1.AdmissionReview) { mutate(r.Request) }))
+			if !resp.Allowed || len(resp.Patch) != 0 {
+				t.Errorf("allowed %v patch %q", resp.Allowed, resp.Patch)
 			}
 		})
 	}
@@ -454,16 +468,9 @@ func TestInvalidAnnotationsAreRefused(t *testing.T) {
 
 func TestMalformedRequests(t *testing.T) {
 	srv := newServer(t, inject.ModeNative)
-	valid := reviewOf(t, appPod(annotated(nil)))
-	var v1beta1 admissionv1.AdmissionReview
-	if err := json.Unmarshal(valid, &v1beta1); err != nil {
-		t.Fatal(err)
-	}
-	v1beta1.APIVersion = "admission.k8s.io/v1beta1"
-	oldVersion, err := json.Marshal(v1beta1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod := appPod(annotated(nil))
+	valid := reviewOf(t, pod)
+	oldVersion := editedReview(t, pod, func(r *admissionv1.AdmissionReview) { r.APIVersion = "admission.k8s.io/v1beta1" })
 
 	for _, tc := range []struct {
 		name, contentType string
@@ -490,22 +497,11 @@ func TestMalformedRequests(t *testing.T) {
 	}
 
 	t.Run("pod does not decode", func(t *testing.T) {
-		var review admissionv1.AdmissionReview
-		if err := json.Unmarshal(valid, &review); err != nil {
-			t.Fatal(err)
-		}
-		review.Request.Object.Raw = []byte(`{"spec":{"containers":"many"}}`)
-		body, err := json.Marshal(review)
-		if err != nil {
-			t.Fatal(err)
-		}
-		code, out := post(t, srv, "application/json", body)
-		var resp admissionv1.AdmissionReview
-		if code != http.StatusOK || json.Unmarshal(out, &resp) != nil || resp.Response == nil {
-			t.Fatalf("status %d: %s", code, out)
-		}
-		if resp.Response.Allowed || resp.Response.Result == nil || resp.Response.Result.Code != http.StatusBadRequest {
-			t.Errorf("response %+v, want a refusal with code 400", resp.Response)
+		resp := postReview(t, srv, editedReview(t, pod, func(r *admissionv1.AdmissionReview) {
+			r.Request.Object.Raw = []byte(`{"spec":{"containers":"many"}}`)
+		}))
+		if resp.Allowed || resp.Result == nil || resp.Result.Code != http.StatusBadRequest {
+			t.Errorf("response %+v, want a refusal with code 400", resp)
 		}
 	})
 

@@ -3,7 +3,6 @@ package pg
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"io/fs"
@@ -25,9 +24,12 @@ type Migration struct {
 
 // Migrations is the ordered migration set of one kind of table. Snippets are written for
 // the table named Base ("outbox" or "inbox") and are rewritten for the configured table.
+// Build it with LoadMigrations.
 type Migrations struct {
 	Base  string
 	Steps []Migration
+
+	derived *regexp.Regexp // a name derived from Base; see Rewrite
 }
 
 var snippetName = regexp.MustCompile(`^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$`)
@@ -60,7 +62,8 @@ func LoadMigrations(fsys fs.FS, dir, base string) (Migrations, error) {
 			step.Down = string(b)
 		}
 	}
-	out := Migrations{Base: base}
+	q := regexp.QuoteMeta(base)
+	out := Migrations{Base: base, derived: regexp.MustCompile(`\b(sidebox_)?` + q + `\b|\b(sidebox_)?` + q + `_`)}
 	for _, s := range byVersion {
 		if s.Up == "" || s.Down == "" {
 			return Migrations{}, fmt.Errorf("migration %04d_%s lacks its up or down file", s.Version, s.Name)
@@ -78,8 +81,7 @@ func (ms Migrations) Rewrite(sql string, t Table) string {
 	if t.Name == ms.Base {
 		return sql
 	}
-	re := regexp.MustCompile(`\b(sidebox_)?` + regexp.QuoteMeta(ms.Base) + `\b|\b(sidebox_)?` + regexp.QuoteMeta(ms.Base) + `_`)
-	return re.ReplaceAllStringFunc(sql, func(m string) string {
+	return ms.derived.ReplaceAllStringFunc(sql, func(m string) string {
 		return strings.Replace(m, ms.Base, t.Name, 1)
 	})
 }
@@ -243,9 +245,6 @@ func lockKey(t Table) int64 {
 	_, _ = h.Write([]byte("sidebox migrate " + t.String()))
 	return int64(h.Sum64())
 }
-
-// ErrNoTable reports that a table sidebox expects does not exist.
-var ErrNoTable = errors.New("table does not exist")
 
 // TableExists reports whether t exists, resolving an unqualified name through search_path.
 func TableExists(ctx context.Context, db *sql.DB, t Table) (bool, error) {

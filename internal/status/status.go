@@ -133,8 +133,5 @@ func inReadOnlyTx(ctx context.Context, db *sql.DB, t pg.Table, fn func(*sql.Tx) 
 	if !found {
 		return false, nil
 	}
-	if err := fn(tx); err != nil {
-		return true, err
-	}
-	return true, nil
+	return true, fn(tx)
 }

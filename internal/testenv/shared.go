@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	_ "github.com/lib/pq" // the "postgres" driver
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sidebox/sidebox/internal/redact"
 )
 
 // Environment variables naming the shared test servers (set by deploy/servers.sh up).
@@ -193,29 +194,6 @@ func validPrefix(p string) bool {
 	return true
 }
 
-// Redacted returns a URL or a key=value DSN with its secrets replaced by "xxxxx":
-// the password of the user-info, password-like query parameters and password= keys.
-// Use it whenever a test prints a server address.
-func Redacted(s string) string {
-	if strings.Contains(s, "://") {
-		u, err := url.Parse(s)
-		if err != nil {
-			return "(unparsable URL)"
-		}
-		q := u.Query()
-		changed := false
-		for k := range q {
-			if strings.Contains(strings.ToLower(k), "password") {
-				q.Set(k, "xxxxx")
-				changed = true
-			}
-		}
-		if changed {
-			u.RawQuery = q.Encode()
-		}
-		return u.Redacted()
-	}
-	// The value of a password-like key: quoted (with \' escapes) or up to a space.
-	dsnPassword := regexp.MustCompile(`(?i)(\b\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
-	return dsnPassword.ReplaceAllString(s, "${1}xxxxx")
-}
+// Redacted returns a URL or a key=value DSN with its secrets masked, as
+// [redact.URL] does. Use it whenever a test prints a server address.
+func Redacted(s string) string { return redact.URL(s) }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -558,7 +559,7 @@ func TestInjectorChart(t *testing.T) {
 		t.Errorf("inject-ca-from %q, want %q", got, want)
 	}
 	wantDNS := svc.Name + ".sidebox-system.svc"
-	if !contains(cert.Spec.DNSNames, wantDNS) {
+	if !slices.Contains(cert.Spec.DNSNames, wantDNS) {
 		t.Errorf("certificate dnsNames %v lack %s", cert.Spec.DNSNames, wantDNS)
 	}
 	if cert.Spec.IssuerRef.Name != only[*certManagerIssuer](t, objs).Metadata.Name {
@@ -591,15 +592,6 @@ func TestInjectorChart(t *testing.T) {
 			t.Errorf("service selector %s=%s does not match the pod (%q)", k, v, pod)
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func TestInjectorRendersAreStable(t *testing.T) {

@@ -65,13 +65,14 @@ func TestOrdersToShipmentsWithRelayKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
 
-	ordersURL, shippingURL, amqpURL := testenv.DatabaseURL(t), testenv.DatabaseURL(t), testenv.AMQPURL(t)
+	ordersDB, ordersURL := testenv.DB(t)
+	shippingDB, shippingURL := testenv.DB(t)
+	amqpURL := testenv.AMQPURL(t)
 	exchange, queue := testenv.Name(t, "e2e_orders"), testenv.Name(t, "e2e_shipping")
 
 	// Each service's database: sidebox's tables, then the service's own.
 	sidebox(t, ctx, []string{"SIDEBOX_DATABASE_URL=" + ordersURL}, "migrate", "up")
 	sidebox(t, ctx, []string{"SIDEBOX_DATABASE_URL=" + shippingURL}, "migrate", "up")
-	ordersDB, shippingDB := open(t, ordersURL), open(t, shippingURL)
 	if err := orders.Migrate(ctx, ordersDB); err != nil {
 		t.Fatal(err)
 	}
@@ -246,16 +247,6 @@ func sidebox(t *testing.T, ctx context.Context, env []string, args ...string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("sidebox %v: %v\n%s", args, err, out)
 	}
-}
-
-func open(t *testing.T, url string) *sql.DB {
-	t.Helper()
-	db, err := sql.Open("postgres", url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	return db
 }
 
 func amqpChannel(t *testing.T, url string) *amqp.Channel {
