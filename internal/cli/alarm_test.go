@@ -185,6 +185,7 @@ func TestRunDrainsInboxDuringMemoryAlarm(t *testing.T) {
 	if code := d.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit %d after SIGTERM; log:\n%s", code, d.log())
 	}
+	noSecrets(t, "sidebox run log", d.log(), password)
 }
 
 // SIGTERM while RabbitMQ blocks the publishing connection: confirms cannot come, so the
@@ -222,5 +223,6 @@ func TestShutdownWhileBlocked(t *testing.T) {
 	if n := count(t, db, `SELECT count(*) FROM outbox WHERE attempts > 0 OR dead_at IS NOT NULL`); n != 0 {
 		t.Errorf("%d rows spent an attempt", n)
 	}
+	noSecrets(t, "sidebox relay log", log, password)
 	t.Logf("%d of %d rows left in the outbox", count(t, db, `SELECT count(*) FROM outbox`), rows)
 }

@@ -144,6 +144,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		if code := d.stop(t, syscall.SIGTERM); code != 0 {
 			t.Errorf("exit %d after SIGTERM; log:\n%s", code, d.log())
 		}
+		noSecrets(t, "log", d.log(), password)
 		if strings.Contains(d.log(), "permission denied") {
 			t.Errorf("a sidecar lacked a privilege:\n%s", d.log())
 		}

@@ -85,6 +85,7 @@ func TestRelayOverTLS(t *testing.T) {
 	if code := d.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit %d after SIGTERM; log:\n%s", code, d.log())
 	}
+	noSecrets(t, "sidebox relay log", d.log(), password)
 }
 
 // A server certificate from another CA is refused, for both servers: the sidecar says
@@ -119,4 +120,5 @@ func TestWrongCARefused(t *testing.T) {
 	if code := d.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit %d after SIGTERM; log:\n%s", code, d.log())
 	}
+	noSecrets(t, "sidebox relay log", d.log(), password)
 }
