@@ -205,6 +205,7 @@ func TestShutdownWhileBlocked(t *testing.T) {
 		"SIDEBOX_AMQP_URL=" + url,
 		"SIDEBOX_PUBLISH_TIMEOUT=60s", // far longer than the grace period
 		"SIDEBOX_SHUTDOWN_TIMEOUT=10s",
+		"SIDEBOX_AMQP_CA_FILE=" + testenv.NewTLS(t).CA, // unused with amqp://: a warning
 	}
 	if r := run(t, vars, "migrate", "up"); r.code != 0 {
 		t.Fatal(r)
@@ -224,5 +225,8 @@ func TestShutdownWhileBlocked(t *testing.T) {
 		t.Errorf("%d rows spent an attempt", n)
 	}
 	noSecrets(t, "sidebox relay log", log, password)
+	if !strings.Contains(log, "apply to amqps:// URLs only") {
+		t.Error("no warning about TLS files without an amqps:// URL")
+	}
 	t.Logf("%d of %d rows left in the outbox", count(t, db, `SELECT count(*) FROM outbox`), rows)
 }

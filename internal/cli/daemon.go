@@ -97,6 +97,9 @@ func (s *sidecar) run(ctx context.Context) error {
 	if unknown := config.Unknown(); len(unknown) > 0 {
 		log.Warn("ignoring unknown SIDEBOX_ variables; misspelt?", zap.Strings("variables", unknown))
 	}
+	if cfg.AMQPTLS != nil && !slices.ContainsFunc(cfg.AMQPURLs, func(u string) bool { return strings.HasPrefix(u, "amqps://") }) {
+		log.Warn("SIDEBOX_AMQP_CA_FILE, SIDEBOX_AMQP_CERT_FILE and SIDEBOX_AMQP_KEY_FILE apply to amqps:// URLs only; SIDEBOX_AMQP_URL has none")
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
