@@ -144,6 +144,18 @@ func TestRunDrainsInboxDuringMemoryAlarm(t *testing.T) {
 	d := start(t, vars, "run")
 	name := waitBlocked(t, mq, "sidebox run")
 	t.Logf("connection %q is blocked", name)
+	consumers := 0
+	for _, c := range mq.Connections(t) {
+		if strings.HasPrefix(c.Name, "sidebox run") && strings.HasSuffix(c.Name, " consume") {
+			consumers++
+			if c.State == "blocked" {
+				t.Errorf("the consuming connection %q is blocked", c.Name)
+			}
+		}
+	}
+	if consumers != 1 {
+		t.Errorf("%d consuming connections, want 1: %+v", consumers, mq.Connections(t))
+	}
 	if _, err := db.Exec(`ALTER TABLE inbox_later RENAME TO inbox`); err != nil {
 		t.Fatal(err)
 	}
