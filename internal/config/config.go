@@ -7,7 +7,11 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -38,6 +42,10 @@ const Prefix = "SIDEBOX_"
 type Config struct {
 	DatabaseURL string `envconfig:"SIDEBOX_DATABASE_URL" group:"database" secret:"true" desc:"PostgreSQL URL (postgres://...) or key=value connection string of the service's own database (lib/pq syntax)"`
 	AMQPURL     string `envconfig:"SIDEBOX_AMQP_URL" group:"broker" secret:"true" desc:"RabbitMQ URL, amqp:// or amqps://; a comma-separated list for a cluster, tried in turn"`
+
+	AMQPCAFile   string `envconfig:"SIDEBOX_AMQP_CA_FILE" group:"broker" desc:"PEM file of the certificate authorities that amqps:// servers are verified against, instead of the system's; unset: the system's (SSL_CERT_FILE and SSL_CERT_DIR apply)"`
+	AMQPCertFile string `envconfig:"SIDEBOX_AMQP_CERT_FILE" group:"broker" desc:"PEM client certificate (chain) presented to amqps:// servers, for mutual TLS; needs SIDEBOX_AMQP_KEY_FILE"`
+	AMQPKeyFile  string `envconfig:"SIDEBOX_AMQP_KEY_FILE" group:"broker" desc:"PEM private key of SIDEBOX_AMQP_CERT_FILE"`
 
 	OutboxTable string `envconfig:"SIDEBOX_OUTBOX_TABLE" default:"outbox" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox)"`
 	InboxTable  string `envconfig:"SIDEBOX_INBOX_TABLE" default:"inbox" group:"inbox" desc:"inbox table, optionally schema-qualified"`
@@ -76,6 +84,7 @@ type Config struct {
 	Outbox   pg.Table
 	Inbox    pg.Table
 	AMQPURLs []string
+	AMQPTLS  *tls.Config // from the SIDEBOX_AMQP_*_FILE variables; nil when none is set
 	Bindings []inbox.Binding
 
 	// parseErrors holds envconfig's conversion failures by variable; Check reports those
@@ -237,6 +246,7 @@ func (c *Config) Check(groups Group) error {
 			bad("SIDEBOX_AMQP_URL", "%s", p)
 		}
 		c.AMQPURLs = urls
+		c.AMQPTLS = c.checkAMQPTLS(bad)
 	}
 	if groups&Outbox != 0 {
 		t, err := pg.ParseTable(c.OutboxTable)
@@ -307,6 +317,60 @@ func (c *Config) Check(groups Group) error {
 	}
 	slices.SortStableFunc(errs, func(a, b *Error) int { return order[a.Var] - order[b.Var] })
 	return errs
+}
+
+// checkAMQPTLS reads the TLS files of the AMQP connection; nil when none is set.
+func (c *Config) checkAMQPTLS(bad func(string, string, ...any)) *tls.Config {
+	if c.AMQPCAFile == "" && c.AMQPCertFile == "" && c.AMQPKeyFile == "" {
+		return nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	ok := true
+	if c.AMQPCAFile != "" {
+		pem, err := os.ReadFile(c.AMQPCAFile)
+		switch {
+		case err != nil:
+			bad("SIDEBOX_AMQP_CA_FILE", "cannot read it: %v", fileError(err))
+			ok = false
+		default:
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				bad("SIDEBOX_AMQP_CA_FILE", "%s holds no PEM certificate", c.AMQPCAFile)
+				ok = false
+			}
+		}
+	}
+	switch {
+	case c.AMQPCertFile == "" && c.AMQPKeyFile == "":
+	case c.AMQPCertFile == "":
+		bad("SIDEBOX_AMQP_CERT_FILE", "must be set with SIDEBOX_AMQP_KEY_FILE")
+		ok = false
+	case c.AMQPKeyFile == "":
+		bad("SIDEBOX_AMQP_KEY_FILE", "must be set with SIDEBOX_AMQP_CERT_FILE")
+		ok = false
+	default:
+		cert, err := tls.LoadX509KeyPair(c.AMQPCertFile, c.AMQPKeyFile)
+		if err != nil {
+			// The error names files and formats, never key material.
+			bad("SIDEBOX_AMQP_CERT_FILE", "cannot load it with SIDEBOX_AMQP_KEY_FILE: %v", fileError(err))
+			ok = false
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	if !ok {
+		return nil
+	}
+	return cfg
+}
+
+// fileError drops the operation from a file error ("open /x: no such file or
+// directory" becomes "/x: no such file or directory").
+func fileError(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Path + ": " + pe.Err.Error()
+	}
+	return err.Error()
 }
 
 func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(string) bool) {

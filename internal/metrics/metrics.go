@@ -39,6 +39,8 @@ type Metrics struct {
 	Up        *prometheus.GaugeVec // dependency: postgres, rabbitmq
 	BuildInfo *prometheus.GaugeVec // version, commit
 
+	RabbitMQBlocked *prometheus.GaugeVec // connection: publish, consume
+
 	names []string
 }
 
@@ -90,6 +92,8 @@ func New(reg prometheus.Registerer) *Metrics {
 
 		Up:        gauge("sidebox_up", "1 while the dependency is connected, else 0.", "dependency"),
 		BuildInfo: gauge("sidebox_build_info", "Always 1; labelled with the build's version and commit.", "version", "commit"),
+
+		RabbitMQBlocked: gauge("sidebox_rabbitmq_blocked", "1 while RabbitMQ blocks the connection (a memory or disk alarm), else 0.", "connection"),
 	}
 	m.names = names
 	reg.MustRegister(
@@ -97,7 +101,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending,
 		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration,
 		m.InboxUnprocessed, m.InboxDead, m.InboxPurged,
-		m.Up, m.BuildInfo,
+		m.Up, m.BuildInfo, m.RabbitMQBlocked,
 	)
 	return m
 }

@@ -27,13 +27,26 @@ type RabbitMQ struct {
 	port     int      // AMQP port on 127.0.0.1
 	distPort int      // Erlang distribution port on 127.0.0.1
 	proc     *process // the Erlang VM; nil before the first start
+
+	tls     *TLSFiles // set by RabbitMQTLS
+	tlsPort int       // AMQPS port on 127.0.0.1 with RabbitMQTLS
+}
+
+// RabbitMQOption configures a private RabbitMQ node of [StartRabbitMQ].
+type RabbitMQOption func(*RabbitMQ)
+
+// RabbitMQTLS adds a TLS listener ([RabbitMQ.TLSURL]) with the server certificate of
+// files; it demands a client certificate signed by files.CA (mutual TLS). The plain
+// listener stays.
+func RabbitMQTLS(files *TLSFiles) RabbitMQOption {
+	return func(r *RabbitMQ) { r.tls = files }
 }
 
 // StartRabbitMQ starts a RabbitMQ node from the local installation with a temporary
 // data directory and free ports; it is killed and removed in t.Cleanup. It runs as the
 // current user (root included) with HOME in its directory, which holds its Erlang cookie.
 // Starting takes several seconds: share one node between the steps of a test.
-func StartRabbitMQ(t testing.TB) *RabbitMQ {
+func StartRabbitMQ(t testing.TB, opts ...RabbitMQOption) *RabbitMQ {
 	t.Helper()
 	server, err := rabbitmqServer()
 	if err != nil {
@@ -44,6 +57,9 @@ func StartRabbitMQ(t testing.TB) *RabbitMQ {
 		t.Fatalf("testenv: %v", err)
 	}
 	r := &RabbitMQ{server: server, dir: dir, node: "sidebox-" + randomHex(6) + "@localhost"}
+	for _, o := range opts {
+		o(r)
+	}
 	t.Cleanup(func() { r.cleanup(t) })
 
 	if r.port, err = freePort(); err != nil {
@@ -51,6 +67,11 @@ func StartRabbitMQ(t testing.TB) *RabbitMQ {
 	}
 	for r.distPort == 0 || r.distPort == r.port {
 		if r.distPort, err = freePort(); err != nil {
+			t.Fatalf("testenv: %v", err)
+		}
+	}
+	for r.tls != nil && (r.tlsPort == 0 || r.tlsPort == r.port || r.tlsPort == r.distPort) {
+		if r.tlsPort, err = freePort(); err != nil {
 			t.Fatalf("testenv: %v", err)
 		}
 	}
@@ -64,6 +85,12 @@ func StartRabbitMQ(t testing.TB) *RabbitMQ {
 // URL returns the node's AMQP URL (guest/guest, default vhost).
 func (r *RabbitMQ) URL() string {
 	return fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", r.port)
+}
+
+// TLSURL returns the node's AMQPS URL (guest/guest, default vhost); only with
+// [RabbitMQTLS].
+func (r *RabbitMQ) TLSURL() string {
+	return fmt.Sprintf("amqps://guest:guest@127.0.0.1:%d/", r.tlsPort)
 }
 
 // Addr returns the node's AMQP host:port.
@@ -131,14 +158,24 @@ func (r *RabbitMQ) running() bool { return r.proc != nil && !r.proc.exited() }
 // writeConfig writes the node's own configuration files, so that nothing from
 // /etc/rabbitmq (such as the shared node's listener) applies to it.
 func (r *RabbitMQ) writeConfig() error {
-	files := map[string]string{
-		"rabbitmq-env.conf": "",
-		"enabled_plugins":   "[].\n",
-		"rabbitmq.conf": fmt.Sprintf(`listeners.tcp.1 = 127.0.0.1:%d
+	conf := fmt.Sprintf(`listeners.tcp.1 = 127.0.0.1:%d
 log.console = true
 log.console.level = info
 log.file = false
-`, r.port),
+`, r.port)
+	if r.tls != nil {
+		conf += fmt.Sprintf(`listeners.ssl.1 = 127.0.0.1:%d
+ssl_options.cacertfile = %s
+ssl_options.certfile = %s
+ssl_options.keyfile = %s
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+`, r.tlsPort, r.tls.CA, r.tls.ServerCert, r.tls.ServerKey)
+	}
+	files := map[string]string{
+		"rabbitmq-env.conf": "",
+		"enabled_plugins":   "[].\n",
+		"rabbitmq.conf":     conf,
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(content), 0o644); err != nil {
