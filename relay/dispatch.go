@@ -10,6 +10,8 @@ import (
 
 	"github.com/lib/pq"
 	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/pg"
 )
 
 // batch is one claimed set of rows and the transaction that holds their locks.
@@ -47,6 +49,8 @@ type dispatcher struct {
 	keyedFirst bool      // which part of the claim goes first; alternates
 	cursor     *string
 	failures   int // consecutive database errors
+
+	pollGap time.Duration // polled wake-ups: the last sleep after an empty claim; 0 after rows
 }
 
 // finished is called by a worker when its batch is settled. followUp: the batch had
@@ -105,6 +109,10 @@ func (d *dispatcher) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				break
 			}
+			if errors.Is(err, pg.ErrPreparedLost) {
+				wait = 0 // the statements switched to plain queries: claim again at once
+				continue
+			}
 			wait = d.dbFailed("cannot claim outbox rows; retrying", err)
 			continue
 		}
@@ -118,6 +126,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		}
 		walkStopped := c.visited >= d.maxVisits() // the walk ran out of visits, not of keys
 		if len(c.rows) > 0 {
+			d.pollGap = 0
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
 			full := len(c.rows) >= r.cfg.BatchSize || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
@@ -139,6 +148,10 @@ func (d *dispatcher) run(ctx context.Context) {
 		d.idle <- w
 		if walkStopped {
 			wait = 0 // keys not visited yet in this round
+			continue
+		}
+		if r.polled.Load() {
+			wait = d.pollWait(ctx, c.due)
 			continue
 		}
 		if !d.flagSet {
@@ -164,6 +177,24 @@ func (d *dispatcher) run(ctx context.Context) {
 		defer cancel()
 		_ = r.flag.set(ctx)
 	}
+}
+
+// pollWait returns how long to sleep after an empty claim while no notification can
+// wake the relay: pollMin after rows were found, doubling with every empty claim up to
+// the poll interval, and never past the next due row. The wake-up flag is lowered, so
+// that writers do not notify in vain.
+func (d *dispatcher) pollWait(ctx context.Context, due time.Duration) time.Duration {
+	r := d.r
+	if d.flagSet {
+		r.flag.clear(context.WithoutCancel(ctx), r.log)
+		d.flagSet = false
+	}
+	d.raise, d.settleAt = false, time.Time{}
+	d.pollGap = min(max(2*d.pollGap, min(pollMin, r.cfg.PollInterval)), r.cfg.PollInterval)
+	if due > 0 && due < d.pollGap {
+		return due
+	}
+	return d.pollGap
 }
 
 // dbFailed records a database error and returns how long to wait before trying again.
