@@ -50,7 +50,8 @@ type dispatcher struct {
 	cursor     *string
 	failures   int // consecutive database errors
 
-	pollGap time.Duration // polled wake-ups: the last sleep after an empty claim; 0 after rows
+	pollGap time.Duration // polled wake-ups: the last sleep after an empty claim
+	foundAt time.Time     // when the last claim that found rows ran
 }
 
 // finished is called by a worker when its batch is settled. followUp: the batch had
@@ -126,7 +127,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		}
 		walkStopped := c.visited >= d.maxVisits() // the walk ran out of visits, not of keys
 		if len(c.rows) > 0 {
-			d.pollGap = 0
+			d.foundAt = claimStart
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
 			full := len(c.rows) >= r.cfg.BatchSize || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
@@ -180,9 +181,9 @@ func (d *dispatcher) run(ctx context.Context) {
 }
 
 // pollWait returns how long to sleep after an empty claim while no notification can
-// wake the relay: pollMin after rows were found, doubling with every empty claim up to
-// the poll interval, and never past the next due row. The wake-up flag is lowered, so
-// that writers do not notify in vain.
+// wake the relay: pollMin for pollActive after the last claim that found rows, then
+// doubling with every empty claim up to the poll interval, never past the next due
+// row. The wake-up flag is lowered, so that writers do not notify in vain.
 func (d *dispatcher) pollWait(ctx context.Context, due time.Duration) time.Duration {
 	r := d.r
 	if d.flagSet {
@@ -190,7 +191,12 @@ func (d *dispatcher) pollWait(ctx context.Context, due time.Duration) time.Durat
 		d.flagSet = false
 	}
 	d.raise, d.settleAt = false, time.Time{}
-	d.pollGap = min(max(2*d.pollGap, min(pollMin, r.cfg.PollInterval)), r.cfg.PollInterval)
+	floor := min(pollMin, r.cfg.PollInterval)
+	if time.Since(d.foundAt) < pollActive {
+		d.pollGap = floor
+	} else {
+		d.pollGap = min(max(2*d.pollGap, floor), r.cfg.PollInterval)
+	}
 	if due > 0 && due < d.pollGap {
 		return due
 	}

@@ -79,6 +79,9 @@ const (
 	// pollMin is the shortest sleep between claims while wake-ups are polled: the
 	// latency of a message written while rows are coming (see dispatcher.pollWait).
 	pollMin = 5 * time.Millisecond
+	// pollActive is how long after rows were last found the relay keeps polling every
+	// pollMin: short stalls of the writers do not make it sleep long.
+	pollActive = time.Second
 	// dbTimeout bounds one claim and one settlement.
 	dbTimeout = 10 * time.Second
 	// drainMargin is added to PublishTimeout for the final settling of batches in
