@@ -50,6 +50,12 @@ func (r *Relay) listen(wake chan<- struct{}) (stop func()) {
 		case pq.ListenerEventDisconnected:
 			r.setPolled(true, "")
 			r.log.Warn("lost the LISTEN connection; reconnecting, polling meanwhile", errField(err))
+			// Claim now: polling starts at once, and a database that went away shows
+			// in readiness without waiting for the poll interval.
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
 		case pq.ListenerEventConnectionAttemptFailed:
 			r.log.Warn("cannot open the LISTEN connection; retrying, polling meanwhile", errField(err))
 		}

@@ -156,7 +156,8 @@ type Relay struct {
 }
 
 // New returns a relay for cfg.Table. db is the pool for claims and settlement; dsn opens
-// the dedicated LISTEN connection; b must be run by the caller (broker.Run) for as long
+// the dedicated LISTEN connection (behind a transaction pooler, give a direct one:
+// notifications do not pass such a pooler, and the relay then polls); b must be run by the caller (broker.Run) for as long
 // as the relay runs, and stopped only after Run returned, so that the batches in flight
 // can finish. A nil m gets a private registry.
 func New(db *sql.DB, dsn string, b *broker.Broker, cfg Config, log *zap.Logger, m *metrics.Metrics) (*Relay, error) {
