@@ -241,49 +241,92 @@ func lostStatement(err error) bool {
 
 // TransactionPooled reports whether db's connections are pooled per transaction (or
 // per statement): whether one client connection's statements run on more than one
-// server process. It takes two connections of db for a moment. A direct connection
-// and session pooling report false. A pool limited to one connection cannot be
-// looked at and reports false.
+// server process, or two client connections' on the same one. It takes three
+// connections of db for a moment: one holds a transaction while the other two run
+// statements. A direct connection and session pooling report false. A pool limited to
+// fewer than three connections cannot be looked at and reports false.
 func TransactionPooled(ctx context.Context, db *sql.DB) (bool, error) {
-	if db.Stats().MaxOpenConnections == 1 {
+	if n := db.Stats().MaxOpenConnections; n > 0 && n < 3 {
 		return false, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c1, err := db.Conn(ctx)
-	if err != nil {
-		return false, err
+	conns := make([]*sql.Conn, 3)
+	for i := range conns {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			return false, err
+		}
+		defer c.Close()
+		conns[i] = c
 	}
-	defer c1.Close()
-	c2, err := db.Conn(ctx)
-	if err != nil {
-		return false, err
-	}
-	defer c2.Close()
-	pid := func(c *sql.Conn) (int, error) {
+	seen := map[int]int{} // backend pid -> client index
+	shared := false
+	pid := func(i int, q interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	}) error {
 		var p int
-		err := c.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&p)
-		return p, err
+		if err := q.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&p); err != nil {
+			return err
+		}
+		if j, ok := seen[p]; ok && j != i {
+			shared = true
+		}
+		for other, j := range seen {
+			if j == i && other != p {
+				shared = true // one client, two server processes
+			}
+		}
+		seen[p] = i
+		return nil
 	}
-	before, err := pid(c2)
-	if err != nil {
-		return false, err
+	for i := 1; i < 3; i++ {
+		if err := pid(i, conns[i]); err != nil {
+			return false, err
+		}
 	}
-	// c1 holds a server connection in a transaction. A pooler hands c1 the server
-	// connection c2 just gave back (PgBouncer reuses the last one first), or c2 gets
-	// another one for its next statement; a direct connection keeps its own backend.
-	tx, err := c1.BeginTx(ctx, nil)
+	if shared {
+		return true, nil
+	}
+	// conns[0] holds a server connection in a transaction; meanwhile the others run
+	// again. A pooler (reusing the server connection given back last, or rotating)
+	// shows one client on several server processes or several clients on one; with
+	// no free server connection it makes them wait for conns[0]'s. A direct
+	// connection keeps one backend per client.
+	tx, err := conns[0].BeginTx(ctx, nil)
 	if err != nil {
 		return false, err
 	}
 	defer func() { _ = tx.Rollback() }()
-	var held int
-	if err := tx.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&held); err != nil {
+	if err := pid(0, tx); err != nil {
 		return false, err
 	}
-	after, err := pid(c2)
-	if err != nil {
-		return false, err
+	done := make(chan error, 1)
+	go func() {
+		for range 3 {
+			for i := 1; i < 3; i++ {
+				if err := pid(i, conns[i]); err != nil {
+					done <- err
+					return
+				}
+			}
+		}
+		done <- nil
+	}()
+	t := time.NewTimer(pooledWait)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return shared, err
+	case <-t.C:
+		_ = tx.Rollback() // hand conns[0]'s server connection on
+		if err := <-done; err != nil {
+			return false, err
+		}
+		return true, nil
 	}
-	return held == before || after != before, nil
 }
+
+// pooledWait is how long TransactionPooled lets a statement wait for a server
+// connection before it concludes that a pooler with no free one holds it back.
+const pooledWait = 3 * time.Second

@@ -123,3 +123,35 @@ func one(t *testing.T, st *pg.Statements, q string, arg int) int {
 	}
 	return n
 }
+
+// A pooler with one server connection is found too (the second client waits for it).
+func TestTransactionPooledSingleServerConnection(t *testing.T) {
+	direct := testenv.DatabaseURL(t)
+	b := testenv.StartPgBouncer(t, direct, testenv.PoolTransaction, "default_pool_size = 1")
+	db, err := sql.Open("postgres", b.URL(direct))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	got, err := pg.TransactionPooled(context.Background(), db)
+	if err != nil || !got {
+		t.Errorf("TransactionPooled = %v, %v; want true", got, err)
+	}
+}
+
+// A pooler that hands out its server connections in turn is found too.
+func TestTransactionPooledRoundRobin(t *testing.T) {
+	direct := testenv.DatabaseURL(t)
+	b := testenv.StartPgBouncer(t, direct, testenv.PoolTransaction, "server_round_robin = 1")
+	db, err := sql.Open("postgres", b.URL(direct))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for range 3 {
+		got, err := pg.TransactionPooled(context.Background(), db)
+		if err != nil || !got {
+			t.Errorf("TransactionPooled = %v, %v; want true", got, err)
+		}
+	}
+}
