@@ -182,7 +182,8 @@ func (r *Relay) setPolled(polled bool, warning string) {
 	switch {
 	case polled && warning != "" && !r.probeFailed.Swap(true):
 		r.log.Warn(warning, zap.String("channel", r.cfg.Table.Channel()),
-			zap.String("hint", "set SIDEBOX_LISTEN_DATABASE_URL to a direct connection to the database (not through the pooler) for wake-ups within milliseconds"))
+			zap.String("hint", "set SIDEBOX_LISTEN_DATABASE_URL to a direct connection to the database (not through the pooler) for wake-ups within milliseconds; "+
+				"meanwhile a message written after an idle spell waits up to SIDEBOX_POLL_INTERVAL"))
 	case !polled && was:
 		if r.probeFailed.Swap(false) {
 			r.log.Info("notifications arrive on the LISTEN connection again; wake-ups by notification")
