@@ -140,3 +140,42 @@ func TestListenDatabaseURLBypassesPooler(t *testing.T) {
 		t.Errorf("exit %d after SIGTERM; log:\n%s", code, d.log())
 	}
 }
+
+// A pooler that refuses the connection (here a startup parameter of the user's own,
+// which PgBouncer 1.18 does not know) is said in the log at once, and once, not only
+// in /readyz: an idle sidecar is never silent about why.
+func TestRefusedConnectionIsLogged(t *testing.T) {
+	t.Parallel()
+	direct := testenv.DatabaseURL(t)
+	bouncer := testenv.StartPgBouncer(t, direct, testenv.PoolTransaction)
+	refused := bouncer.URL(direct) + "&options=" + "-c%20statement_timeout%3D5000"
+	d := start(t, []string{
+		"SIDEBOX_DATABASE_URL=" + withPassword(t, refused),
+		"SIDEBOX_AMQP_URL=" + testenv.AMQPURL(t),
+	}, "relay")
+	d.waitFor(t, "/readyz", 503, "unsupported startup parameter")
+	deadline := time.Now().Add(10 * time.Second)
+	warned := func() int {
+		n := 0
+		for line := range strings.SplitSeq(d.log(), "\n") {
+			if strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "cannot look up outbox table") &&
+				strings.Contains(line, "unsupported startup parameter: options") {
+				n++
+			}
+		}
+		return n
+	}
+	for warned() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning naming the refused parameter; log:\n%s", d.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.waitFor(t, "/readyz", 503, "unsupported startup parameter") // still retrying, some attempts later
+	if n := warned(); n != 1 {
+		t.Errorf("warned %d times, want once; log:\n%s", n, d.log())
+	}
+	if code := d.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit %d after SIGTERM; log:\n%s", code, d.log())
+	}
+}
