@@ -81,6 +81,10 @@ type ConsumerConfig struct {
 
 	// Backoff paces retries of the database and of the broker channel; default 100ms..5s.
 	Backoff backoff.Policy
+
+	// Prepare says whether the insert is a prepared statement; default pg.PrepareAuto
+	// (unless the connection is pooled per transaction).
+	Prepare pg.PrepareMode
 }
 
 // SetDefaults fills zero fields with their defaults.
@@ -112,6 +116,9 @@ func (c *ConsumerConfig) SetDefaults() {
 	if c.Backoff.Base == 0 {
 		c.Backoff = backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second}
 	}
+	if c.Prepare == "" {
+		c.Prepare = pg.PrepareAuto
+	}
 }
 
 // Validate checks a config after SetDefaults.
@@ -127,6 +134,8 @@ func (c *ConsumerConfig) Validate() error {
 	k.between("Workers", c.Workers, 1, 16)
 	k.fail(c.DrainTimeout < 0, "DrainTimeout", "must not be negative, got %s", c.DrainTimeout)
 	k.fail(c.Backoff.Base <= 0 || c.Backoff.Max < c.Backoff.Base, "Backoff", "base must be positive and at most max")
+	_, err := pg.ParsePrepareMode(string(c.Prepare))
+	k.fail(err != nil, "Prepare", "must be auto, on or off, got %q", c.Prepare)
 	for _, b := range c.Bindings {
 		k.fail(b.Exchange == "", "Bindings", "the default exchange cannot be bound")
 	}

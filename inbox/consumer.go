@@ -18,6 +18,7 @@ import (
 
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 )
 
@@ -43,8 +44,7 @@ type Consumer struct {
 	log    *zap.Logger
 
 	insertSQL string
-	stmtMu    sync.Mutex
-	stmt      *sql.Stmt // prepared lazily: the database may be down at start
+	stmts     *pg.Statements // the insert, prepared lazily (the database may be down at start) where that is safe
 
 	consuming atomic.Bool // a consume session is open
 	dbOK      atomic.Bool // the last database round trip worked
@@ -69,12 +69,14 @@ func NewConsumer(db *sql.DB, b *broker.Broker, cfg ConsumerConfig, log *zap.Logg
 		m = metrics.New(prometheus.NewRegistry())
 	}
 	q := cfg.Queue
+	log = log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer))
 	return &Consumer{
 		db:            db,
 		broker:        b,
 		cfg:           cfg,
-		log:           log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer)),
+		log:           log,
 		insertSQL:     insertSQL(cfg.Table.String()),
+		stmts:         pg.NewStatements(db, cfg.Prepare, log),
 		received:      m.InboxReceived.WithLabelValues(q),
 		stored:        m.InboxStored.WithLabelValues(q),
 		duplicates:    m.InboxDuplicates.WithLabelValues(q),
@@ -114,11 +116,7 @@ var errChannelClosed = errors.New("AMQP channel closed")
 // false meanwhile.
 func (c *Consumer) Run(ctx context.Context) error {
 	defer c.consuming.Store(false)
-	defer func() {
-		if c.stmt != nil {
-			_ = c.stmt.Close()
-		}
-	}()
+	defer c.stmts.Close()
 	// work outlives ctx by DrainTimeout, so that the last batches can still be stored.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -543,32 +541,37 @@ func (c *Consumer) store(ctx context.Context, ch *amqp.Channel, closed <-chan *a
 }
 
 func (c *Consumer) insert(ctx context.Context, r *rows) (int, error) {
-	stmt, err := c.prepared(ctx)
-	if err != nil {
-		return 0, err
+	if !c.stmts.Ready(c.insertSQL) {
+		c.stmts.Prepare(ctx, c.insertSQL)
 	}
 	blob, offsets, lengths := r.payloadParams()
-	var n int
-	err = stmt.QueryRowContext(ctx, c.cfg.Consumer, r.ids, r.exchanges, r.keys, r.types, r.contentTypes,
-		r.headers, blob, offsets, lengths, r.orderingKeys).Scan(&n)
+	args := []any{c.cfg.Consumer, r.ids, r.exchanges, r.keys, r.types, r.contentTypes,
+		r.headers, blob, offsets, lengths, r.orderingKeys}
+	rs, err := c.stmts.Query(ctx, nil, c.insertSQL, args...)
+	if errors.Is(err, pg.ErrPreparedLost) {
+		// Nothing was stored (one statement, its own transaction); the statements
+		// use plain queries now.
+		rs, err = c.stmts.Query(ctx, nil, c.insertSQL, args...)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("insert inbox rows: %w", err)
 	}
-	return n, nil
-}
-
-// prepared returns the insert statement, preparing it on first use.
-func (c *Consumer) prepared(ctx context.Context) (*sql.Stmt, error) {
-	c.stmtMu.Lock()
-	defer c.stmtMu.Unlock()
-	if c.stmt == nil {
-		stmt, err := c.db.PrepareContext(ctx, c.insertSQL)
-		if err != nil {
-			return nil, fmt.Errorf("prepare inbox insert: %w", err)
+	defer func() { _ = rs.Close() }()
+	var n int
+	if !rs.Next() {
+		err = rs.Err()
+		if err == nil {
+			err = sql.ErrNoRows
 		}
-		c.stmt = stmt
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
 	}
-	return c.stmt, nil
+	if err := rs.Scan(&n); err != nil {
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
+	}
+	if err := rs.Close(); err != nil {
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
+	}
+	return n, nil
 }
 
 // insertEach stores rows one at a time and rejects those the database refuses. Rows it

@@ -118,7 +118,7 @@ func (s *sidecar) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if dsn, err = withSessionDefaults(dsn, cfg.PublishTimeout); err != nil {
+	if dsn, err = withSessionDefaults(dsn); err != nil {
 		return err
 	}
 	db, err := sql.Open("postgres", dsn)
@@ -127,10 +127,21 @@ func (s *sidecar) run(ctx context.Context) error {
 	}
 	defer db.Close()
 	pg.TunePool(db, pg.SidecarIdleConns(cfg.RelayWorkers, cfg.InboxWorkers))
+	// The relay's LISTEN connection: a direct one when given, since notifications do
+	// not pass a transaction pooler.
+	listenDSN := dsn
+	if cfg.ListenDatabaseURL != "" {
+		if listenDSN, err = withConnectTimeout(cfg.ListenDatabaseURL); err != nil {
+			return err
+		}
+		if listenDSN, err = withSessionDefaults(listenDSN); err != nil {
+			return err
+		}
+	}
 
 	hs := health.New(reg, log)
 	pub, con := s.brokers(m)
-	comps, relayRuns, err := s.components(db, dsn, pub, con, hs, m)
+	comps, relayRuns, err := s.components(db, listenDSN, pub, con, hs, m)
 	if err != nil {
 		return err
 	}
@@ -220,11 +231,11 @@ func (s *sidecar) run(ctx context.Context) error {
 
 // components builds the relay and the inbox consumer and purger, as configured, and
 // registers their readiness checks. relayRuns reports whether the relay runs.
-func (s *sidecar) components(db *sql.DB, dsn string, pub, con *broker.Broker, hs *health.Server, m *metrics.Metrics) (comps []component, relayRuns func() bool, err error) {
+func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Broker, hs *health.Server, m *metrics.Metrics) (comps []component, relayRuns func() bool, err error) {
 	cfg, log := s.cfg, s.log
 	relayRuns = func() bool { return false }
 	if s.withRelay {
-		r, err := relay.New(db, dsn, pub, relay.Config{
+		r, err := relay.New(db, listenDSN, pub, relay.Config{
 			Table:           cfg.Outbox,
 			BatchSize:       cfg.BatchSize,
 			PollInterval:    cfg.PollInterval,
@@ -233,6 +244,7 @@ func (s *sidecar) components(db *sql.DB, dsn string, pub, con *broker.Broker, hs
 			RetryBackoffMax: cfg.RetryBackoffMax,
 			PublishTimeout:  cfg.PublishTimeout,
 			Workers:         cfg.RelayWorkers,
+			Prepare:         cfg.Prepare,
 		}, log, m)
 		if err != nil {
 			return nil, nil, err
@@ -259,6 +271,7 @@ func (s *sidecar) components(db *sql.DB, dsn string, pub, con *broker.Broker, hs
 			Declare:      cfg.InboxDeclare,
 			Bindings:     cfg.Bindings,
 			DrainTimeout: cfg.ShutdownTimeout,
+			Prepare:      cfg.Prepare,
 		}, log, m)
 		if err != nil {
 			return nil, nil, err
@@ -286,8 +299,7 @@ func (s *sidecar) components(db *sql.DB, dsn string, pub, con *broker.Broker, hs
 }
 
 // pingGauge makes the database readiness check keep sidebox_up{postgres} current,
-// except while the relay runs: the relay keeps it then, from its own connections
-// (the pool and the LISTEN connection).
+// except while the relay runs: the relay keeps it then, from its own claims.
 func pingGauge(ping health.Check, m *metrics.Metrics, relayRuns func() bool) health.Check {
 	up := m.Up.WithLabelValues(metrics.DependencyPostgres)
 	return func(ctx context.Context) error {
@@ -368,7 +380,7 @@ type tableGate struct {
 // wait returns true once the table exists, false when ctx is done first.
 func (g *tableGate) wait(ctx context.Context) bool {
 	poll := backoff.Policy{Base: 250 * time.Millisecond, Max: 5 * time.Second}
-	warned := false
+	warned, failed := false, false
 	for attempt := 1; ; attempt++ {
 		ok, err := pg.TableExists(ctx, g.db, g.table)
 		switch {
@@ -385,8 +397,14 @@ func (g *tableGate) wait(ctx context.Context) bool {
 				warned = true
 			}
 		default:
-			// The database is down: the postgres readiness check reports it.
-			g.log.Debug("cannot look up "+g.kind+" table", zap.String("error", redact.Text(err.Error())))
+			// The database is down or refuses the connection: the postgres readiness
+			// check reports it; the log says it once, so that an idle sidecar is
+			// never silent about why.
+			level := zap.DebugLevel
+			if !failed {
+				level, failed = zap.WarnLevel, true
+			}
+			g.log.Log(level, "cannot look up "+g.kind+" table; retrying", zap.String("table", g.table.String()), zap.String("error", redact.Text(err.Error())))
 		}
 		if !poll.Sleep(ctx, attempt) {
 			return false

@@ -40,8 +40,10 @@ const Prefix = "SIDEBOX_"
 // envconfig falls back to the unprefixed name (DATABASE_URL, LOG_LEVEL) when the
 // prefixed one is unset, which would let an application's variables leak into sidebox.
 type Config struct {
-	DatabaseURL string `envconfig:"SIDEBOX_DATABASE_URL" group:"database" secret:"true" desc:"PostgreSQL URL (postgres://...) or key=value connection string of the service's own database (lib/pq syntax)"`
-	AMQPURL     string `envconfig:"SIDEBOX_AMQP_URL" group:"broker" secret:"true" desc:"RabbitMQ URL, amqp:// or amqps://; a comma-separated list for a cluster, tried in turn"`
+	DatabaseURL       string `envconfig:"SIDEBOX_DATABASE_URL" group:"database" secret:"true" desc:"PostgreSQL URL (postgres://...) or key=value connection string of the service's own database (lib/pq syntax)"`
+	DatabasePrepare   string `envconfig:"SIDEBOX_DATABASE_PREPARE" default:"auto" group:"database" desc:"prepare the frequent queries on the server: auto (unless the connection is pooled per transaction, as by PgBouncer in transaction mode), on (also behind a pooler that keeps prepared statements, PgBouncer 1.21+ with max_prepared_statements) or off"`
+	ListenDatabaseURL string `envconfig:"SIDEBOX_LISTEN_DATABASE_URL" group:"relay" secret:"true" desc:"direct connection (not through a transaction pooler) for the relay's LISTEN, same syntax as SIDEBOX_DATABASE_URL; unset: SIDEBOX_DATABASE_URL"`
+	AMQPURL           string `envconfig:"SIDEBOX_AMQP_URL" group:"broker" secret:"true" desc:"RabbitMQ URL, amqp:// or amqps://; a comma-separated list for a cluster, tried in turn"`
 
 	AMQPCAFile   string `envconfig:"SIDEBOX_AMQP_CA_FILE" group:"broker" desc:"PEM file of the certificate authorities that amqps:// servers are verified against, instead of the system's; unset: the system's (SSL_CERT_FILE and SSL_CERT_DIR apply)"`
 	AMQPCertFile string `envconfig:"SIDEBOX_AMQP_CERT_FILE" group:"broker" desc:"PEM client certificate (chain) presented to amqps:// servers, for mutual TLS; needs SIDEBOX_AMQP_KEY_FILE"`
@@ -86,6 +88,7 @@ type Config struct {
 	AMQPURLs []string
 	AMQPTLS  *tls.Config // from the SIDEBOX_AMQP_*_FILE variables; nil when none is set
 	Bindings []inbox.Binding
+	Prepare  pg.PrepareMode
 
 	// parseErrors holds envconfig's conversion failures by variable; Check reports those
 	// of the groups it is asked about.
@@ -239,6 +242,11 @@ func (c *Config) Check(groups Group) error {
 		if p := checkDatabaseURL(c.DatabaseURL); p != "" {
 			bad("SIDEBOX_DATABASE_URL", "%s", p)
 		}
+		m, err := pg.ParsePrepareMode(c.DatabasePrepare)
+		if err != nil {
+			bad("SIDEBOX_DATABASE_PREPARE", "%v", err)
+		}
+		c.Prepare = m
 	}
 	if groups&Broker != 0 {
 		urls, p := checkAMQPURLs(c.AMQPURL)
@@ -293,6 +301,11 @@ func (c *Config) Check(groups Group) error {
 		}
 		positive(bad, parsed, "SIDEBOX_PUBLISH_TIMEOUT", c.PublishTimeout)
 		between(bad, parsed, "SIDEBOX_RELAY_WORKERS", c.RelayWorkers, 1, 64)
+		if c.ListenDatabaseURL != "" {
+			if p := checkDatabaseURL(c.ListenDatabaseURL); p != "" {
+				bad("SIDEBOX_LISTEN_DATABASE_URL", "%s", p)
+			}
+		}
 	}
 	if groups&Consumer != 0 {
 		c.checkConsumer(bad, parsed)

@@ -24,6 +24,7 @@ type Metrics struct {
 	Dead           *prometheus.GaugeVec     // table
 	BlockedKeys    *prometheus.GaugeVec     // table
 	OldestPending  *prometheus.GaugeVec     // table; seconds, database clock
+	WakeupsPolled  *prometheus.GaugeVec     // table; 1 while no notification can wake the relay
 
 	// Inbox.
 	InboxReceived      *prometheus.CounterVec   // queue
@@ -80,6 +81,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		Dead:           gauge("sidebox_outbox_dead", "Outbox rows kept as dead.", "table"),
 		BlockedKeys:    gauge("sidebox_outbox_blocked_keys", "Ordering keys held up by a retrying or dead row.", "table"),
 		OldestPending:  gauge("sidebox_outbox_oldest_pending_age_seconds", "Age of the oldest row not yet published, on the database clock.", "table"),
+		WakeupsPolled:  gauge("sidebox_outbox_wakeups_polled", "1 while the relay polls for new rows because notifications do not reach it (LISTEN connection down, or through a transaction pooler), else 0.", "table"),
 
 		InboxReceived:      counter("sidebox_inbox_received_total", "Deliveries received from the inbox queue.", "queue"),
 		InboxStored:        counter("sidebox_inbox_stored_total", "Deliveries stored as new inbox rows.", "queue"),
@@ -98,7 +100,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.names = names
 	reg.MustRegister(
 		m.Published, m.PublishLatency, m.BatchSize, m.Returned, m.Nacked, m.DeadTotal,
-		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending,
+		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending, m.WakeupsPolled,
 		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration,
 		m.InboxUnprocessed, m.InboxDead, m.InboxPurged,
 		m.Up, m.BuildInfo, m.RabbitMQBlocked,
