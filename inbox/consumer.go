@@ -35,7 +35,9 @@ const (
 // Deliveries flow through a pipeline: one goroutine gathers them into batches, Workers
 // goroutines store batches concurrently (each one INSERT, its own transaction), and one
 // goroutine acknowledges committed batches strictly in delivery order, with one multiple
-// ack covering every consecutive committed batch.
+// ack covering every consecutive committed batch. A batch holding an ordering key of an
+// earlier batch is stored only after that batch committed, so that rows of one key get
+// their seq, and become visible, in delivery order.
 type Consumer struct {
 	db     *sql.DB
 	broker *broker.Broker
@@ -181,10 +183,14 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	for range c.cfg.Workers {
 		workers.Go(func() {
 			for b := range todo {
+				if !b.waitForPredecessors(sess) {
+					return
+				}
 				if err := c.storeBatch(sess, ch, closed, b); err != nil {
 					abort(err)
 					return
 				}
+				close(b.stored)
 				select {
 				case committed <- b:
 				case <-sess.Done():
@@ -268,6 +274,81 @@ type batch struct {
 	rejected   map[uint64]bool // delivery tags rejected
 	ackTag     uint64          // newest delivery not rejected; 0 when all were
 	start      time.Time
+
+	// after are the earlier batches, not yet committed when this one formed, that hold
+	// one of its ordering keys; stored is closed once this batch committed.
+	after  []*batch
+	stored chan struct{}
+}
+
+func newBatch(seq uint64, size int) *batch {
+	return &batch{seq: seq, deliveries: make([]amqp.Delivery, 0, size), stored: make(chan struct{})}
+}
+
+// committed reports whether b's rows committed.
+func (b *batch) committed() bool {
+	select {
+	case <-b.stored:
+		return true
+	default:
+		return false
+	}
+}
+
+// dependOn makes b wait for p, an earlier batch sharing an ordering key.
+func (b *batch) dependOn(p *batch) {
+	if p == nil || p == b || p.committed() {
+		return
+	}
+	for _, q := range b.after {
+		if q == p {
+			return
+		}
+	}
+	b.after = append(b.after, p)
+}
+
+// waitForPredecessors waits until every batch b depends on committed. It returns false
+// when ctx ends first (the session failed: b must not be stored).
+func (b *batch) waitForPredecessors(ctx context.Context) bool {
+	for _, p := range b.after {
+		select {
+		case <-p.stored:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// keyTracker remembers, per ordering key, the newest batch holding it, so that a later
+// batch with the same key waits for that one's commit. A sequence (identity) value is
+// taken when a row is inserted, so two batches inserting concurrently would interleave
+// their seq values, and a later batch could commit first.
+type keyTracker struct {
+	last      map[string]*batch
+	pruneSize int // prune committed entries when the map grows past this
+}
+
+func newKeyTracker(size int) *keyTracker {
+	return &keyTracker{last: map[string]*batch{}, pruneSize: max(size, 1024)}
+}
+
+// add records that b holds key ("" = no key: never ordered).
+func (k *keyTracker) add(b *batch, key string) {
+	if key == "" {
+		return
+	}
+	b.dependOn(k.last[key])
+	k.last[key] = b
+	if len(k.last) > k.pruneSize {
+		for key, p := range k.last {
+			if p.committed() {
+				delete(k.last, key)
+			}
+		}
+		k.pruneSize = max(2*len(k.last), k.pruneSize)
+	}
 }
 
 // collect gathers deliveries into batches and hands them to the workers. A batch is
@@ -281,6 +362,7 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 		ready bool // cur may be handed over before it is full
 		timer = time.NewTimer(time.Hour)
 		due   <-chan time.Time
+		keys  = newKeyTracker(2 * c.cfg.Prefetch)
 	)
 	timer.Stop()
 	defer timer.Stop()
@@ -316,7 +398,7 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 			}
 			if cur == nil {
 				seq++
-				cur = &batch{seq: seq, deliveries: make([]amqp.Delivery, 0, c.cfg.BatchSize)}
+				cur = newBatch(seq, c.cfg.BatchSize)
 				ready = c.cfg.BatchWait == 0
 				if !ready {
 					timer.Reset(c.cfg.BatchWait)
@@ -324,6 +406,7 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 				}
 			}
 			cur.deliveries = append(cur.deliveries, d)
+			keys.add(cur, c.orderingKey(&d))
 		case <-due:
 			ready, due = true, nil
 		case out <- cur:
@@ -444,8 +527,7 @@ func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-ch
 			c.log.Warn("inbox delivery has unmappable headers; storing {}", zap.String("message_id", d.MessageId), zap.Error(err))
 			headers = []byte("{}")
 		}
-		key, _ := d.Headers[c.cfg.OrderingHeader].(string)
-		r.add(d.DeliveryTag, d, string(headers), cleanText(key))
+		r.add(d.DeliveryTag, d, string(headers), c.orderingKey(d))
 	}
 
 	if valid := len(r.ids); valid > 0 {
@@ -491,6 +573,12 @@ func (c *Consumer) reject(ch *amqp.Channel, b *batch, d *amqp.Delivery, reason, 
 	b.rejected[d.DeliveryTag] = true
 	c.rejected.WithLabelValues(reason).Inc()
 	return nil
+}
+
+// orderingKey returns the ordering key of d as stored: "" when it has none.
+func (c *Consumer) orderingKey(d *amqp.Delivery) string {
+	key, _ := d.Headers[c.cfg.OrderingHeader].(string)
+	return cleanText(key)
 }
 
 // checkMessageID returns why id cannot be an inbox key, or "".
