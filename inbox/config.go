@@ -52,6 +52,8 @@ const (
 	DefaultConsumerBatchSize = 128
 	DefaultBatchWait         = 5 * time.Millisecond
 	DefaultWorkers           = 2
+	DefaultBatchBytes        = 4 << 20
+	MaxBatchBytes            = 256 << 20 // hex-encoded, twice that must stay below PostgreSQL's 1 GiB message limit
 	DefaultDrainTimeout      = 10 * time.Second
 	DefaultOrderingHeader    = "x-ordering-key"
 )
@@ -66,6 +68,10 @@ type ConsumerConfig struct {
 	BatchSize int           // deliveries stored per transaction; default 128, at most Prefetch
 	BatchWait time.Duration // longest wait to fill a batch once it has a delivery; default 5ms
 	Workers   int           // batches stored concurrently (each its own connection); default 2
+
+	// BatchBytes bounds the payload bytes of one batch; a larger message is stored alone.
+	// Default 4 MiB, at most 256 MiB.
+	BatchBytes int
 
 	// Declare makes the consumer declare Queue (durable) when it does not exist.
 	// Bindings bind Queue to existing exchanges and imply Declare.
@@ -103,6 +109,9 @@ func (c *ConsumerConfig) SetDefaults() {
 	if c.Workers == 0 {
 		c.Workers = DefaultWorkers
 	}
+	if c.BatchBytes == 0 {
+		c.BatchBytes = DefaultBatchBytes
+	}
 	if c.OrderingHeader == "" {
 		c.OrderingHeader = DefaultOrderingHeader
 	}
@@ -125,6 +134,7 @@ func (c *ConsumerConfig) Validate() error {
 	k.fail(c.BatchSize < 1 || c.BatchSize > c.Prefetch, "BatchSize", "must be between 1 and the prefetch (%d), got %d", c.Prefetch, c.BatchSize)
 	k.fail(c.BatchWait < 0 || c.BatchWait > 10*time.Second, "BatchWait", "must be between 0 and 10s, got %s", c.BatchWait)
 	k.between("Workers", c.Workers, 1, 16)
+	k.between("BatchBytes", c.BatchBytes, 1, MaxBatchBytes)
 	k.fail(c.DrainTimeout < 0, "DrainTimeout", "must not be negative, got %s", c.DrainTimeout)
 	k.fail(c.Backoff.Base <= 0 || c.Backoff.Max < c.Backoff.Base, "Backoff", "base must be positive and at most max")
 	for _, b := range c.Bindings {

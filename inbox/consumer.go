@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"iter"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ const (
 	RejectNoMessageID      = "no_message_id"      // message_id property absent or empty
 	RejectInvalidMessageID = "invalid_message_id" // not valid UTF-8, or contains U+0000
 	RejectUnstorable       = "unstorable"         // the database refused the row itself (data error)
+	RejectTooLarge         = "too_large"          // larger than one statement to PostgreSQL may carry
 )
 
 // Consumer is the sidecar's inbox consumer: it stores the deliveries of one queue in
@@ -55,6 +57,9 @@ type Consumer struct {
 	rejected                     *prometheus.CounterVec
 	batchDuration                prometheus.Observer
 
+	// maxStatementBytes bounds the encoded size of one row (tests lower it).
+	maxStatementBytes int
+
 	// afterCommit, when set (tests only), runs after a batch committed and before it is
 	// acknowledged.
 	afterCommit func()
@@ -72,18 +77,24 @@ func NewConsumer(db *sql.DB, b *broker.Broker, cfg ConsumerConfig, log *zap.Logg
 	}
 	q := cfg.Queue
 	return &Consumer{
-		db:            db,
-		broker:        b,
-		cfg:           cfg,
-		log:           log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer)),
-		insertSQL:     insertSQL(cfg.Table.String()),
-		received:      m.InboxReceived.WithLabelValues(q),
-		stored:        m.InboxStored.WithLabelValues(q),
-		duplicates:    m.InboxDuplicates.WithLabelValues(q),
-		rejected:      m.InboxRejected.MustCurryWith(prometheus.Labels{"queue": q}),
-		batchDuration: m.InboxBatchDuration.WithLabelValues(q),
+		db:                db,
+		maxStatementBytes: maxStatementBytes,
+		broker:            b,
+		cfg:               cfg,
+		log:               log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer)),
+		insertSQL:         insertSQL(cfg.Table.String()),
+		received:          m.InboxReceived.WithLabelValues(q),
+		stored:            m.InboxStored.WithLabelValues(q),
+		duplicates:        m.InboxDuplicates.WithLabelValues(q),
+		rejected:          m.InboxRejected.MustCurryWith(prometheus.Labels{"queue": q}),
+		batchDuration:     m.InboxBatchDuration.WithLabelValues(q),
 	}, nil
 }
+
+// maxStatementBytes bounds the estimated size of one insert statement's parameters:
+// PostgreSQL refuses a protocol message of 1 GiB or more by closing the connection,
+// which would look like a lost database and be retried forever.
+const maxStatementBytes = 1<<30 - 1<<20
 
 // insertSQL stores a batch given as parallel arrays, in array order (seq follows arrival),
 // skipping ids already stored, and returns how many rows were new. The payloads travel as
@@ -271,6 +282,7 @@ func (c *Consumer) declare(ctx context.Context) error {
 type batch struct {
 	seq        uint64 // formation order, which is delivery-tag order
 	deliveries []amqp.Delivery
+	bytes      int             // payload bytes of deliveries
 	rejected   map[uint64]bool // delivery tags rejected
 	ackTag     uint64          // newest delivery not rejected; 0 when all were
 	start      time.Time
@@ -352,8 +364,9 @@ func (k *keyTracker) add(b *batch, key string) {
 }
 
 // collect gathers deliveries into batches and hands them to the workers. A batch is
-// handed over once it is full, or BatchWait after its first delivery; while every
-// worker is busy it keeps growing up to BatchSize. When ctx is done, the batch in hand
+// handed over once it is full (BatchSize deliveries, or the next one would take it past
+// BatchBytes), or BatchWait after its first delivery; while every worker is busy it
+// keeps growing up to those bounds. When ctx is done, the batch in hand
 // is handed over and collect returns; open is false when the delivery channel closed.
 func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Delivery, todo chan<- *batch) (open bool) {
 	var (
@@ -363,6 +376,7 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 		timer = time.NewTimer(time.Hour)
 		due   <-chan time.Time
 		keys  = newKeyTracker(2 * c.cfg.Prefetch)
+		next  *amqp.Delivery // received, but starts the batch after cur
 	)
 	timer.Stop()
 	defer timer.Stop()
@@ -374,10 +388,24 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 			}
 		}
 	}
+	add := func(d *amqp.Delivery) {
+		if cur == nil {
+			seq++
+			cur = newBatch(seq, c.cfg.BatchSize)
+			ready = c.cfg.BatchWait == 0
+			if !ready {
+				timer.Reset(c.cfg.BatchWait)
+				due = timer.C
+			}
+		}
+		cur.deliveries = append(cur.deliveries, *d)
+		cur.bytes += len(d.Body)
+		keys.add(cur, c.orderingKey(d))
+	}
 	for {
 		in, out := deliveries, chan<- *batch(nil)
 		if cur != nil {
-			full := len(cur.deliveries) >= c.cfg.BatchSize
+			full := len(cur.deliveries) >= c.cfg.BatchSize || next != nil
 			if full {
 				in = nil
 			}
@@ -396,22 +424,20 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 				handOver()
 				return false
 			}
-			if cur == nil {
-				seq++
-				cur = newBatch(seq, c.cfg.BatchSize)
-				ready = c.cfg.BatchWait == 0
-				if !ready {
-					timer.Reset(c.cfg.BatchWait)
-					due = timer.C
-				}
+			if cur != nil && cur.bytes+len(d.Body) > c.cfg.BatchBytes {
+				next = &d // cur is full
+				continue
 			}
-			cur.deliveries = append(cur.deliveries, d)
-			keys.add(cur, c.orderingKey(&d))
+			add(&d)
 		case <-due:
 			ready, due = true, nil
 		case out <- cur:
 			timer.Stop()
 			cur, ready, due = nil, false, nil
+			if next != nil {
+				add(next)
+				next = nil
+			}
 		}
 	}
 }
@@ -482,9 +508,45 @@ func (r *rows) slice(i, j int) *rows {
 
 func (r *rows) from(i int) rows { return *r.slice(i, len(r.ids)) }
 
+// parts yields r as consecutive runs whose estimated statement size stays within limit
+// (a row alone may reach it).
+func (r *rows) parts(limit int) iter.Seq[*rows] {
+	return func(yield func(*rows) bool) {
+		start, size := 0, 0
+		for i := range r.ids {
+			n := 2*(len(r.payloads[i])+len(r.ids[i])+len(r.exchanges[i])+len(r.keys[i])+len(r.types[i])+
+				len(r.contentTypes[i])+len(r.headers[i])+len(r.orderingKeys[i])) + rowOverhead
+			if i > start && size+n > limit {
+				if !yield(r.slice(start, i)) {
+					return
+				}
+				start, size = i, 0
+			}
+			size += n
+		}
+		if start < len(r.ids) {
+			yield(r.slice(start, len(r.ids)))
+		}
+	}
+}
+
+// rowOverhead is a row's share of a statement beyond twice its text and payload bytes
+// (quotes, separators, offsets and lengths).
+const rowOverhead = 64
+
+// rowBytes estimates what one delivery adds to an insert statement: lib/pq sends bytea
+// hex-encoded (two characters a byte) and array elements quoted, with '"' and '\'
+// escaped (at most two characters a byte).
+func rowBytes(d *amqp.Delivery, headers int, key string) int {
+	return 2*(len(d.Body)+len(d.MessageId)+len(d.Exchange)+len(d.RoutingKey)+len(d.Type)+len(d.ContentType)+headers+len(key)) + rowOverhead
+}
+
 // payloadParams returns the payloads as one value with each row's 1-based offset and
 // length.
 func (r *rows) payloadParams() (blob []byte, offsets, lengths pq.Int32Array) {
+	if len(r.payloads) == 1 { // no copy: a large message often comes alone
+		return r.payloads[0], pq.Int32Array{1}, pq.Int32Array{int32(len(r.payloads[0]))}
+	}
 	size := 0
 	for _, p := range r.payloads {
 		size += len(p)
@@ -527,11 +589,22 @@ func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-ch
 			c.log.Warn("inbox delivery has unmappable headers; storing {}", zap.String("message_id", d.MessageId), zap.Error(err))
 			headers = []byte("{}")
 		}
-		r.add(d.DeliveryTag, d, string(headers), c.orderingKey(d))
+		key := c.orderingKey(d)
+		if size := rowBytes(d, len(headers), key); size > c.maxStatementBytes {
+			detail := fmt.Sprintf("%d bytes of payload encode to about %d bytes for PostgreSQL, above the %d a statement may carry",
+				len(d.Body), size, c.maxStatementBytes)
+			if err := c.reject(ch, b, d, RejectTooLarge, detail); err != nil {
+				return err
+			}
+			continue
+		}
+		r.add(d.DeliveryTag, d, string(headers), key)
 	}
 
-	if valid := len(r.ids); valid > 0 {
-		stored, refused, err := c.store(ctx, ch, closed, b, &r)
+	// Normally one statement; split only when large headers push past the limit.
+	for part := range r.parts(c.maxStatementBytes) {
+		valid := len(part.ids)
+		stored, refused, err := c.store(ctx, ch, closed, b, part)
 		if err != nil {
 			return err
 		}

@@ -242,6 +242,7 @@ func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *healt
 			Consumer:     cfg.Consumer(),
 			Prefetch:     cfg.InboxPrefetch,
 			BatchSize:    cfg.InboxBatchSize,
+			BatchBytes:   cfg.InboxBatchBytes,
 			BatchWait:    cfg.InboxBatchWait,
 			Workers:      cfg.InboxWorkers,
 			Declare:      cfg.InboxDeclare,

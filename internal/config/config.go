@@ -66,6 +66,9 @@ type Config struct {
 	InboxDeclare   bool          `envconfig:"SIDEBOX_INBOX_DECLARE" default:"false" group:"consumer" desc:"declare the inbox queue (durable) before consuming; otherwise it must exist"`
 	InboxBindings  string        `envconfig:"SIDEBOX_INBOX_BINDINGS" group:"consumer" desc:"exchange:routing.key,... bindings of the inbox queue to existing exchanges; implies SIDEBOX_INBOX_DECLARE"`
 
+	// Memory bounds of the inbox consumer, in bytes of message payload.
+	InboxBatchBytes int `envconfig:"SIDEBOX_INBOX_BATCH_BYTES" default:"4194304" group:"consumer" desc:"payload bytes stored per transaction at most (1 to 268435456); a larger message is stored alone"`
+
 	InjectAddr    string `envconfig:"SIDEBOX_INJECT_ADDR" default:":8443" group:"inject" desc:"listen address (HTTPS) of the admission webhook (sidebox inject)"`
 	InjectTLSCert string `envconfig:"SIDEBOX_INJECT_TLS_CERT" group:"inject" desc:"path of the webhook's TLS certificate (PEM)"`
 	InjectTLSKey  string `envconfig:"SIDEBOX_INJECT_TLS_KEY" group:"inject" desc:"path of the webhook's TLS private key (PEM)"`
@@ -321,6 +324,7 @@ func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(str
 	}
 	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch, 1, 65535)
 	between(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers, 1, 16)
+	between(bad, parsed, "SIDEBOX_INBOX_BATCH_BYTES", c.InboxBatchBytes, 1, inbox.MaxBatchBytes)
 	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= 65535 {
 		between(bad, parsed, "SIDEBOX_INBOX_BATCH_SIZE", c.InboxBatchSize, 1, c.InboxPrefetch)
 	}
