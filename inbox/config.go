@@ -53,6 +53,7 @@ const (
 	DefaultBatchWait         = 5 * time.Millisecond
 	DefaultWorkers           = 2
 	DefaultBatchBytes        = 4 << 20
+	DefaultPrefetchBytes     = 32 << 20
 	MaxBatchBytes            = 256 << 20 // hex-encoded, twice that must stay below PostgreSQL's 1 GiB message limit
 	DefaultDrainTimeout      = 10 * time.Second
 	DefaultOrderingHeader    = "x-ordering-key"
@@ -72,6 +73,11 @@ type ConsumerConfig struct {
 	// BatchBytes bounds the payload bytes of one batch; a larger message is stored alone.
 	// Default 4 MiB, at most 256 MiB.
 	BatchBytes int
+
+	// PrefetchBytes bounds the payload bytes of the unacknowledged deliveries held, for
+	// the message sizes seen: the prefetch count is lowered (down to 1) to fit. Default
+	// 32 MiB.
+	PrefetchBytes int
 
 	// Declare makes the consumer declare Queue (durable) when it does not exist.
 	// Bindings bind Queue to existing exchanges and imply Declare.
@@ -112,6 +118,9 @@ func (c *ConsumerConfig) SetDefaults() {
 	if c.BatchBytes == 0 {
 		c.BatchBytes = DefaultBatchBytes
 	}
+	if c.PrefetchBytes == 0 {
+		c.PrefetchBytes = DefaultPrefetchBytes
+	}
 	if c.OrderingHeader == "" {
 		c.OrderingHeader = DefaultOrderingHeader
 	}
@@ -135,6 +144,7 @@ func (c *ConsumerConfig) Validate() error {
 	k.fail(c.BatchWait < 0 || c.BatchWait > 10*time.Second, "BatchWait", "must be between 0 and 10s, got %s", c.BatchWait)
 	k.between("Workers", c.Workers, 1, 16)
 	k.between("BatchBytes", c.BatchBytes, 1, MaxBatchBytes)
+	k.fail(c.PrefetchBytes < 1, "PrefetchBytes", "must be positive, got %d", c.PrefetchBytes)
 	k.fail(c.DrainTimeout < 0, "DrainTimeout", "must not be negative, got %s", c.DrainTimeout)
 	k.fail(c.Backoff.Base <= 0 || c.Backoff.Max < c.Backoff.Base, "Backoff", "base must be positive and at most max")
 	for _, b := range c.Bindings {

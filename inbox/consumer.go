@@ -1,6 +1,7 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -52,10 +53,13 @@ type Consumer struct {
 
 	consuming atomic.Bool // a consume session is open
 	dbOK      atomic.Bool // the last database round trip worked
+	sizeSeen  int         // decaying maximum of payload sizes (see window); used by one session at a time
+	oversize  sync.Mutex  // held while storing a batch above BatchBytes (a large message alone)
 
 	received, stored, duplicates prometheus.Counter
 	rejected                     *prometheus.CounterVec
 	batchDuration                prometheus.Observer
+	prefetch                     prometheus.Gauge
 
 	// maxStatementBytes bounds the encoded size of one row (tests lower it).
 	maxStatementBytes int
@@ -88,6 +92,7 @@ func NewConsumer(db *sql.DB, b *broker.Broker, cfg ConsumerConfig, log *zap.Logg
 		duplicates:        m.InboxDuplicates.WithLabelValues(q),
 		rejected:          m.InboxRejected.MustCurryWith(prometheus.Labels{"queue": q}),
 		batchDuration:     m.InboxBatchDuration.WithLabelValues(q),
+		prefetch:          m.InboxPrefetch.WithLabelValues(q),
 	}, nil
 }
 
@@ -172,17 +177,14 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	}
 	defer func() { _ = ch.Close() }() // unacknowledged deliveries go back to the queue
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
-		return false, fmt.Errorf("set prefetch: %w", err)
+	win := &window{ch: ch, queue: c.cfg.Queue, max: c.cfg.Prefetch, bytes: c.cfg.PrefetchBytes, size: &c.sizeSeen}
+	if err := win.start(win.want(cmp.Or(c.sizeSeen, sizeGuess))); err != nil {
+		return false, err
 	}
-	const tag = "sidebox-inbox"
-	deliveries, err := ch.Consume(c.cfg.Queue, tag, false, false, false, false, nil)
-	if err != nil {
-		return false, fmt.Errorf("consume queue %q: %w", c.cfg.Queue, err)
-	}
+	c.prefetch.Set(float64(win.count))
 	c.dbOK.Store(c.db.PingContext(ctx) == nil)
 	c.consuming.Store(true)
-	c.log.Info("inbox consumer started", zap.Int("prefetch", c.cfg.Prefetch), zap.Int("batch_size", c.cfg.BatchSize),
+	c.log.Info("inbox consumer started", zap.Int("prefetch", win.count), zap.Int("batch_size", c.cfg.BatchSize),
 		zap.Int("workers", c.cfg.Workers))
 
 	// sess ends the pipeline early when a worker or the acker fails.
@@ -197,7 +199,7 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 				if !b.waitForPredecessors(sess) {
 					return
 				}
-				if err := c.storeBatch(sess, ch, closed, b); err != nil {
+				if err := c.storeOne(sess, ch, closed, b); err != nil {
 					abort(err)
 					return
 				}
@@ -219,9 +221,12 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 		acked <- n
 	}()
 
-	open := c.collect(ctx, sess, deliveries, todo)
+	open, err := c.collect(ctx, sess, win, todo)
+	if err != nil {
+		abort(err)
+	}
 	if ctx.Err() != nil {
-		_ = ch.Cancel(tag, false) // no more deliveries; those not yet batched are requeued at close
+		win.stop() // no more deliveries; those not yet batched are requeued at close
 	}
 	close(todo)
 	workers.Wait()
@@ -367,8 +372,9 @@ func (k *keyTracker) add(b *batch, key string) {
 // handed over once it is full (BatchSize deliveries, or the next one would take it past
 // BatchBytes), or BatchWait after its first delivery; while every worker is busy it
 // keeps growing up to those bounds. When ctx is done, the batch in hand
-// is handed over and collect returns; open is false when the delivery channel closed.
-func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Delivery, todo chan<- *batch) (open bool) {
+// is handed over and collect returns; open is false when the delivery channel closed
+// (other than for a prefetch change of win).
+func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *batch) (open bool, err error) {
 	var (
 		seq   uint64
 		cur   *batch
@@ -403,7 +409,7 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 		keys.add(cur, c.orderingKey(d))
 	}
 	for {
-		in, out := deliveries, chan<- *batch(nil)
+		in, out := win.deliveries, chan<- *batch(nil)
 		if cur != nil {
 			full := len(cur.deliveries) >= c.cfg.BatchSize || next != nil
 			if full {
@@ -416,13 +422,25 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 		select {
 		case <-ctx.Done():
 			handOver()
-			return true
+			return true, nil
 		case <-sess.Done():
-			return true
+			return true, nil
 		case d, ok := <-in:
 			if !ok {
+				if resumed, err := win.resume(); resumed || err != nil {
+					if err != nil {
+						handOver()
+						return true, err
+					}
+					c.prefetch.Set(float64(win.count))
+					c.log.Debug("inbox prefetch changed", zap.Int("prefetch", win.count), zap.Int("message_bytes", c.sizeSeen))
+					continue
+				}
 				handOver()
-				return false
+				return false, nil
+			}
+			if err := win.observe(len(d.Body)); err != nil {
+				return true, err // the session ends; d goes back to the queue
 			}
 			if cur != nil && cur.bytes+len(d.Body) > c.cfg.BatchBytes {
 				next = &d // cur is full
@@ -560,6 +578,17 @@ func (r *rows) payloadParams() (blob []byte, offsets, lengths pq.Int32Array) {
 		blob = append(blob, p...)
 	}
 	return blob, offsets, lengths
+}
+
+// storeOne stores b; batches above BatchBytes (a large message alone) are stored one at
+// a time, since sending one takes about four times its size in memory (hex encoding,
+// then the protocol message).
+func (c *Consumer) storeOne(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
+	if b.bytes > c.cfg.BatchBytes {
+		c.oversize.Lock()
+		defer c.oversize.Unlock()
+	}
+	return c.storeBatch(ctx, ch, closed, b)
 }
 
 // storeBatch rejects the deliveries that cannot be stored, stores the others and

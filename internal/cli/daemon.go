@@ -248,6 +248,8 @@ func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *healt
 			Declare:      cfg.InboxDeclare,
 			Bindings:     cfg.Bindings,
 			DrainTimeout: cfg.ShutdownTimeout,
+
+			PrefetchBytes: cfg.InboxPrefetchBytes,
 		}, log, m)
 		if err != nil {
 			return nil, nil, err

@@ -31,6 +31,7 @@ type Metrics struct {
 	InboxDuplicates    *prometheus.CounterVec   // queue
 	InboxRejected      *prometheus.CounterVec   // queue, reason
 	InboxBatchDuration *prometheus.HistogramVec // queue
+	InboxPrefetch      *prometheus.GaugeVec     // queue
 	InboxUnprocessed   *prometheus.GaugeVec     // table
 	InboxDead          *prometheus.GaugeVec     // table
 	InboxPurged        *prometheus.CounterVec   // table
@@ -84,6 +85,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		InboxDuplicates:    counter("sidebox_inbox_duplicates_total", "Deliveries whose message id was already stored for the consumer.", "queue"),
 		InboxRejected:      counter("sidebox_inbox_rejected_total", "Deliveries rejected without requeue.", "queue", "reason"),
 		InboxBatchDuration: histogram("sidebox_inbox_batch_duration_seconds", "Time to store and acknowledge one batch of deliveries.", latency, "queue"),
+		InboxPrefetch:      gauge("sidebox_inbox_prefetch", "Prefetch count of the inbox consumer, lowered to hold at most SIDEBOX_INBOX_PREFETCH_BYTES of payloads.", "queue"),
 		InboxUnprocessed:   gauge("sidebox_inbox_unprocessed", "Inbox rows stored but not yet processed.", "table"),
 		InboxDead:          gauge("sidebox_inbox_dead", "Inbox rows kept as dead after failed processing.", "table"),
 		InboxPurged:        counter("sidebox_inbox_purged_total", "Processed inbox rows removed after the retention window.", "table"),
@@ -95,7 +97,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(
 		m.Published, m.PublishLatency, m.BatchSize, m.Returned, m.Nacked, m.DeadTotal,
 		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending,
-		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration,
+		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration, m.InboxPrefetch,
 		m.InboxUnprocessed, m.InboxDead, m.InboxPurged,
 		m.Up, m.BuildInfo,
 	)
