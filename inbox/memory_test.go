@@ -31,8 +31,12 @@ func TestConsumerMemoryBoundedByBytes(t *testing.T) {
 	db, dbURL, _ := migrated(t, "inbox")
 	url, conn, queue := testQueue(t, "inbox_memory")
 	total, size := 80, 4<<20
-	if v, err := strconv.Atoi(os.Getenv("SIDEBOX_MEMORY_TEST_MIB")); err == nil { // other sizes, for measurements
+	// Other sizes and counts, for measurements.
+	if v, err := strconv.Atoi(os.Getenv("SIDEBOX_MEMORY_TEST_MIB")); err == nil {
 		total, size = max(320/v, 8), v<<20
+	}
+	if n, err := strconv.Atoi(os.Getenv("SIDEBOX_MEMORY_TEST_COUNT")); err == nil {
+		total = n
 	}
 	block := make([]byte, 1024)
 	for i := range block {
