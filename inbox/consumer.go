@@ -55,11 +55,13 @@ type Consumer struct {
 	dbOK      atomic.Bool // the last database round trip worked
 	sizeSeen  int         // decaying maximum of payload sizes (see window); used by one session at a time
 	oversize  sync.Mutex  // held while storing a batch above BatchBytes (a large message alone)
+	seqs      seqTracker  // highest x-outbox-seq per key; used by one session at a time
 
 	received, stored, duplicates prometheus.Counter
 	rejected                     *prometheus.CounterVec
 	batchDuration                prometheus.Observer
 	prefetch                     prometheus.Gauge
+	seqRegressions               prometheus.Counter
 
 	// maxStatementBytes bounds the encoded size of one row (tests lower it).
 	maxStatementBytes int
@@ -93,6 +95,7 @@ func NewConsumer(db *sql.DB, b *broker.Broker, cfg ConsumerConfig, log *zap.Logg
 		rejected:          m.InboxRejected.MustCurryWith(prometheus.Labels{"queue": q}),
 		batchDuration:     m.InboxBatchDuration.WithLabelValues(q),
 		prefetch:          m.InboxPrefetch.WithLabelValues(q),
+		seqRegressions:    m.InboxSeqRegressed.WithLabelValues(q),
 	}, nil
 }
 
@@ -382,6 +385,7 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 		timer = time.NewTimer(time.Hour)
 		due   <-chan time.Time
 		keys  = newKeyTracker(2 * c.cfg.Prefetch)
+		seqs  = &c.seqs
 		next  *amqp.Delivery // received, but starts the batch after cur
 	)
 	timer.Stop()
@@ -406,7 +410,13 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 		}
 		cur.deliveries = append(cur.deliveries, *d)
 		cur.bytes += len(d.Body)
-		keys.add(cur, c.orderingKey(d))
+		key := c.orderingKey(d)
+		keys.add(cur, key)
+		if prev, back := seqs.check(d, key); back {
+			c.seqRegressions.Inc()
+			c.log.Warn("inbox delivery goes back in its key's outbox sequence; storing it", zap.String("message_id", cleanText(d.MessageId)),
+				zap.String("ordering_key", key), zap.Any(SeqHeader, d.Headers[SeqHeader]), zap.Int64("highest_before", prev))
+		}
 	}
 	for {
 		in, out := win.deliveries, chan<- *batch(nil)

@@ -11,8 +11,8 @@ func TestNewRegistersEveryNamedFamily(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := New(reg)
 	names := m.Names()
-	if len(names) != 22 {
-		t.Fatalf("got %d metric names, want 22: %v", len(names), names)
+	if len(names) != 23 {
+		t.Fatalf("got %d metric names, want 23: %v", len(names), names)
 	}
 	for _, n := range names {
 		if !strings.HasPrefix(n, "sidebox_") {
