@@ -61,10 +61,10 @@ type Consumer struct {
 	rejected                     *prometheus.CounterVec
 	batchDuration                prometheus.Observer
 	prefetch                     prometheus.Gauge
-	seqRegressions               prometheus.Counter
+	seqBack                      prometheus.Counter // x-outbox-seq regressions
 
-	// maxStatementBytes bounds the encoded size of one row (tests lower it).
-	maxStatementBytes int
+	// statementLimit, when set (tests only), replaces maxStatementBytes.
+	statementLimit int
 
 	// afterCommit, when set (tests only), runs after a batch committed and before it is
 	// acknowledged.
@@ -83,19 +83,18 @@ func NewConsumer(db *sql.DB, b *broker.Broker, cfg ConsumerConfig, log *zap.Logg
 	}
 	q := cfg.Queue
 	return &Consumer{
-		db:                db,
-		maxStatementBytes: maxStatementBytes,
-		broker:            b,
-		cfg:               cfg,
-		log:               log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer)),
-		insertSQL:         insertSQL(cfg.Table.String()),
-		received:          m.InboxReceived.WithLabelValues(q),
-		stored:            m.InboxStored.WithLabelValues(q),
-		duplicates:        m.InboxDuplicates.WithLabelValues(q),
-		rejected:          m.InboxRejected.MustCurryWith(prometheus.Labels{"queue": q}),
-		batchDuration:     m.InboxBatchDuration.WithLabelValues(q),
-		prefetch:          m.InboxPrefetch.WithLabelValues(q),
-		seqRegressions:    m.InboxSeqRegressed.WithLabelValues(q),
+		db:            db,
+		broker:        b,
+		cfg:           cfg,
+		log:           log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer)),
+		insertSQL:     insertSQL(cfg.Table.String()),
+		received:      m.InboxReceived.WithLabelValues(q),
+		stored:        m.InboxStored.WithLabelValues(q),
+		duplicates:    m.InboxDuplicates.WithLabelValues(q),
+		rejected:      m.InboxRejected.MustCurryWith(prometheus.Labels{"queue": q}),
+		batchDuration: m.InboxBatchDuration.WithLabelValues(q),
+		prefetch:      m.InboxPrefetch.WithLabelValues(q),
+		seqBack:       m.InboxSeqRegressed.WithLabelValues(q),
 	}, nil
 }
 
@@ -413,7 +412,7 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 		key := c.orderingKey(d)
 		keys.add(cur, key)
 		if prev, back := seqs.check(d, key); back {
-			c.seqRegressions.Inc()
+			c.seqBack.Inc()
 			c.log.Warn("inbox delivery goes back in its key's outbox sequence; storing it", zap.String("message_id", cleanText(d.MessageId)),
 				zap.String("ordering_key", key), zap.Any(SeqHeader, d.Headers[SeqHeader]), zap.Int64("highest_before", prev))
 		}
@@ -543,7 +542,7 @@ func (r *rows) parts(limit int) iter.Seq[*rows] {
 		start, size := 0, 0
 		for i := range r.ids {
 			n := 2*(len(r.payloads[i])+len(r.ids[i])+len(r.exchanges[i])+len(r.keys[i])+len(r.types[i])+
-				len(r.contentTypes[i])+len(r.headers[i])+len(r.orderingKeys[i])) + rowOverhead
+				len(r.contentTypes[i])+len(r.headers[i])+len(r.orderingKeys[i])) + rowOverhead // as rowBytes
 			if i > start && size+n > limit {
 				if !yield(r.slice(start, i)) {
 					return
@@ -608,6 +607,7 @@ func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-ch
 	c.received.Add(float64(len(b.deliveries)))
 
 	var r rows
+	limit := cmp.Or(c.statementLimit, maxStatementBytes)
 	seen := make(map[string]struct{}, len(b.deliveries))
 	duplicates := 0
 	for i := range b.deliveries {
@@ -629,9 +629,9 @@ func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-ch
 			headers = []byte("{}")
 		}
 		key := c.orderingKey(d)
-		if size := rowBytes(d, len(headers), key); size > c.maxStatementBytes {
+		if size := rowBytes(d, len(headers), key); size > limit {
 			detail := fmt.Sprintf("%d bytes of payload encode to about %d bytes for PostgreSQL, above the %d a statement may carry",
-				len(d.Body), size, c.maxStatementBytes)
+				len(d.Body), size, limit)
 			if err := c.reject(ch, b, d, RejectTooLarge, detail); err != nil {
 				return err
 			}
@@ -641,7 +641,7 @@ func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-ch
 	}
 
 	// Normally one statement; split only when large headers push past the limit.
-	for part := range r.parts(c.maxStatementBytes) {
+	for part := range r.parts(limit) {
 		valid := len(part.ids)
 		stored, refused, err := c.store(ctx, ch, closed, b, part)
 		if err != nil {
