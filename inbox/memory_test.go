@@ -27,6 +27,9 @@ const memoryLimitKiB = 256 << 10
 // a process of its own and checks its peak resident memory against the chart's limit.
 // The prefetch count alone would let the broker hand the consumer every message at once.
 func TestConsumerMemoryBoundedByBytes(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector multiplies memory use")
+	}
 	t.Parallel()
 	db, dbURL, _ := migrated(t, "inbox")
 	url, conn, queue := testQueue(t, "inbox_memory")
