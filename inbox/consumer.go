@@ -66,6 +66,9 @@ type Consumer struct {
 	// statementLimit, when set (tests only), replaces maxStatementBytes.
 	statementLimit int
 
+	// prefetchChanged, when set (tests only), gets each new prefetch count of a session.
+	prefetchChanged func(count int)
+
 	// afterCommit, when set (tests only), runs after a batch committed and before it is
 	// acknowledged.
 	afterCommit func()
@@ -442,6 +445,9 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 						return true, err
 					}
 					c.prefetch.Set(float64(win.count))
+					if c.prefetchChanged != nil {
+						c.prefetchChanged(win.count)
+					}
 					c.log.Debug("inbox prefetch changed", zap.Int("prefetch", win.count), zap.Int("message_bytes", c.sizeSeen))
 					continue
 				}

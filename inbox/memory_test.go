@@ -8,8 +8,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,5 +130,48 @@ func TestHelperMemoryProcess(t *testing.T) {
 		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
 			fmt.Printf("peak_rss_kib=%s\n", strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 		}
+	}
+}
+
+// TestConsumerChangesPrefetchInOrder mixes small and large messages so that the
+// consumer lowers and raises its prefetch count (cancelling and consuming again) while
+// it works: every message is stored once, each key's rows in publish order.
+func TestConsumerChangesPrefetchInOrder(t *testing.T) {
+	t.Parallel()
+	db, _, tbl := migrated(t, "inbox")
+	url, conn, queue := testQueue(t, "inbox_window")
+	var msgs []amqp.Publishing
+	add := func(n, size int) {
+		for range n {
+			i := len(msgs)
+			msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprintf("m-%04d", i), Body: make([]byte, size),
+				Headers: amqp.Table{"x-ordering-key": "k" + strconv.Itoa(i%7)}})
+		}
+	}
+	add(300, 100)
+	add(6, 1<<20) // window 2 with PrefetchBytes 2 MiB
+	add(300, 100)
+	add(3, 3<<20) // above PrefetchBytes: window 1, stored alone
+	add(300, 100)
+	publish(t, conn, queue, msgs...)
+
+	var mu sync.Mutex
+	var counts []int
+	r := startConsumerWith(t, db, url, ConsumerConfig{Queue: queue, Table: tbl, PrefetchBytes: 2 << 20, BatchBytes: 1 << 20},
+		func(c *Consumer) {
+			c.prefetchChanged = func(n int) { mu.Lock(); counts = append(counts, n); mu.Unlock() }
+		})
+	eventually(t, 60*time.Second, "every message stored", func() bool { return r.stored() == len(msgs) })
+	r.stop(t)
+	if n := countRows(t, db, `SELECT count(*) FROM (SELECT message_id < lag(message_id) OVER (PARTITION BY ordering_key ORDER BY seq) AS back FROM inbox) x WHERE back`); n != 0 {
+		t.Errorf("%d rows stored after a later message of their key", n)
+	}
+	if n := depth(t, conn, queue); n != 0 {
+		t.Errorf("queue holds %d messages, want 0", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(counts, DefaultPrefetch) || !slices.Contains(counts, 2) || !slices.Contains(counts, 1) {
+		t.Errorf("prefetch counts %v; want it raised to %d and lowered to 2 and 1", counts, DefaultPrefetch)
 	}
 }
