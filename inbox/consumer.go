@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,9 +39,10 @@ const (
 // Deliveries flow through a pipeline: one goroutine gathers them into batches, Workers
 // goroutines store batches concurrently (each one INSERT, its own transaction), and one
 // goroutine acknowledges committed batches strictly in delivery order, with one multiple
-// ack covering every consecutive committed batch. A batch holding an ordering key of an
-// earlier batch is stored only after that batch committed, so that rows of one key get
-// their seq, and become visible, in delivery order.
+// ack covering every consecutive committed batch. Rows whose ordering key is in an earlier
+// batch not yet committed are stored only after that batch committed (the batch's other
+// rows first), so that rows of one key get their seq, and become visible, in delivery
+// order.
 type Consumer struct {
 	db     *sql.DB
 	broker *broker.Broker
@@ -201,9 +203,6 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	for range c.cfg.Workers {
 		workers.Go(func() {
 			for b := range todo {
-				if !b.waitForPredecessors(sess) {
-					return
-				}
 				if err := c.storeOne(sess, ch, closed, b); err != nil {
 					abort(err)
 					return
@@ -298,9 +297,11 @@ type batch struct {
 	start      time.Time
 
 	// after are the earlier batches, not yet committed when this one formed, that hold
-	// one of its ordering keys; stored is closed once this batch committed.
-	after  []*batch
-	stored chan struct{}
+	// one of its ordering keys, waitKeys those keys; stored is closed once this batch
+	// committed.
+	after    []*batch
+	waitKeys map[string]struct{}
+	stored   chan struct{}
 }
 
 func newBatch(seq uint64, size int) *batch {
@@ -317,30 +318,32 @@ func (b *batch) committed() bool {
 	}
 }
 
-// dependOn makes b wait for p, an earlier batch sharing an ordering key.
-func (b *batch) dependOn(p *batch) {
+// dependOn makes b's rows of key wait for p, the newest earlier batch holding key, when
+// p has not committed yet.
+func (b *batch) dependOn(p *batch, key string) {
 	if p == nil || p == b || p.committed() {
 		return
 	}
-	for _, q := range b.after {
-		if q == p {
-			return
-		}
+	if b.waitKeys == nil {
+		b.waitKeys = map[string]struct{}{}
 	}
-	b.after = append(b.after, p)
+	b.waitKeys[key] = struct{}{}
+	if !slices.Contains(b.after, p) {
+		b.after = append(b.after, p)
+	}
 }
 
-// waitForPredecessors waits until every batch b depends on committed. It returns false
-// when ctx ends first (the session failed: b must not be stored).
-func (b *batch) waitForPredecessors(ctx context.Context) bool {
+// waitForPredecessors waits until every batch b depends on committed, or ctx ends (the
+// session failed: the rest of b must not be stored).
+func (b *batch) waitForPredecessors(ctx context.Context) error {
 	for _, p := range b.after {
 		select {
 		case <-p.stored:
 		case <-ctx.Done():
-			return false
+			return fmt.Errorf("wait for an earlier batch: %w", context.Cause(ctx))
 		}
 	}
-	return true
+	return nil
 }
 
 // keyTracker remembers, per ordering key, the newest batch holding it, so that a later
@@ -361,7 +364,7 @@ func (k *keyTracker) add(b *batch, key string) {
 	if key == "" {
 		return
 	}
-	b.dependOn(k.last[key])
+	b.dependOn(k.last[key], key)
 	k.last[key] = b
 	if len(k.last) > k.pruneSize {
 		for key, p := range k.last {
@@ -541,6 +544,31 @@ func (r *rows) slice(i, j int) *rows {
 
 func (r *rows) from(i int) rows { return *r.slice(i, len(r.ids)) }
 
+// partition splits r, keeping the order, into the rows whose ordering key is not in keys
+// and those whose key is.
+func (r *rows) partition(keys map[string]struct{}) (free, waiting *rows) {
+	if len(keys) == 0 {
+		return r, &rows{}
+	}
+	free, waiting = &rows{}, &rows{}
+	for i := range r.ids {
+		to := free
+		if _, ok := keys[r.orderingKeys[i]]; ok {
+			to = waiting
+		}
+		to.ids = append(to.ids, r.ids[i])
+		to.exchanges = append(to.exchanges, r.exchanges[i])
+		to.keys = append(to.keys, r.keys[i])
+		to.types = append(to.types, r.types[i])
+		to.contentTypes = append(to.contentTypes, r.contentTypes[i])
+		to.headers = append(to.headers, r.headers[i])
+		to.orderingKeys = append(to.orderingKeys, r.orderingKeys[i])
+		to.payloads = append(to.payloads, r.payloads[i])
+		to.tags = append(to.tags, r.tags[i])
+	}
+	return free, waiting
+}
+
 // parts yields r as consecutive runs whose estimated statement size stays within limit
 // (a row alone may reach it).
 func (r *rows) parts(limit int) iter.Seq[*rows] {
@@ -600,6 +628,9 @@ func (r *rows) payloadParams() (blob []byte, offsets, lengths pq.Int32Array) {
 // then the protocol message).
 func (c *Consumer) storeOne(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
 	if b.bytes > c.cfg.BatchBytes {
+		if err := b.waitForPredecessors(ctx); err != nil { // not while holding the lock
+			return err
+		}
 		c.oversize.Lock()
 		defer c.oversize.Unlock()
 	}
@@ -646,15 +677,26 @@ func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-ch
 		r.add(d.DeliveryTag, d, string(headers), key)
 	}
 
-	// Normally one statement; split only when large headers push past the limit.
-	for part := range r.parts(limit) {
-		valid := len(part.ids)
-		stored, refused, err := c.store(ctx, ch, closed, b, part)
-		if err != nil {
-			return err
+	// Rows of keys that wait for an earlier batch go after the others, in a statement of
+	// their own. Normally one statement each; split only when large headers push past
+	// the limit. b counts as committed only once its predecessors are, even when it has
+	// no waiting rows left (rejected, repeated): a later batch relies on that.
+	free, waiting := r.partition(b.waitKeys)
+	for i, rs := range []*rows{free, waiting} {
+		if i == 1 {
+			if err := b.waitForPredecessors(ctx); err != nil {
+				return err
+			}
 		}
-		c.stored.Add(float64(stored))
-		duplicates += valid - stored - refused
+		for part := range rs.parts(limit) {
+			valid := len(part.ids)
+			stored, refused, err := c.store(ctx, ch, closed, b, part)
+			if err != nil {
+				return err
+			}
+			c.stored.Add(float64(stored))
+			duplicates += valid - stored - refused
+		}
 	}
 	c.duplicates.Add(float64(duplicates))
 	if c.afterCommit != nil {
