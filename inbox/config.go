@@ -65,7 +65,7 @@ type ConsumerConfig struct {
 	Queue     string        // queue to consume; required
 	Table     pg.Table      // default "inbox"
 	Consumer  string        // consumer name stored with each row; default Queue
-	Prefetch  int           // unacknowledged deliveries held; default 512 (room for the batches being stored and the next ones), at most 65535
+	Prefetch  int           // unacknowledged deliveries held at most (fewer for large messages, see PrefetchBytes); default 512 (room for the batches being stored and the next ones), at most 65535
 	BatchSize int           // deliveries stored per transaction; default 128, at most Prefetch
 	BatchWait time.Duration // longest wait to fill a batch once it has a delivery; default 5ms
 	Workers   int           // batches stored concurrently (each its own connection); default 2
