@@ -261,17 +261,19 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 	}
 	if s.withInbox {
 		c, err := inbox.NewConsumer(db, con, inbox.ConsumerConfig{
-			Queue:        cfg.InboxQueue,
-			Table:        cfg.Inbox,
-			Consumer:     cfg.Consumer(),
-			Prefetch:     cfg.InboxPrefetch,
-			BatchSize:    cfg.InboxBatchSize,
-			BatchWait:    cfg.InboxBatchWait,
-			Workers:      cfg.InboxWorkers,
-			Declare:      cfg.InboxDeclare,
-			Bindings:     cfg.Bindings,
-			DrainTimeout: cfg.ShutdownTimeout,
-			Prepare:      cfg.Prepare,
+			Queue:         cfg.InboxQueue,
+			Table:         cfg.Inbox,
+			Consumer:      cfg.Consumer(),
+			Prefetch:      cfg.InboxPrefetch,
+			BatchSize:     cfg.InboxBatchSize,
+			BatchBytes:    cfg.InboxBatchBytes,
+			BatchWait:     cfg.InboxBatchWait,
+			Workers:       cfg.InboxWorkers,
+			Declare:       cfg.InboxDeclare,
+			Bindings:      cfg.Bindings,
+			DrainTimeout:  cfg.ShutdownTimeout,
+			Prepare:       cfg.Prepare,
+			PrefetchBytes: cfg.InboxPrefetchBytes,
 		}, log, m)
 		if err != nil {
 			return nil, nil, err

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -75,6 +76,10 @@ type Config struct {
 	InboxRetention time.Duration `envconfig:"SIDEBOX_INBOX_RETENTION" default:"168h" group:"consumer" desc:"processed inbox rows older than this are deleted (at least 1m)"`
 	InboxDeclare   bool          `envconfig:"SIDEBOX_INBOX_DECLARE" default:"false" group:"consumer" desc:"declare the inbox queue (durable) before consuming; otherwise it must exist"`
 	InboxBindings  string        `envconfig:"SIDEBOX_INBOX_BINDINGS" group:"consumer" desc:"exchange:routing.key,... bindings of the inbox queue to existing exchanges; implies SIDEBOX_INBOX_DECLARE"`
+
+	// Memory bounds of the inbox consumer, in bytes of message payload.
+	InboxBatchBytes    int `envconfig:"SIDEBOX_INBOX_BATCH_BYTES" default:"4194304" group:"consumer" desc:"payload bytes stored per transaction at most (1 to 268435456); a larger message is stored alone"`
+	InboxPrefetchBytes int `envconfig:"SIDEBOX_INBOX_PREFETCH_BYTES" default:"33554432" group:"consumer" desc:"payload bytes of unacknowledged deliveries the inbox consumer aims to hold: it lowers its prefetch count (down to 1) for the message sizes it sees"`
 
 	InjectAddr    string `envconfig:"SIDEBOX_INJECT_ADDR" default:":8443" group:"inject" desc:"listen address (HTTPS) of the admission webhook (sidebox inject)"`
 	InjectTLSCert string `envconfig:"SIDEBOX_INJECT_TLS_CERT" group:"inject" desc:"path of the webhook's TLS certificate (PEM)"`
@@ -398,6 +403,8 @@ func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(str
 	}
 	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch, 1, 65535)
 	between(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers, 1, 16)
+	between(bad, parsed, "SIDEBOX_INBOX_BATCH_BYTES", c.InboxBatchBytes, 1, inbox.MaxBatchBytes)
+	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH_BYTES", c.InboxPrefetchBytes, 1, math.MaxInt32)
 	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= 65535 {
 		between(bad, parsed, "SIDEBOX_INBOX_BATCH_SIZE", c.InboxBatchSize, 1, c.InboxPrefetch)
 	}

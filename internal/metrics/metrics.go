@@ -32,6 +32,8 @@ type Metrics struct {
 	InboxDuplicates    *prometheus.CounterVec   // queue
 	InboxRejected      *prometheus.CounterVec   // queue, reason
 	InboxBatchDuration *prometheus.HistogramVec // queue
+	InboxPrefetch      *prometheus.GaugeVec     // queue
+	InboxSeqRegressed  *prometheus.CounterVec   // queue
 	InboxUnprocessed   *prometheus.GaugeVec     // table
 	InboxDead          *prometheus.GaugeVec     // table
 	InboxPurged        *prometheus.CounterVec   // table
@@ -88,6 +90,8 @@ func New(reg prometheus.Registerer) *Metrics {
 		InboxDuplicates:    counter("sidebox_inbox_duplicates_total", "Deliveries whose message id was already stored for the consumer.", "queue"),
 		InboxRejected:      counter("sidebox_inbox_rejected_total", "Deliveries rejected without requeue.", "queue", "reason"),
 		InboxBatchDuration: histogram("sidebox_inbox_batch_duration_seconds", "Time to store and acknowledge one batch of deliveries.", latency, "queue"),
+		InboxPrefetch:      gauge("sidebox_inbox_prefetch", "Prefetch count of the inbox consumer, lowered to hold at most SIDEBOX_INBOX_PREFETCH_BYTES of payloads.", "queue"),
+		InboxSeqRegressed:  counter("sidebox_inbox_seq_regressions_total", "Deliveries whose x-outbox-seq is lower than one delivered before for their ordering key (stored all the same).", "queue"),
 		InboxUnprocessed:   gauge("sidebox_inbox_unprocessed", "Inbox rows stored but not yet processed.", "table"),
 		InboxDead:          gauge("sidebox_inbox_dead", "Inbox rows kept as dead after failed processing.", "table"),
 		InboxPurged:        counter("sidebox_inbox_purged_total", "Processed inbox rows removed after the retention window.", "table"),
@@ -101,7 +105,8 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(
 		m.Published, m.PublishLatency, m.BatchSize, m.Returned, m.Nacked, m.DeadTotal,
 		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending, m.WakeupsPolled,
-		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration,
+		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration, m.InboxPrefetch,
+		m.InboxSeqRegressed,
 		m.InboxUnprocessed, m.InboxDead, m.InboxPurged,
 		m.Up, m.BuildInfo, m.RabbitMQBlocked,
 	)
