@@ -95,6 +95,11 @@ func (w *worker) open(ctx context.Context) bool {
 		ch, err := r.broker.Channel(ctx)
 		if err == nil {
 			if err = ch.Confirm(false); err == nil {
+				// The client waits at most 5s for room in the returns buffer, then
+				// drops the return and resolves the confirm as an ack: a loss. A
+				// channel carries one batch (at most BatchSize rows) between two
+				// complete drains (send) or until it is closed (a timeout), so the
+				// buffer never fills and the reader never waits on it.
 				w.pc = &pubChannel{
 					ch:      ch,
 					returns: ch.NotifyReturn(make(chan amqp.Return, r.cfg.BatchSize+1)),
@@ -235,9 +240,12 @@ func (w *worker) send(rows []row, msgs []amqp.Publishing, idx []int, res []resul
 		pend = append(pend, pending{i, dc})
 	}
 
-	// Collect confirms and returns. The broker sends a return before the confirm of the
-	// same message, and the client hands it to pc.returns before it resolves the
-	// confirm, so once every confirm is in, every return of the batch is buffered.
+	// Collect confirms and returns. The broker sends a message's return before its
+	// confirm, and the client's reader goroutine hands the return to pc.returns before
+	// it resolves the confirm. So a return is buffered by the time its confirm shows as
+	// done, and a row counts as confirmed only if its confirm was seen done BEFORE the
+	// last drain of the buffer: a return and an ack that arrive later (after a timeout)
+	// leave the row unknown, never confirmed.
 	returned := map[string]amqp.Return{}
 	returns := pc.returns
 	timer := time.NewTimer(time.Until(deadline))
@@ -261,6 +269,15 @@ wait:
 			}
 		}
 	}
+	// First which confirms are in, then the returns that came before them.
+	done := make([]bool, len(pend))
+	for k, p := range pend {
+		select {
+		case <-p.dc.Done():
+			done[k] = true
+		default:
+		}
+	}
 	for drained := false; !drained && returns != nil; {
 		select {
 		case ret, ok := <-returns:
@@ -273,18 +290,25 @@ wait:
 			drained = true
 		}
 	}
+	if hook := w.r.afterDrain; hook != nil {
+		var late []*amqp.DeferredConfirmation
+		for k, p := range pend {
+			if !done[k] {
+				late = append(late, p.dc)
+			}
+		}
+		hook(late)
+	}
 
-	for _, p := range pend {
+	for k, p := range pend {
 		rw := &rows[p.i]
 		if ret, ok := returned[rw.id]; ok {
 			res[p.i] = result{outcome: failed, kind: failReturned,
 				reason: fmt.Sprintf("returned by the broker: %d %s (exchange %q, routing key %q)", ret.ReplyCode, ret.ReplyText, rw.exchange, rw.routingKey)}
 			continue
 		}
-		select {
-		case <-p.dc.Done():
-		default:
-			continue // no confirm in time: unknown
+		if !done[k] {
+			continue // no confirm in time (or too late to know of its return): unknown
 		}
 		switch {
 		case p.dc.Acked():
