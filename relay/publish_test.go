@@ -1,11 +1,22 @@
 package relay
 
 import (
+	"context"
+	"database/sql"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/testenv"
+	"github.com/sidebox/sidebox/outbox"
 )
 
 // With a publish timeout so short that it fires on every batch while confirms and
@@ -108,4 +119,80 @@ func TestConfirmsAfterTheDrainAreNotTakenAsConfirmed(t *testing.T) {
 		t.Fatalf("no confirm arrived after the drain (%d were late): the test did not test anything", late.Load())
 	}
 	t.Logf("%d confirms came after the drain, %d of them acks", late.Load(), resolved.Load())
+}
+
+// The ordering key and the sequence reach the wire as x-ordering-key and x-outbox-seq,
+// and the inbox consumer at the other end stores the key: relay → RabbitMQ → inbox.
+func TestOrderingKeyAndSeqReachTheInbox(t *testing.T) {
+	t.Parallel()
+	db, dsn := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	inboxTable := pg.MustParseTable("inbox")
+	if _, err := inbox.Migrations().Up(context.Background(), db, inboxTable); err != nil {
+		t.Fatal(err)
+	}
+	url := testenv.AMQPURL(t)
+	exchange, queue := topology(t, url, "k")
+
+	ctx := context.Background()
+	write := func(m outbox.Message) (id string, seq int64) {
+		t.Helper()
+		m.Exchange, m.RoutingKey, m.Payload = exchange, "k", []byte("{}")
+		u, err := outbox.Write(ctx, db, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.QueryRow(`SELECT seq FROM outbox WHERE id = $1`, u).Scan(&seq); err != nil {
+			t.Fatal(err)
+		}
+		return u.String(), seq
+	}
+	keyed1, seq1 := write(outbox.Message{OrderingKey: "order-42", Headers: map[string]any{"x-ordering-key": "forged", "x-outbox-seq": -1}})
+	keyed2, seq2 := write(outbox.Message{OrderingKey: "order-42"})
+	plain, seq3 := write(outbox.Message{Headers: map[string]any{"x-ordering-key": "forged", "h": "v"}})
+
+	startRelay(t, db, dsn, url, testConfig(table))
+	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	b := broker.New([]string{url}, broker.Config{Name: "sidebox-inbox-test", Backoff: fastBackoff()}, log, nil)
+	bctx, bcancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { b.Run(bctx) })
+	c, err := inbox.NewConsumer(db, b, inbox.ConsumerConfig{Queue: queue, Table: inboxTable, Consumer: "test"}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, ccancel := context.WithCancel(context.Background())
+	wg.Go(func() {
+		if err := c.Run(cctx); err != nil {
+			t.Errorf("inbox consumer: %v", err)
+		}
+	})
+	t.Cleanup(func() { ccancel(); bcancel(); wg.Wait() })
+
+	waitFor(t, 30*time.Second, "three inbox rows", func() bool {
+		var n int
+		if err := db.QueryRow(`SELECT count(*) FROM inbox`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 3
+	})
+	for _, want := range []struct {
+		id  string
+		key sql.NullString
+		seq int64
+	}{
+		{keyed1, sql.NullString{String: "order-42", Valid: true}, seq1},
+		{keyed2, sql.NullString{String: "order-42", Valid: true}, seq2},
+		{plain, sql.NullString{}, seq3},
+	} {
+		var key sql.NullString
+		var seq sql.NullInt64
+		if err := db.QueryRow(`SELECT ordering_key, (headers->>'x-outbox-seq')::bigint FROM inbox WHERE message_id = $1`, want.id).Scan(&key, &seq); err != nil {
+			t.Fatalf("inbox row %s: %v", want.id, err)
+		}
+		if key != want.key || seq != (sql.NullInt64{Int64: want.seq, Valid: true}) {
+			t.Errorf("inbox row %s: ordering_key %v, x-outbox-seq %v; want %v, %d", want.id, key, seq, want.key, want.seq)
+		}
+	}
 }

@@ -30,7 +30,7 @@ const asyncCommit = `SET LOCAL synchronous_commit TO off`
 
 // claimColumns are the columns of a claimed row, in scan order.
 const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.message_type, o.content_type,
-        o.headers::text, o.ordering_key, o.created_at, o.attempts`
+        o.headers::text, o.ordering_key, o.created_at, o.attempts, o.seq`
 
 // newQueries builds the SQL for table t.
 //
@@ -131,7 +131,7 @@ SELECT false, k.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL:
 UNION ALL
 SELECT false, u.*, NULL, NULL, NULL, NULL, NULL, NULL FROM unkeyed u
 UNION ALL
-SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `
         WHERE dead_at IS NULL AND available_at > now()),
     (SELECT last_value FROM ` + t.Ident("_wakeup") + `),
@@ -180,12 +180,12 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 			mtype, key, hdr, last sql.NullString
 			payload               []byte
 			created               sql.NullTime
-			attempts              sql.NullInt64
+			attempts, seq         sql.NullInt64
 			due                   sql.NullFloat64
 			flag, visited, found  sql.NullInt64
 			setting               sql.NullString
 		)
-		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts,
+		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts, &seq,
 			&due, &flag, &visited, &found, &last, &setting); err != nil {
 			return c, fmt.Errorf("read claimed rows of %s: %w", q.tableName, err)
 		}
@@ -203,6 +203,7 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 			id: id.String, exchange: exchange.String, routingKey: rk.String, payload: payload,
 			messageType: mtype.String, contentType: ct.String, headers: []byte(hdr.String),
 			orderingKey: key.String, keyed: key.Valid, createdAt: created.Time, attempts: int(attempts.Int64),
+			seq: seq.Int64,
 		}
 		if rw.payload == nil {
 			rw.payload = []byte{}
