@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"database/sql"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -195,4 +196,39 @@ func TestOrderingKeyAndSeqReachTheInbox(t *testing.T) {
 			t.Errorf("inbox row %s: ordering_key %v, x-outbox-seq %v; want %v, %d", want.id, key, seq, want.key, want.seq)
 		}
 	}
+}
+
+// A row the relay can never publish as it is (headers AMQP cannot carry, an exchange or
+// routing key beyond 255 bytes) is kept as dead at its first attempt, with the reason,
+// instead of spending all its attempts; the rows around it are published.
+func TestUnpublishableRowIsDeadAtOnce(t *testing.T) {
+	t.Parallel()
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
+
+	bad := map[string]string{ // id → what last_error must say
+		insertRow(t, db, table, exchange, "k", "big integer", map[string]any{"headers": `{"n": 100000000000000000000}`}):          `header "n": integer 100000000000000000000 does not fit in 64 bits`,
+		insertRow(t, db, table, exchange, "k", "long name", map[string]any{"headers": `{"` + strings.Repeat("h", 256) + `": 1}`}): "name is 256 bytes long",
+		insertRow(t, db, table, strings.Repeat("e", 256), "k", "long exchange", nil):                                              "exchange is 256 bytes long",
+		insertRow(t, db, table, exchange, strings.Repeat("r", 256), "long routing key", nil):                                      "routing_key is 256 bytes long",
+		insertRow(t, db, table, exchange, "k", "keyed", map[string]any{"headers": `{"f": 1e999}`, "ordering_key": "a"}):           `header "f": integer 10000000000000000000... (1000 digits) does not fit`,
+	}
+	good := insertRow(t, db, table, exchange, "k", "good", nil)
+	cfg := testConfig(table)
+	cfg.MaxAttempts = 10
+	r := startRelay(t, db, dsn, url, cfg)
+	s.waitDistinct(t, 1, 20*time.Second)
+	if s.count(good) != 1 {
+		t.Errorf("good message arrived %d times", s.count(good))
+	}
+	for id, reason := range bad {
+		var st rowState
+		waitFor(t, 10*time.Second, "the unpublishable row to be dead", func() bool {
+			st, _ = stateOf(t, db, table, id)
+			return st.dead || st.attempts > 1
+		})
+		if !st.dead || st.attempts != 1 || !strings.Contains(st.lastError, reason) {
+			t.Errorf("row %s: dead %v, attempts %d, last_error %q; want dead after 1 attempt, with %q", id, st.dead, st.attempts, st.lastError, reason)
+		}
+	}
+	counterReaches(t, r.metrics.DeadTotal, table, "dead_total", float64(len(bad)))
 }

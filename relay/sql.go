@@ -68,8 +68,8 @@ func newQueries(t pg.Table) queries {
 RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_at))::float8`
 	q.fail = `UPDATE ` + t.String() + ` o SET attempts = o.attempts + 1, last_error = f.err,
     available_at = clock_timestamp() + make_interval(secs => f.delay),
-    dead_at = CASE WHEN o.attempts + 1 >= $4 THEN clock_timestamp() END
-FROM unnest($1::uuid[], $2::text[], $3::float8[]) AS f(id, err, delay)
+    dead_at = CASE WHEN o.attempts + 1 >= $4 OR f.permanent THEN clock_timestamp() END
+FROM unnest($1::uuid[], $2::text[], $3::float8[], $5::bool[]) AS f(id, err, delay, permanent)
 WHERE o.id = f.id
 RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
 	return q
@@ -221,9 +221,10 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 
 // failure is a row whose publish attempt failed.
 type failure struct {
-	id    string
-	err   string
-	delay time.Duration
+	id        string
+	err       string
+	delay     time.Duration
+	permanent bool // the row can never be published: dead at once
 }
 
 // failedRow is what the database says about a row after a failed attempt.
@@ -251,10 +252,11 @@ func (q *queries) settle(ctx context.Context, st *statements, tx *sql.Tx, confir
 		ids := make([]string, len(failed))
 		errs := make([]string, len(failed))
 		delays := make([]float64, len(failed))
+		permanent := make([]bool, len(failed))
 		for i, f := range failed {
-			ids[i], errs[i], delays[i] = f.id, truncate(f.err, 2000), f.delay.Seconds()
+			ids[i], errs[i], delays[i], permanent[i] = f.id, truncate(f.err, 2000), f.delay.Seconds(), f.permanent
 		}
-		rs, err := tx.QueryContext(ctx, q.fail, pq.Array(ids), pq.Array(errs), pq.Array(delays), maxAttempts)
+		rs, err := tx.QueryContext(ctx, q.fail, pq.Array(ids), pq.Array(errs), pq.Array(delays), maxAttempts, pq.Array(permanent))
 		if err == nil {
 			out, err = scanAll(rs, func(f *failedRow) []any { return []any{&f.id, &f.attempts, &f.dead} })
 		}

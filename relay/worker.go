@@ -61,9 +61,10 @@ type result struct {
 type failKind uint8
 
 const (
-	failOther failKind = iota
-	failReturned
-	failNacked
+	failOther     failKind = iota
+	failReturned           // the broker returned it (unroutable)
+	failNacked             // the broker nacked it
+	failPermanent          // it cannot be mapped onto AMQP: dead at once
 )
 
 func (w *worker) run(ctx context.Context) {
@@ -158,7 +159,7 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 	for i := range rows {
 		msg, err := rows[i].publishing(frameMax)
 		if err != nil {
-			res[i] = result{outcome: failed, reason: "cannot map the row to an AMQP message: " + err.Error()}
+			res[i] = result{outcome: failed, kind: failPermanent, reason: "cannot map the row to an AMQP message: " + err.Error()}
 			continue
 		}
 		msgs[i] = msg
@@ -364,7 +365,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 		case confirmed:
 			ids = append(ids, rw.id)
 		case failed:
-			failures = append(failures, failure{id: rw.id, err: x.reason, delay: r.retry.Delay(rw.attempts + 1)})
+			failures = append(failures, failure{id: rw.id, err: x.reason, delay: r.retry.Delay(rw.attempts + 1), permanent: x.kind == failPermanent})
 			failedAt[rw.id] = i
 			switch x.kind {
 			case failReturned:
@@ -405,18 +406,26 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 	dead, retried := 0, 0
 	for _, s := range states {
 		fields := []zap.Field{zap.String("id", s.id), zap.Int("attempts", s.attempts)}
+		permanent := false
 		if i, ok := failedAt[s.id]; ok {
+			permanent = res[i].kind == failPermanent
 			rw := &b.rows[i]
 			fields = append(fields, zap.String("reason", res[i].reason), zap.String("exchange", rw.exchange), zap.String("routing_key", rw.routingKey))
 			if rw.keyed {
 				fields = append(fields, zap.String("ordering_key", rw.orderingKey))
 			}
 		}
-		if s.dead {
+		switch {
+		case s.dead && permanent:
+			dead++
+			r.log.Error("outbox row can never be published; it is kept as dead, and blocks its ordering key if it has one", fields...)
+		case s.dead:
 			dead++
 			r.log.Error("outbox row is dead after its last allowed attempt; it is kept, and blocks its ordering key if it has one", fields...)
-		} else if retried++; retried <= maxRetryLogs {
-			r.log.Warn("publishing an outbox row failed; it will be retried", fields...)
+		default:
+			if retried++; retried <= maxRetryLogs {
+				r.log.Warn("publishing an outbox row failed; it will be retried", fields...)
+			}
 		}
 	}
 	if retried > maxRetryLogs {

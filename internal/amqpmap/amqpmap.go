@@ -149,13 +149,21 @@ func number(s string) (any, error) {
 	if !strings.ContainsAny(s, ".eE") {
 		i, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("integer %s does not fit in 64 bits", s)
+			return nil, fmt.Errorf("integer %s does not fit in 64 bits", shorten(s))
 		}
 		return i, nil
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsInf(f, 0) {
-		return nil, fmt.Errorf("number %s does not fit in a 64-bit float", s)
+		return nil, fmt.Errorf("number %s does not fit in a 64-bit float", shorten(s))
 	}
 	return f, nil
+}
+
+// shorten keeps a number literal readable in an error: jsonb writes 1e999 out in full.
+func shorten(s string) string {
+	if len(s) <= 40 {
+		return s
+	}
+	return fmt.Sprintf("%s... (%d digits)", s[:20], len(s))
 }

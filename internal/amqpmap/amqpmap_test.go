@@ -25,6 +25,7 @@ func TestHeaders(t *testing.T) {
 			want: amqp.Table{"h": int64(1), "o": amqp.Table{"x-outbox-seq": int64(2)}}},
 		{name: "integer beyond int64", json: `{"a": {"b": [1, 18446744073709551616]}}`, err: `header "a.b[1]": integer 18446744073709551616 does not fit in 64 bits`},
 		{name: "integer below int64", json: `{"lo": -9223372036854775809}`, err: `header "lo": integer -9223372036854775809 does not fit in 64 bits`},
+		{name: "long literal shortened", json: `{"h": 1` + strings.Repeat("0", 100) + `}`, err: `header "h": integer 10000000000000000000... (101 digits) does not fit in 64 bits`},
 		{name: "float beyond float64", json: `{"f": 1e400}`, err: `header "f": number 1e400 does not fit in a 64-bit float`},
 		{name: "name too long", json: `{"` + strings.Repeat("k", 256) + `": 1}`, err: `header "kkkkkkkk`},
 		{name: "nested name too long", json: `{"o": {"` + strings.Repeat("k", 256) + `": 1}}`, err: "name is 256 bytes long; AMQP allows at most 255"},
