@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"database/sql"
+	"math"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -210,7 +212,7 @@ func TestUnpublishableRowIsDeadAtOnce(t *testing.T) {
 		insertRow(t, db, table, exchange, "k", "long name", map[string]any{"headers": `{"` + strings.Repeat("h", 256) + `": 1}`}): "name is 256 bytes long",
 		insertRow(t, db, table, strings.Repeat("e", 256), "k", "long exchange", nil):                                              "exchange is 256 bytes long",
 		insertRow(t, db, table, exchange, strings.Repeat("r", 256), "long routing key", nil):                                      "routing_key is 256 bytes long",
-		insertRow(t, db, table, exchange, "k", "keyed", map[string]any{"headers": `{"f": 1e999}`, "ordering_key": "a"}):           `header "f": integer 10000000000000000000... (1000 digits) does not fit`,
+		insertRow(t, db, table, exchange, "k", "keyed", map[string]any{"headers": `{"f": 1e999}`, "ordering_key": "a"}):           `header "f": integer 10000000000000000000... (1000 characters) does not fit`,
 	}
 	good := insertRow(t, db, table, exchange, "k", "good", nil)
 	cfg := testConfig(table)
@@ -231,4 +233,31 @@ func TestUnpublishableRowIsDeadAtOnce(t *testing.T) {
 		}
 	}
 	counterReaches(t, r.metrics.DeadTotal, table, "dead_total", float64(len(bad)))
+}
+
+// Floats written with outbox.Write arrive as the same floats, whatever their size:
+// jsonb spells 1e21 as 1000000000000000000000, which must not turn it into an integer
+// out of range (a message that could never be published) nor a whole float into an
+// integer.
+func TestFloatHeadersArriveAsFloats(t *testing.T) {
+	t.Parallel()
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
+	headers := map[string]any{"big": 1e21, "whole": 5.0, "tiny": 1e-7, "max": math.MaxFloat64, "neg": -2.5e300,
+		"list": []any{1e22, 3.0}, "int": 7}
+	id, err := outbox.Write(context.Background(), db, outbox.Message{Exchange: exchange, RoutingKey: "k", Payload: []byte("{}"), Headers: headers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRelay(t, db, dsn, url, testConfig(table))
+	s.waitDistinct(t, 1, 20*time.Second)
+	m := s.messages()[0]
+	if m.MessageId != id.String() {
+		t.Fatalf("received %s, want %s", m.MessageId, id)
+	}
+	delete(m.Headers, "x-outbox-seq")
+	want := amqp.Table{"big": 1e21, "whole": 5.0, "tiny": 1e-7, "max": math.MaxFloat64, "neg": -2.5e300,
+		"list": []any{1e22, 3.0}, "int": int64(7)}
+	if !reflect.DeepEqual(m.Headers, want) {
+		t.Errorf("headers = %#v\nwant      %#v", m.Headers, want)
+	}
 }

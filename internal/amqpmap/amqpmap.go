@@ -38,8 +38,9 @@ func ShortString(name, value string) error {
 // returns the encoded size of its fields (without the table's 4-byte length). The
 // mapping:
 //   - strings, booleans: as they are;
-//   - numbers written as integers: int64, or an error beyond the 64-bit range;
-//   - other numbers (fraction or exponent): float64, or an error beyond its range;
+//   - numbers without decimals (15, 1e3): int64, or an error beyond the 64-bit range;
+//   - numbers with decimals (1.5, 15.0, 1e-3): float64, or an error beyond its range
+//     (see number);
 //   - objects: nested tables; arrays: field arrays;
 //   - null: left out of tables; inside arrays kept as AMQP void, so that the other
 //     elements keep their positions.
@@ -143,15 +144,32 @@ func field(v any, path string) (any, int, error) {
 	return nil, 0, fmt.Errorf("header %q: unsupported JSON value %T", path, v)
 }
 
-// number maps a JSON number literal: integer syntax to int64, anything else to
-// float64.
+// number maps a JSON number literal by its decimal scale, the digits after the point
+// once the exponent is applied: 0 (15, 1.5e1, 1e21) gives an int64, or an error beyond
+// its range; more (1.5, 15.0, 1e-3) gives a float64. PostgreSQL's jsonb keeps a
+// number's value and scale but not its spelling (1e21 becomes 1000000000000000000000,
+// 1.50e1 becomes 15.0), so a literal maps the same before and after a round trip
+// through the outbox table.
 func number(s string) (any, error) {
-	if !strings.ContainsAny(s, ".eE") {
-		i, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("integer %s does not fit in 64 bits", shorten(s))
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return i, nil // the common case: a plain integer
+	}
+	digits, scale, ok := decimal(s)
+	if ok && scale <= 0 {
+		// An integer: digits followed by -scale zeros.
+		if digits == "" {
+			return int64(0), nil
 		}
-		return i, nil
+		if len(digits)-scale <= 19 {
+			lit := digits + strings.Repeat("0", -scale)
+			if s[0] == '-' {
+				lit = "-" + lit
+			}
+			if i, err := strconv.ParseInt(lit, 10, 64); err == nil {
+				return i, nil
+			}
+		}
+		return nil, fmt.Errorf("integer %s does not fit in 64 bits", shorten(s))
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsInf(f, 0) {
@@ -160,10 +178,27 @@ func number(s string) (any, error) {
 	return f, nil
 }
 
+// decimal splits a JSON number literal into its significant digits (without leading
+// zeros; "" for zero) and its decimal scale. ok is false when the exponent is out of
+// any sensible range.
+func decimal(s string) (digits string, scale int, ok bool) {
+	s = strings.TrimPrefix(s, "-")
+	mant, exp := s, 0
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		e, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
+		if err != nil || e > 1<<20 || e < -(1<<20) {
+			return "", 0, false
+		}
+		mant, exp = s[:i], e
+	}
+	intPart, frac, _ := strings.Cut(mant, ".")
+	return strings.TrimLeft(intPart+frac, "0"), len(frac) - exp, true
+}
+
 // shorten keeps a number literal readable in an error: jsonb writes 1e999 out in full.
 func shorten(s string) string {
 	if len(s) <= 40 {
 		return s
 	}
-	return fmt.Sprintf("%s... (%d digits)", s[:20], len(s))
+	return fmt.Sprintf("%s... (%d characters)", s[:20], len(s))
 }
