@@ -291,7 +291,7 @@ wait:
 			drained = true
 		}
 	}
-	if hook := w.r.afterDrain; hook != nil {
+	if hook := w.r.afterDrain; hook != nil && timedOut {
 		var late []*amqp.DeferredConfirmation
 		for k, p := range pend {
 			if !done[k] {
