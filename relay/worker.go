@@ -96,11 +96,12 @@ func (w *worker) open(ctx context.Context) bool {
 		ch, err := r.broker.Channel(ctx)
 		if err == nil {
 			if err = ch.Confirm(false); err == nil {
-				// The client waits at most 5s for room in the returns buffer, then
-				// drops the return and resolves the confirm as an ack: a loss. A
-				// channel carries one batch (at most BatchSize rows) between two
-				// complete drains (send) or until it is closed (a timeout), so the
-				// buffer never fills and the reader never waits on it.
+				// The client's reader waits at most 5s for room in the returns
+				// buffer, then drops the return, and the ack that follows would
+				// make the row look confirmed: a loss. A send publishes at most a
+				// batch (BatchSize rows) and then either drains all their returns
+				// (every confirm in) or closes the channel (timeout), so at most
+				// BatchSize returns are ever buffered: the reader never waits.
 				w.pc = &pubChannel{
 					ch:      ch,
 					returns: ch.NotifyReturn(make(chan amqp.Return, r.cfg.BatchSize+1)),
