@@ -90,12 +90,12 @@ func table(obj map[string]any, path string) (amqp.Table, int, error) {
 		if v == nil {
 			continue
 		}
-		if len(k) > MaxShortString {
-			return nil, 0, fmt.Errorf("header %.40q...: the name is %d bytes long; AMQP allows at most %d", k, len(k), MaxShortString)
-		}
 		p := path + "." + k
 		if path == "" {
 			p = k
+		}
+		if len(k) > MaxShortString {
+			return nil, 0, fmt.Errorf("header %.60q...: the name is %d bytes long; AMQP allows at most %d", p, len(k), MaxShortString)
 		}
 		f, n, err := field(v, p)
 		if err != nil {
