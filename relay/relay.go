@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/backoff"
@@ -150,6 +151,10 @@ type Relay struct {
 
 	claims atomic.Int64 // claim statements run; for tests
 	idle   atomic.Bool  // asleep with nothing in flight and no settle claim due; for tests
+
+	// afterDrain, when set (by tests), is called by a worker after the timeout of a
+	// batch, once it drained the returns, with the confirms that were not in yet.
+	afterDrain func(late []*amqp.DeferredConfirmation)
 
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
