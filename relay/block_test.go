@@ -80,9 +80,10 @@ func TestMemoryAlarmHoldsNoBatchTransaction(t *testing.T) {
 
 // The same with messages big enough to fill the socket buffers of the blocked
 // connection: the publishes themselves then wait for the alarm to clear, and the
-// batch must not wait with them. (The client cannot even send heartbeats then, and
-// drops the connection after three heartbeat intervals without a read; the alarm is
-// held for less, so that this test sees the stuck publish, not a lost connection.)
+// batch must not wait with them. (The client's heartbeat goroutine then waits behind
+// the stuck write and stops extending the read deadline, so the client drops the
+// connection some 15 s later; the alarm is held for less, so that this test sees the
+// stuck publish, not a lost connection.)
 func TestBlockedPublishHoldsNoBatchTransaction(t *testing.T) {
 	t.Parallel()
 	mq := testenv.StartRabbitMQ(t)
