@@ -83,8 +83,8 @@ type ConsumerConfig struct {
 	// consumer keeps its own connection while it runs. Required unless a connection is
 	// given with WithConnection.
 	AMQPURLs []string
-	// AMQPTLS configures amqps:// connections; nil: the system's roots, no client
-	// certificate.
+	// AMQPTLS configures the consumer's own amqps:// connections; nil: the system's
+	// roots, no client certificate.
 	AMQPTLS *tls.Config
 	// ConnectionName is shown in the RabbitMQ management UI for the consumer's own
 	// connection; default "sidebox inbox".

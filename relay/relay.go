@@ -51,8 +51,8 @@ type Config struct {
 	// relay keeps its own publishing connection while it runs. Required unless a
 	// connection is given with WithConnection.
 	AMQPURLs []string
-	// AMQPTLS configures amqps:// connections; nil: the system's roots, no client
-	// certificate.
+	// AMQPTLS configures the relay's own amqps:// connections; nil: the system's roots,
+	// no client certificate.
 	AMQPTLS *tls.Config
 	// ConnectionName is shown in the RabbitMQ management UI for the relay's own
 	// connection; default "sidebox relay".
@@ -213,8 +213,15 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 	case o.conn != nil && len(cfg.AMQPURLs) > 0:
 		return nil, errors.New("relay: give AMQPURLs or WithConnection, not both")
 	}
-	log := cmp.Or(o.log, zap.NewNop())
-	m, err := metrics.Register(cmp.Or[prometheus.Registerer](o.reg, prometheus.NewRegistry()))
+	log := o.log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	reg := o.reg
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := metrics.Register(reg)
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
