@@ -58,7 +58,8 @@ func TestOutsideServiceRunsTheWholePathInProcess(t *testing.T) {
 		}
 	}
 	mustExec(t, db, `CREATE TABLE app.orders (id bigint PRIMARY KEY, item text NOT NULL)`)
-	mustExec(t, db, `CREATE TABLE app.shipments (order_id bigint PRIMARY KEY, message_id text NOT NULL)`)
+	// No key on shipments: a second effect of one order would show as a second row.
+	mustExec(t, db, `CREATE TABLE app.shipments (order_id bigint NOT NULL, message_id text NOT NULL)`)
 
 	exchange := "sidebox-embed-" + randomHex(6)
 	queue := exchange + "-shipping"
