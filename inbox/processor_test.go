@@ -41,7 +41,7 @@ func recordEffect(ctx context.Context, tx *sql.Tx, msg Message) error {
 
 func newProcessor(t *testing.T, db *sql.DB, cfg ProcessorConfig, h Handler) *Processor {
 	t.Helper()
-	p, err := NewProcessor(db, cfg, h, zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel)))
+	p, err := NewProcessor(db, cfg, h, WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func TestHelperProcessorProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := NewProcessor(db, ProcessorConfig{Consumer: "svc"}, recordEffect, zap.NewNop())
+	p, err := NewProcessor(db, ProcessorConfig{Consumer: "svc"}, recordEffect)
 	if err != nil {
 		t.Fatal(err)
 	}

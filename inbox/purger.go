@@ -3,13 +3,13 @@ package inbox
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/sidebox/sidebox/internal/metrics"
 	"github.com/sidebox/sidebox/internal/redact"
 )
 
@@ -24,20 +24,26 @@ type Purger struct {
 	sql    string
 }
 
-// NewPurger returns a Purger; cfg is completed with defaults and validated. m may be nil.
-func NewPurger(db *sql.DB, cfg PurgerConfig, log *zap.Logger, m *metrics.Metrics) (*Purger, error) {
+// NewPurger returns a Purger; cfg is completed with defaults and validated. Of the
+// options it takes WithLogger and WithRegisterer (sidebox_inbox_purged_total).
+func NewPurger(db *sql.DB, cfg PurgerConfig, opts ...Option) (*Purger, error) {
+	o := newOptions(opts)
+	if o.conn != nil {
+		return nil, errors.New("inbox purger: WithConnection applies to a Consumer only")
+	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("inbox purger: %w", err)
 	}
-	if m == nil {
-		m = metrics.New(prometheus.NewRegistry())
+	m, err := o.metrics()
+	if err != nil {
+		return nil, fmt.Errorf("inbox purger: %w", err)
 	}
-	t := cfg.Table.String()
+	t := cfg.Table
 	return &Purger{
 		db:     db,
 		cfg:    cfg,
-		log:    log.With(zap.String("table", t)),
+		log:    o.log.With(zap.String("table", t)),
 		purged: m.InboxPurged.WithLabelValues(t),
 		// SKIP LOCKED: a row some transaction is touching is left for the next round.
 		sql: `DELETE FROM ` + t + ` WHERE (consumer, message_id) IN (

@@ -24,9 +24,9 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 	"github.com/lib/pq"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 )
@@ -478,18 +478,8 @@ func checkAMQPURLs(s string) ([]string, string) {
 		if p == "" {
 			return nil, which + " is empty"
 		}
-		u, err := url.Parse(p)
-		if err != nil || !strings.Contains(p, "://") {
-			return nil, which + " is not a URL (not shown, it may contain a password); want amqp://user:password@host:5672/vhost"
-		}
-		if u.Scheme != "amqp" && u.Scheme != "amqps" {
-			return nil, fmt.Sprintf("%s has scheme %q; want amqp:// or amqps://", which, u.Scheme)
-		}
-		if u.Hostname() == "" {
-			return nil, which + " names no host"
-		}
-		if _, err := amqp.ParseURI(p); err != nil {
-			return nil, which + " is not a valid AMQP URL (not shown, it may contain a password)"
+		if problem := broker.CheckURL(p); problem != "" {
+			return nil, which + " " + problem
 		}
 		urls = append(urls, p)
 	}

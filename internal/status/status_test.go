@@ -27,10 +27,10 @@ func exec(t *testing.T, db *sql.DB, q string, args ...any) {
 func migrate(t *testing.T, db *sql.DB, ob, ib pg.Table) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := outbox.Migrations().Up(ctx, db, ob); err != nil {
+	if err := outbox.Migrate(ctx, db, ob.String()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := inbox.Migrations().Up(ctx, db, ib); err != nil {
+	if err := inbox.Migrate(ctx, db, ib.String()); err != nil {
 		t.Fatal(err)
 	}
 }
