@@ -119,7 +119,8 @@ func (d *dispatcher) run(ctx context.Context) {
 		walkStopped := c.visited >= d.maxVisits() // the walk ran out of visits, not of keys
 		if len(c.rows) > 0 {
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
-			full := len(c.rows) >= r.cfg.BatchSize || walkStopped
+			// Full: the batch or its byte budget is used up, or the walk has keys left.
+			full := len(c.rows) >= r.cfg.BatchSize || c.bytes >= r.cfg.BatchBytes || c.locked > len(c.rows) || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
 			if d.flagSet && (full || busy) {
 				// Behind: drain without notifications.
@@ -201,20 +202,20 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 	r.claims.Add(1)
 	qctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
-	c, err := r.q.claim(qctx, r.stmts, tx, r.cfg.BatchSize, d.keyedFirst, d.cursor, d.maxVisits())
+	if _, err := tx.ExecContext(qctx, r.txSettings); err != nil {
+		_ = tx.Rollback()
+		return claimed{}, nil, fmt.Errorf("set up the claim's transaction: %w", err)
+	}
+	c, err := r.q.claim(qctx, r.stmts, tx, r.cfg, d.keyedFirst, d.cursor, d.maxVisits())
 	if err != nil {
 		_ = tx.Rollback()
 		return claimed{}, nil, err
 	}
 	// Move the walk's cursor: after the last key visited, or back to the start when
-	// the walk reached the end of the keys.
-	keyedLimit := r.cfg.BatchSize
-	if !d.keyedFirst {
-		keyedLimit -= c.unkeyed
-	}
+	// the walk reached the end of the keys. A walk that had no room (the other part
+	// took the whole batch) visited nothing and leaves it.
 	switch {
-	case keyedLimit <= 0:
-	case c.found < keyedLimit && c.visited < d.maxVisits():
+	case c.walkEnded:
 		d.cursor = nil
 	case c.last.Valid:
 		last := c.last.String

@@ -48,6 +48,9 @@ type Config struct {
 	PublishTimeout  time.Duration // longest wait for a batch's confirms; default 30s
 	MaxAttempts     int           // failed publishes before a row is dead; default 10
 	Workers         int           // batches in flight at once; default 2
+	// BatchBytes bounds the payload bytes of one batch; default 8 MiB. A row larger
+	// than it goes alone. Workers × BatchBytes bounds the payloads in memory.
+	BatchBytes int
 }
 
 // Defaults.
@@ -59,11 +62,15 @@ const (
 	DefaultPublishTimeout  = 30 * time.Second
 	DefaultMaxAttempts     = 10
 	DefaultWorkers         = 2
+	DefaultBatchBytes      = 8 << 20
 
 	// MaxBatchSize is the largest accepted BatchSize.
 	MaxBatchSize = 10000
 	// MaxWorkers is the largest accepted Workers.
 	MaxWorkers = 64
+	// MinBatchBytes and MaxBatchBytes bound BatchBytes.
+	MinBatchBytes = 1 << 10
+	MaxBatchBytes = 1 << 30
 )
 
 const (
@@ -89,6 +96,7 @@ func (c *Config) setDefaults() {
 	c.PublishTimeout = cmp.Or(c.PublishTimeout, DefaultPublishTimeout)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
 	c.Workers = cmp.Or(c.Workers, DefaultWorkers)
+	c.BatchBytes = cmp.Or(c.BatchBytes, DefaultBatchBytes)
 }
 
 // Validate reports the first invalid setting. Zero values are invalid here; New fills
@@ -111,6 +119,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("relay: MaxAttempts must be at least 1, got %d", c.MaxAttempts)
 	case c.Workers < 1 || c.Workers > MaxWorkers:
 		return fmt.Errorf("relay: Workers must be between 1 and %d, got %d", MaxWorkers, c.Workers)
+	case c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes:
+		return fmt.Errorf("relay: BatchBytes must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
 	}
 	return nil
 }
@@ -126,6 +136,8 @@ type Relay struct {
 	q      queries
 	stmts  *statements
 	flag   *wakeFlag
+
+	txSettings string // run first in every batch's transaction
 
 	retry     backoff.Policy // schedule of failed rows
 	reconnect backoff.Policy // after a database or channel error
@@ -162,18 +174,19 @@ func New(db *sql.DB, dsn string, b *broker.Broker, cfg Config, log *zap.Logger, 
 	q := newQueries(cfg.Table)
 	log = log.With(zap.String("table", cfg.Table.String()))
 	return &Relay{
-		db:        db,
-		dsn:       dsn,
-		broker:    b,
-		cfg:       cfg,
-		log:       log,
-		stmts:     &statements{db: db, log: log},
-		m:         m,
-		q:         q,
-		flag:      &wakeFlag{db: db, q: q.flag, name: cfg.Table.Ident("_wakeup")},
-		retry:     backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
-		reconnect: backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
-		suspects:  map[string]time.Time{},
+		db:         db,
+		dsn:        dsn,
+		broker:     b,
+		cfg:        cfg,
+		log:        log,
+		stmts:      &statements{db: db, log: log},
+		m:          m,
+		q:          q,
+		flag:       &wakeFlag{db: db, q: q.flag, name: cfg.Table.Ident("_wakeup")},
+		txSettings: claimSettings(cfg.PublishTimeout),
+		retry:      backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
+		reconnect:  backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+		suspects:   map[string]time.Time{},
 	}, nil
 }
 

@@ -1,0 +1,215 @@
+package relay
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/testenv"
+)
+
+// claimOnce runs one claim of a relay on db the way the dispatcher does, and returns
+// the batch's transaction, still open.
+func claimOnce(t *testing.T, db *sql.DB, cfg Config) (claimed, *sql.Tx) {
+	t.Helper()
+	b := broker.New([]string{"amqp://127.0.0.1:1/"}, broker.Config{Name: "unused"}, zap.NewNop(), nil)
+	r, err := New(db, "", b, cfg, zap.NewNop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.stmts.close)
+	d := &dispatcher{r: r}
+	c, tx, err := d.claim(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback() })
+	return c, tx
+}
+
+// claimConfig is a configuration with the defaults and the given batch size.
+func claimConfig(batch int) Config {
+	c := Config{BatchSize: batch}
+	c.setDefaults()
+	return c
+}
+
+// pretendRows makes the planner believe table t holds rows rows, without inserting
+// them: reltuples is what the planner scales the table's actual pages by.
+func pretendRows(t *testing.T, db *sql.DB, table pg.Table, rows int) {
+	t.Helper()
+	for _, q := range []string{
+		`ALTER TABLE ` + table.String() + ` SET (autovacuum_enabled = false)`,
+		`ANALYZE ` + table.String(),
+		`UPDATE pg_class SET reltuples = $1 WHERE oid = '` + table.String() + `'::regclass`,
+	} {
+		var args []any
+		if q[0] == 'U' {
+			args = []any{rows}
+		}
+		if _, err := db.Exec(q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
+
+// The claim's transaction runs without JIT, commits asynchronously and is ended by the
+// server if the relay abandons it, whatever the session's defaults: the settings are
+// made inside the transaction, so they also hold behind a transaction-mode pooler.
+func TestClaimTransactionSettings(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	cfg := testConfig(table)
+	cfg.PublishTimeout = 7 * time.Second
+	_, tx := claimOnce(t, db, cfg)
+	for setting, want := range map[string]string{
+		"jit":                                 "off",
+		"synchronous_commit":                  "off",
+		"idle_in_transaction_session_timeout": "37s",
+	} {
+		var got string
+		if err := tx.QueryRow(`SHOW ` + setting).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("in the claim's transaction %s = %s, want %s", setting, got, want)
+		}
+	}
+}
+
+// A claim on a table the planner believes to hold 5,000,000 rows is not JIT-compiled:
+// compiling it would cost hundreds of milliseconds per claim, while the claim itself
+// takes a few. The statistics are set rather than the rows inserted.
+func TestClaimIsNotCompiledOnHugeTable(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	if _, err := db.Exec(`INSERT INTO outbox (exchange, routing_key, payload)
+		SELECT '', 'k', '\x00' FROM generate_series(1, 1000)`); err != nil {
+		t.Fatal(err)
+	}
+	pretendRows(t, db, table, 5_000_000)
+	cfg := testConfig(table)
+	c, tx := claimOnce(t, db, cfg)
+	if len(c.rows) != DefaultBatchSize {
+		t.Errorf("claimed %d rows, want %d", len(c.rows), DefaultBatchSize)
+	}
+	// The same statement again, explained, in the claim's own transaction.
+	q := newQueries(table)
+	for _, keyedFirst := range []bool{true, false} {
+		var raw []byte
+		if err := tx.QueryRow(`EXPLAIN (ANALYZE, FORMAT JSON) `+q.claimSQL[b2i(keyedFirst)][0],
+			claimArgs(cfg, nil, 4*DefaultBatchSize+16)...).Scan(&raw); err != nil {
+			t.Fatal(err)
+		}
+		var plans []struct {
+			Plan struct {
+				TotalCost float64 `json:"Total Cost"`
+			} `json:"Plan"`
+			JIT           *json.RawMessage `json:"JIT"`
+			ExecutionTime float64          `json:"Execution Time"`
+		}
+		if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
+			t.Fatalf("cannot read the plan: %v", err)
+		}
+		p := plans[0]
+		t.Logf("keyedFirst=%v: cost %.0f, %.1f ms", keyedFirst, p.Plan.TotalCost, p.ExecutionTime)
+		if p.JIT != nil {
+			t.Errorf("keyedFirst=%v: the claim was JIT-compiled: %s", keyedFirst, *p.JIT)
+		}
+	}
+}
+
+// Every variant of the claim has the same estimated cost whether the planner believes
+// the table holds 10,000 rows or 5,000,000, with only unkeyed rows and with a mix, as
+// a custom and as a generic plan: nothing in the plan scales with the table, so no
+// threshold (JIT, a plan flip) is crossed as a backlog grows.
+func TestClaimCostDoesNotGrowWithTable(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	for _, shape := range []struct{ name, fill string }{
+		{"unkeyed", `INSERT INTO %s (exchange, routing_key, payload)
+			SELECT '', 'k', '\x00' FROM generate_series(1, 1000)`},
+		{"mixed", `INSERT INTO %s (exchange, routing_key, payload, ordering_key)
+			SELECT '', 'k', '\x00', CASE WHEN i % 2 = 0 THEN 'key-' || (i % 50) END FROM generate_series(1, 1000) i`},
+	} {
+		table := pg.MustParseTable("outbox_" + shape.name)
+		migrate(t, db, table)
+		if _, err := db.Exec(strings.ReplaceAll(shape.fill, "%s", table.String())); err != nil {
+			t.Fatal(err)
+		}
+		q := newQueries(table)
+		cost := map[int]map[string]float64{}
+		for _, rows := range []int{10_000, 5_000_000} {
+			pretendRows(t, db, table, rows)
+			cost[rows] = map[string]float64{}
+			for kf := range 2 {
+				for ac := range 2 {
+					for _, generic := range []bool{false, true} {
+						name := fmt.Sprintf("keyedFirst=%d cursor=%d generic=%v", kf, ac, generic)
+						cost[rows][name] = explainCost(t, db, q.claimSQL[kf][ac], generic)
+					}
+				}
+			}
+		}
+		for name, small := range cost[10_000] {
+			big := cost[5_000_000][name]
+			t.Logf("%s %s: cost %.0f at 10,000 rows, %.0f at 5,000,000", shape.name, name, small, big)
+			if big > 2*small || big > 10000 {
+				t.Errorf("%s %s: the claim's estimated cost grows with the table: %.0f at 10,000 rows, %.0f at 5,000,000",
+					shape.name, name, small, big)
+			}
+		}
+	}
+}
+
+// explainCost returns the planner's total cost of a claim variant.
+func explainCost(t *testing.T, db *sql.DB, claim string, generic bool) float64 {
+	t.Helper()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	args := claimArgs(claimConfig(DefaultBatchSize), "key-1", 4*DefaultBatchSize+16)
+	stmt := `EXPLAIN (FORMAT JSON) ` + claim
+	if generic {
+		if _, err := tx.Exec(`SET LOCAL plan_cache_mode = force_generic_plan`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(`PREPARE claim_cost (int, text, int, bigint) AS ` + claim); err != nil {
+			t.Fatal(err)
+		}
+		stmt, args = `EXPLAIN (FORMAT JSON) EXECUTE claim_cost(500, 'key-1', 2016, 8388608)`, nil
+	}
+	var raw []byte
+	if err := tx.QueryRow(stmt, args...).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	if generic {
+		// Prepared statements belong to the session, not the transaction.
+		if _, err := tx.Exec(`DEALLOCATE claim_cost`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var plans []struct {
+		Plan struct {
+			TotalCost float64 `json:"Total Cost"`
+		} `json:"Plan"`
+	}
+	if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
+		t.Fatalf("cannot read the plan: %v", err)
+	}
+	return plans[0].Plan.TotalCost
+}
