@@ -47,6 +47,7 @@ type dispatcher struct {
 	keyedFirst bool      // which part of the claim goes first; alternates
 	cursor     *string
 	failures   int // consecutive database errors
+	rowLimit   int // rows the next claim may lock: the batch size, or fewer when rows are large
 }
 
 // finished is called by a worker when its batch is settled. followUp: the batch had
@@ -99,6 +100,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		// Signals that came before this claim are answered by it.
 		d.drainSignals()
 		claimStart := time.Now()
+		limit := d.limit()
 		c, tx, err := d.claim(ctx)
 		if err != nil {
 			d.idle <- w
@@ -120,7 +122,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		if len(c.rows) > 0 {
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
 			// Full: the batch or its byte budget is used up, or the walk has keys left.
-			full := len(c.rows) >= r.cfg.BatchSize || c.bytes >= r.cfg.BatchBytes || c.locked > len(c.rows) || walkStopped
+			full := len(c.rows) >= limit || c.bytes >= r.cfg.BatchBytes || c.locked > len(c.rows) || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
 			if d.flagSet && (full || busy) {
 				// Behind: drain without notifications.
@@ -181,6 +183,14 @@ func (d *dispatcher) dbFailed(msg string, err error) time.Duration {
 	return r.reconnect.Delay(d.failures)
 }
 
+// limit is the row limit of the next claim.
+func (d *dispatcher) limit() int {
+	if d.rowLimit == 0 {
+		return d.r.cfg.BatchSize
+	}
+	return d.rowLimit
+}
+
 // maxVisits bounds the keys one claim's walk visits, so that many blocked keys cannot
 // make every claim slow.
 func (d *dispatcher) maxVisits() int { return 4*d.r.cfg.BatchSize + 16 }
@@ -206,10 +216,18 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 		_ = tx.Rollback()
 		return claimed{}, nil, fmt.Errorf("set up the claim's transaction: %w", err)
 	}
-	c, err := r.q.claim(qctx, r.stmts, tx, r.cfg, d.keyedFirst, d.cursor, d.maxVisits())
+	cfg := r.cfg
+	cfg.BatchSize = d.limit()
+	c, err := r.q.claim(qctx, r.stmts, tx, cfg, d.keyedFirst, d.cursor, d.maxVisits())
 	if err != nil {
 		_ = tx.Rollback()
 		return claimed{}, nil, err
+	}
+	if len(c.rows) > 0 {
+		// Rows the budget holds at the size of these, plus one: a claim locks few
+		// rows that it then leaves out.
+		avg := max(c.bytes/len(c.rows), 1)
+		d.rowLimit = min(max(r.cfg.BatchBytes/avg+1, 1), r.cfg.BatchSize)
 	}
 	// Move the walk's cursor: after the last key visited, or back to the start when
 	// the walk reached the end of the keys. A walk that had no room (the other part

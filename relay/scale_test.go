@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lib/pq"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/broker"
@@ -18,7 +19,7 @@ import (
 
 // claimOnce runs one claim of a relay on db the way the dispatcher does, and returns
 // the batch's transaction, still open.
-func claimOnce(t *testing.T, db *sql.DB, cfg Config) (claimed, *sql.Tx) {
+func claimOnce(t *testing.T, db *sql.DB, cfg Config, keyedFirst bool) (claimed, *sql.Tx) {
 	t.Helper()
 	b := broker.New([]string{"amqp://127.0.0.1:1/"}, broker.Config{Name: "unused"}, zap.NewNop(), nil)
 	r, err := New(db, "", b, cfg, zap.NewNop(), nil)
@@ -26,7 +27,7 @@ func claimOnce(t *testing.T, db *sql.DB, cfg Config) (claimed, *sql.Tx) {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.stmts.close)
-	d := &dispatcher{r: r}
+	d := &dispatcher{r: r, keyedFirst: !keyedFirst} // claim flips it
 	c, tx, err := d.claim(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +72,7 @@ func TestClaimTransactionSettings(t *testing.T) {
 	migrate(t, db, table)
 	cfg := testConfig(table)
 	cfg.PublishTimeout = 7 * time.Second
-	_, tx := claimOnce(t, db, cfg)
+	_, tx := claimOnce(t, db, cfg, true)
 	for setting, want := range map[string]string{
 		"jit":                                 "off",
 		"synchronous_commit":                  "off",
@@ -101,7 +102,7 @@ func TestClaimIsNotCompiledOnHugeTable(t *testing.T) {
 	}
 	pretendRows(t, db, table, 5_000_000)
 	cfg := testConfig(table)
-	c, tx := claimOnce(t, db, cfg)
+	c, tx := claimOnce(t, db, cfg, true)
 	if len(c.rows) != DefaultBatchSize {
 		t.Errorf("claimed %d rows, want %d", len(c.rows), DefaultBatchSize)
 	}
@@ -212,4 +213,47 @@ func explainCost(t *testing.T, db *sql.DB, claim string, generic bool) float64 {
 		t.Fatalf("cannot read the plan: %v", err)
 	}
 	return plans[0].Plan.TotalCost
+}
+
+// A claim keeps to the byte budget: rows go while the batch stays within it, and a
+// row larger than the budget goes alone. Keyed and unkeyed rows alike.
+func TestClaimKeepsToByteBudget(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	for _, q := range []string{
+		`INSERT INTO outbox (exchange, routing_key, payload) VALUES ('', 'k', decode(repeat('ab', 2 << 20), 'hex'))`,
+		`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
+		 SELECT '', 'k', decode(repeat('ab', 300 << 10), 'hex'), CASE WHEN i > 10 THEN 'key-' || i END
+		 FROM generate_series(1, 20) i`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := testConfig(table)
+	cfg.BatchBytes = 1 << 20
+	for i, want := range []struct{ rows, bytes int }{
+		{3, 900 << 10},                 // keyed first: three keyed rows of 300 KiB
+		{1, 2 << 20},                   // the 2 MiB row, alone
+		{3, 900 << 10}, {3, 900 << 10}, // the rest, three at a time
+	} {
+		c, tx := claimOnce(t, db, cfg, i%2 == 0)
+		got := 0
+		var ids []string
+		for _, rw := range c.rows {
+			got += len(rw.payload)
+			ids = append(ids, rw.id)
+		}
+		if len(c.rows) != want.rows || got != want.bytes || c.bytes != got {
+			t.Errorf("claim %d: %d rows of %d bytes (reported %d), want %d rows of %d bytes", i, len(c.rows), got, c.bytes, want.rows, want.bytes)
+		}
+		if _, err := tx.Exec(`DELETE FROM outbox WHERE id::text = ANY($1)`, pq.Array(ids)); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

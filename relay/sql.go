@@ -142,7 +142,9 @@ func claimSQL(t pg.Table, keyedFirst, afterCursor bool) string {
 		return `, octet_length(o.payload)::bigint AS claim_bytes, ` + at + ` AS claim_at, o.seq AS claim_seq`
 	}
 	// budgeted numbers a part's rows by the bytes claimed before each; a row goes when
-	// that is below the budget, so the first row always goes, however large.
+	// the batch stays within the budget with it, and the first row always goes,
+	// however large. Rows past the budget stay locked until the batch commits: the
+	// dispatcher sizes the row limit to the budget, so that they are few.
 	budgeted := func(part, before string) string {
 		return `SELECT c.*, ` + before + `sum(c.claim_bytes) OVER (ORDER BY c.claim_at, c.claim_seq ROWS UNBOUNDED PRECEDING) - c.claim_bytes AS claim_before
     FROM ` + part + ` c`
@@ -178,9 +180,9 @@ unkeyed AS MATERIALIZED (
 part1 AS (` + budgeted(first, "") + `),
 part2 AS (` + budgeted(second, used(first)+` + `) + `)
 SELECT false, f.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::boolean
-FROM part1 f WHERE f.claim_before < $4
+FROM part1 f WHERE f.claim_before = 0 OR f.claim_before + f.claim_bytes <= $4
 UNION ALL
-SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s.claim_before < $4
+SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s.claim_before = 0 OR s.claim_before + s.claim_bytes <= $4
 UNION ALL
 SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `

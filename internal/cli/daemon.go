@@ -221,6 +221,7 @@ func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *healt
 			RetryBackoffMax: cfg.RetryBackoffMax,
 			PublishTimeout:  cfg.PublishTimeout,
 			Workers:         cfg.RelayWorkers,
+			BatchBytes:      cfg.BatchBytes,
 		}, log, m)
 		if err != nil {
 			return nil, nil, err
