@@ -16,6 +16,9 @@ import (
 type batch struct {
 	tx   *sql.Tx
 	rows []row
+	// overlocked: the claim locked rows it left out (past the byte budget); they
+	// become claimable when the batch commits.
+	overlocked bool
 }
 
 // dispatcher claims batches and hands them to free workers. It alone claims, so the
@@ -129,7 +132,7 @@ func (d *dispatcher) run(ctx context.Context) {
 				r.flag.clear(context.WithoutCancel(ctx), r.log)
 				d.flagSet = false
 			}
-			w.in <- &batch{tx: tx, rows: c.rows}
+			w.in <- &batch{tx: tx, rows: c.rows, overlocked: c.locked > len(c.rows)}
 			switch {
 			case full, !busy && !d.flagSet:
 				wait = 0 // draining, and a worker is free (or will be: acquire waits)
