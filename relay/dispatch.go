@@ -51,6 +51,12 @@ type dispatcher struct {
 	cursor     *string
 	failures   int // consecutive database errors
 	rowLimit   int // rows the next claim may lock: the batch size, or fewer when rows are large
+	// unkeyedFrom is where the next claim's unkeyed part starts; nil: at the start.
+	// It follows a drain and goes back to the start when a claim comes back short,
+	// and every rescanEvery claims, for rows it passed while they were locked (in
+	// flight, or by another relay) or not yet committed.
+	unkeyedFrom *unkeyedCursor
+	fromClaims  int // claims since the unkeyed part last started at the start
 }
 
 // finished is called by a worker when its batch is settled. followUp: the batch had
@@ -186,6 +192,10 @@ func (d *dispatcher) dbFailed(msg string, err error) time.Duration {
 	return r.reconnect.Delay(d.failures)
 }
 
+// rescanEvery bounds the claims whose unkeyed part starts at the cursor before one
+// starts at the start again.
+const rescanEvery = 64
+
 // limit is the row limit of the next claim.
 func (d *dispatcher) limit() int {
 	if d.rowLimit == 0 {
@@ -221,26 +231,48 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 	}
 	cfg := r.cfg
 	cfg.BatchSize = d.limit()
-	c, err := r.q.claim(qctx, r.stmts, tx, cfg, d.keyedFirst, d.cursor, d.maxVisits())
-	if err != nil {
-		_ = tx.Rollback()
-		return claimed{}, nil, err
+	if d.fromClaims++; d.fromClaims > rescanEvery {
+		d.unkeyedFrom = nil
+	}
+	var c claimed
+	for {
+		from := d.unkeyedFrom
+		if from == nil {
+			d.fromClaims = 0
+		}
+		c, err = r.q.claim(qctx, r.stmts, tx, cfg, d.keyedFirst, d.cursor, d.maxVisits(), from)
+		if err != nil {
+			_ = tx.Rollback()
+			return claimed{}, nil, err
+		}
+		switch {
+		case len(c.rows) < cfg.BatchSize && c.locked <= len(c.rows) && c.bytes < cfg.BatchBytes:
+			d.unkeyedFrom = nil // short: caught up, start at the start next time
+		case c.unkeyed > 0:
+			last := c.unkeyedLast
+			d.unkeyedFrom = &last
+		}
+		// Move the walk's cursor: after the last key visited, or back to the start
+		// when the walk reached the end of the keys. A walk that had no room (the
+		// other part took the whole batch) visited nothing and leaves it.
+		switch {
+		case c.walkEnded:
+			d.cursor = nil
+		case c.last.Valid:
+			last := c.last.String
+			d.cursor = &last
+		}
+		// Nothing after the cursor: look once more from the start, in the same
+		// transaction (the empty claim locked nothing).
+		if len(c.rows) > 0 || from == nil {
+			break
+		}
 	}
 	if len(c.rows) > 0 {
 		// Rows the budget holds at the size of these, plus one: a claim locks few
 		// rows that it then leaves out.
 		avg := max(c.bytes/len(c.rows), 1)
 		d.rowLimit = min(max(r.cfg.BatchBytes/avg+1, 1), r.cfg.BatchSize)
-	}
-	// Move the walk's cursor: after the last key visited, or back to the start when
-	// the walk reached the end of the keys. A walk that had no room (the other part
-	// took the whole batch) visited nothing and leaves it.
-	switch {
-	case c.walkEnded:
-		d.cursor = nil
-	case c.last.Valid:
-		last := c.last.String
-		d.cursor = &last
 	}
 	return c, tx, nil
 }

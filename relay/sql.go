@@ -15,7 +15,7 @@ import (
 
 // queries holds the relay's SQL, written for one table.
 type queries struct {
-	claimSQL  [2][2]string // [keyedFirst][afterCursor]
+	claimSQL  [2][2][2]string // [keyedFirst][afterCursor][unkeyedAfter]
 	remove    string
 	fail      string
 	flag      [2]string // lower, raise the wake-up flag
@@ -77,7 +77,9 @@ func newQueries(t pg.Table) queries {
 	}
 	for kf := range 2 {
 		for ac := range 2 {
-			q.claimSQL[kf][ac] = claimSQL(t, kf == 1, ac == 1)
+			for ua := range 2 {
+				q.claimSQL[kf][ac][ua] = claimSQL(t, kf == 1, ac == 1, ua == 1)
+			}
 		}
 	}
 	q.remove = `DELETE FROM ` + t.String() + ` WHERE id = ANY($1::uuid[])
@@ -92,12 +94,17 @@ RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
 }
 
 // claimSQL parameters: $1 batch size, $2 walk cursor (when afterCursor), $3 most keys
-// the walk visits, $4 the batch's byte budget.
+// the walk visits, $4 the batch's byte budget, $5 and $6 the unkeyed cursor: the
+// (available_at, seq) after which the unkeyed part starts (when unkeyedAfter).
+//
+// The unkeyed cursor keeps a long drain from walking the index entries of the rows it
+// deleted: until a vacuum removes them they stay at the head of outbox_unkeyed_idx,
+// and a scan from the start reads them all, claim after claim.
 //
 // Every estimate in the plan stays the same however large the table grows (see
 // docs/DESIGN.md, "Claim cost at any backlog"): the limits the planner sees are
 // parameters, and the walk's probes are LIMIT 1 index scans.
-func claimSQL(t pg.Table, keyedFirst, afterCursor bool) string {
+func claimSQL(t pg.Table, keyedFirst, afterCursor, unkeyedAfter bool) string {
 	tbl := t.String()
 	eligible := func(p string) string {
 		return p + `.available_at <= now() AND NOT EXISTS (SELECT 1 FROM ` + tbl + ` d
@@ -116,6 +123,10 @@ func claimSQL(t pg.Table, keyedFirst, afterCursor bool) string {
 	start := ` AND p.ordering_key IS NOT NULL AND $2::text IS NULL`
 	if afterCursor {
 		start = ` AND p.ordering_key > $2`
+	}
+	unkeyedStart := ` AND $5::timestamptz IS NULL AND $6::bigint IS NULL`
+	if unkeyedAfter {
+		unkeyedStart = ` AND (o.available_at, o.seq) > ($5::timestamptz, $6::bigint)`
 	}
 	// The part named first may take the whole batch and the whole budget; the other
 	// takes what is left of both.
@@ -171,7 +182,7 @@ unkeyed AS MATERIALIZED (
     SELECT * FROM (
         SELECT ` + claimColumns + extra(`o.available_at`) + `
         FROM ` + tbl + ` o
-        WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()
+        WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
         ORDER BY o.available_at, o.seq
         LIMIT ` + strconv.Itoa(MaxBatchSize) + `
         FOR UPDATE OF o SKIP LOCKED) u
@@ -198,7 +209,13 @@ SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 
 // hot returns the queries worth preparing: every claim variant and the delete.
 func (q *queries) hot() []string {
-	return []string{q.claimSQL[0][0], q.claimSQL[0][1], q.claimSQL[1][0], q.claimSQL[1][1], q.remove}
+	var out []string
+	for _, byCursor := range q.claimSQL {
+		for _, variants := range byCursor {
+			out = append(out, variants[:]...)
+		}
+	}
+	return append(out, q.remove)
 }
 
 // claimed is the outcome of one claim statement.
@@ -213,23 +230,40 @@ type claimed struct {
 	found     int           // eligible heads the walk found
 	last      sql.NullString
 	walkEnded bool // the walk reached the last key
+	// unkeyedLast is the (available_at, seq) of the last unkeyed row claimed; valid
+	// when unkeyed > 0.
+	unkeyedLast unkeyedCursor
+}
+
+// unkeyedCursor is a position in the order of unkeyed rows.
+type unkeyedCursor struct {
+	at  time.Time
+	seq int64
+}
+
+// after reports whether c comes after d.
+func (c unkeyedCursor) after(d unkeyedCursor) bool {
+	return c.at.After(d.at) || c.at.Equal(d.at) && c.seq > d.seq
 }
 
 // claimArgs are the claim statement's parameters.
-func claimArgs(cfg Config, cursor any, maxVisits int) []any {
-	return []any{cfg.BatchSize, cursor, maxVisits, cfg.BatchBytes}
+func claimArgs(cfg Config, cursor any, maxVisits int, from *unkeyedCursor) []any {
+	args := []any{cfg.BatchSize, cursor, maxVisits, cfg.BatchBytes, nil, nil}
+	if from != nil {
+		args[4], args[5] = from.at, from.seq
+	}
+	return args
 }
 
 // claim runs the claim statement in tx, which began with claimSettings.
-func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, cfg Config, keyedFirst bool, cursor *string, maxVisits int) (claimed, error) {
+func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, cfg Config, keyedFirst bool, cursor *string, maxVisits int, from *unkeyedCursor) (claimed, error) {
 	var c claimed
 	var cur any
-	variant := q.claimSQL[b2i(keyedFirst)][0]
 	if cursor != nil {
 		cur = *cursor
-		variant = q.claimSQL[b2i(keyedFirst)][1]
 	}
-	rs, err := st.query(ctx, tx, variant, claimArgs(cfg, cur, maxVisits)...)
+	variant := q.claimSQL[b2i(keyedFirst)][b2i(cursor != nil)][b2i(from != nil)]
+	rs, err := st.query(ctx, tx, variant, claimArgs(cfg, cur, maxVisits, from)...)
 	if err != nil {
 		return c, fmt.Errorf("claim from %s: %w", q.tableName, err)
 	}
@@ -277,6 +311,9 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, cfg Con
 		}
 		if !rw.keyed {
 			c.unkeyed++
+			if u := (unkeyedCursor{at.Time, seq.Int64}); c.unkeyed == 1 || u.after(c.unkeyedLast) {
+				c.unkeyedLast = u
+			}
 		}
 		c.bytes += int(size.Int64)
 		c.rows = append(c.rows, rw)
