@@ -92,7 +92,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	want := Config{Table: c.Table, BatchSize: 500, PollInterval: time.Second, RetryBackoff: time.Second,
-		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2}
+		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2, BatchBytes: 8 << 20}
 	if c != want {
 		t.Errorf("defaults = %+v, want %+v", c, want)
 	}
@@ -108,6 +108,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{func(c *Config) { c.PublishTimeout = -1 }, "PublishTimeout"},
 		{func(c *Config) { c.MaxAttempts = -1 }, "MaxAttempts"},
 		{func(c *Config) { c.Workers = 65 }, "Workers"},
+		{func(c *Config) { c.BatchBytes = 1000 }, "BatchBytes"},
 	} {
 		c := want
 		tc.change(&c)
