@@ -101,9 +101,9 @@ RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
 // deleted: until a vacuum removes them they stay at the head of outbox_unkeyed_idx,
 // and a scan from the start reads them all, claim after claim.
 //
-// Every estimate in the plan stays the same however large the table grows (see
-// docs/DESIGN.md, "Claim cost at any backlog"): the limits the planner sees are
-// parameters, and the walk's probes are LIMIT 1 index scans.
+// No estimate in the plan grows with the table (docs/DESIGN.md, "Cost at any
+// backlog"): the walk's probes are LIMIT 1 index scans, and the unkeyed scan's estimate
+// stops at MaxBatchSize rows.
 func claimSQL(t pg.Table, keyedFirst, afterCursor, unkeyedAfter bool) string {
 	tbl := t.String()
 	eligible := func(p string) string {
