@@ -205,7 +205,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer r.running.Store(false)
 	defer r.stmts.close()
 	r.log.Info("relay started",
-		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("workers", r.cfg.Workers),
+		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("batch_bytes", r.cfg.BatchBytes), zap.Int("workers", r.cfg.Workers),
 		zap.Duration("poll_interval", r.cfg.PollInterval), zap.Int("max_attempts", r.cfg.MaxAttempts))
 
 	wake := make(chan struct{}, 1)
