@@ -53,10 +53,10 @@ type dispatcher struct {
 	rowLimit   int // rows the next claim may lock: the batch size, or fewer when rows are large
 	// unkeyedFrom is where the next claim's unkeyed part starts; nil: at the start.
 	// It follows a drain and goes back to the start when a claim comes back short,
-	// and every rescanEvery claims, for rows it passed while they were locked (in
+	// and every rescanAfter, for rows it passed while they were locked (in
 	// flight, or by another relay) or not yet committed.
 	unkeyedFrom *unkeyedCursor
-	fromClaims  int // claims since the unkeyed part last started at the start
+	fromStart   time.Time // when the unkeyed part last started at the start
 }
 
 // finished is called by a worker when its batch is settled. followUp: the batch had
@@ -192,9 +192,10 @@ func (d *dispatcher) dbFailed(msg string, err error) time.Duration {
 	return r.reconnect.Delay(d.failures)
 }
 
-// rescanEvery bounds the claims whose unkeyed part starts at the cursor before one
-// starts at the start again.
-const rescanEvery = 64
+// rescanAfter bounds how long claims start their unkeyed part at the cursor before one
+// starts at the start again. That claim reads the index entries of every row deleted
+// since the last vacuum, so it is made rarely.
+const rescanAfter = 10 * time.Second
 
 // limit is the row limit of the next claim.
 func (d *dispatcher) limit() int {
@@ -231,14 +232,14 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 	}
 	cfg := r.cfg
 	cfg.BatchSize = d.limit()
-	if d.fromClaims++; d.fromClaims > rescanEvery {
+	if time.Since(d.fromStart) > rescanAfter {
 		d.unkeyedFrom = nil
 	}
 	var c claimed
 	for {
 		from := d.unkeyedFrom
 		if from == nil {
-			d.fromClaims = 0
+			d.fromStart = time.Now()
 		}
 		c, err = r.q.claim(qctx, r.stmts, tx, cfg, d.keyedFirst, d.cursor, d.maxVisits(), from)
 		if err != nil {
