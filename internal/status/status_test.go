@@ -131,6 +131,13 @@ func TestSampleCostDoesNotGrowWithTable(t *testing.T) {
 		"inbox sample":  fmt.Sprintf(inboxSampleQuery, ib, indexEstimate(ib.Ident("_unprocessed_idx")), indexEstimate(ib.Ident("_dead_idx"))),
 		"blocked keys":  fmt.Sprintf(blockedSampleQuery, ob),
 	}
+	var super bool
+	if err := db.QueryRow(`SELECT rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&super); err != nil {
+		t.Fatal(err)
+	}
+	if !super {
+		t.Skip("setting a table's statistics takes a superuser")
+	}
 	cost := map[int]map[string]float64{}
 	sizes := []int{10_000, 5_000_000, 50_000_000}
 	for _, rows := range sizes {
