@@ -301,7 +301,9 @@ func TestClaimTimeOverDrain(t *testing.T) {
 	defer r.stmts.close()
 	d := &dispatcher{r: r}
 	var times []time.Duration
+	var buffers []int // shared buffers the claim touched, every 100th claim
 	for left := n; left > 0; {
+		from, cursor, keyedFirst := d.unkeyedFrom, d.cursor, !d.keyedFirst
 		start := time.Now()
 		c, tx, err := d.claim(context.Background())
 		if err != nil {
@@ -310,6 +312,29 @@ func TestClaimTimeOverDrain(t *testing.T) {
 		times = append(times, time.Since(start))
 		if len(c.rows) == 0 {
 			t.Fatalf("empty claim with %d rows left", left)
+		}
+		if len(times)%100 == 1 {
+			// The same claim again in its own transaction, which holds its rows: the
+			// buffers it touches are the claim's work, whatever the machine's load.
+			var cur any
+			if cursor != nil {
+				cur = *cursor
+			}
+			var raw []byte
+			if err := tx.QueryRow(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+r.q.claimSQL[b2i(keyedFirst)][b2i(cursor != nil)][b2i(from != nil)],
+				claimArgs(r.cfg, cur, d.maxVisits(), from)...).Scan(&raw); err != nil {
+				t.Fatal(err)
+			}
+			var plans []struct {
+				Plan struct {
+					Hit  int `json:"Shared Hit Blocks"`
+					Read int `json:"Shared Read Blocks"`
+				} `json:"Plan"`
+			}
+			if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
+				t.Fatalf("cannot read the plan: %v", err)
+			}
+			buffers = append(buffers, plans[0].Plan.Hit+plans[0].Plan.Read)
 		}
 		ids := make([]string, len(c.rows))
 		for i, rw := range c.rows {
@@ -329,6 +354,16 @@ func TestClaimTimeOverDrain(t *testing.T) {
 		return s[min(int(p*float64(len(s))), len(s)-1)]
 	}
 	third := len(times) / 3
+	bt := len(buffers) / 3
+	med := func(xs []int) int {
+		s := slices.Clone(xs)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	if bt > 0 {
+		t.Logf("buffers per claim, median by thirds: %d / %d / %d; max %d",
+			med(buffers[:bt]), med(buffers[bt:2*bt]), med(buffers[2*bt:]), slices.Max(buffers))
+	}
 	t.Logf("%d rows, %d claims: p50 %v, p99 %v; p50 by thirds %v / %v / %v; p99 by thirds %v / %v / %v",
 		n, len(times), q(times, 0.5), q(times, 0.99),
 		q(times[:third], 0.5), q(times[third:2*third], 0.5), q(times[2*third:], 0.5),
