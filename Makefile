@@ -43,7 +43,7 @@ demo: build
 	$(WITH_SERVERS) $(GO) run ./examples/demo
 
 bench:
-	$(WITH_SERVERS) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./bench/
+	$(WITH_SERVERS) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./bench/
 
 servers-up:
 	@$(SERVERS) up

@@ -144,6 +144,10 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("begin inbox batch: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	// Before the claim is planned: no JIT for a statement that runs in milliseconds.
+	if _, err := tx.ExecContext(ctx, `SET LOCAL jit = off`); err != nil {
+		return 0, fmt.Errorf("begin inbox batch: %w", err)
+	}
 
 	msgs, err := p.claim(ctx, tx)
 	if err != nil || len(msgs) == 0 {

@@ -355,3 +355,21 @@ func TestClaimRefusesUnstorableIDs(t *testing.T) {
 		t.Errorf("inbox rows = %d, want the 2 valid claims", n)
 	}
 }
+
+// The processor's claim runs without JIT: the setting is made in the batch's
+// transaction before the claim, whatever the session's default.
+func TestProcessorClaimsWithoutJIT(t *testing.T) {
+	t.Parallel()
+	db, _, _ := migrated(t, "inbox")
+	storeRows(t, db, "svc", "a")
+	var jit string
+	p := newProcessor(t, db, ProcessorConfig{Consumer: "svc"}, func(ctx context.Context, tx *sql.Tx, msg Message) error {
+		return tx.QueryRowContext(ctx, `SHOW jit`).Scan(&jit)
+	})
+	if n, err := p.ProcessOnce(context.Background()); n != 1 || err != nil {
+		t.Fatalf("ProcessOnce = %d, %v; want 1 row", n, err)
+	}
+	if jit != "off" {
+		t.Errorf("jit = %q in the processor's transaction, want off", jit)
+	}
+}

@@ -75,6 +75,9 @@ type Config struct {
 	// Prepare says whether the frequent queries are prepared on the server: "auto"
 	// (default: unless the connection is pooled per transaction), "on" or "off".
 	Prepare string
+	// BatchBytes bounds the payload bytes of one batch; default 8 MiB. A row larger
+	// than it goes alone. Workers × BatchBytes bounds the payloads in memory.
+	BatchBytes int
 }
 
 // Defaults.
@@ -86,11 +89,15 @@ const (
 	DefaultPublishTimeout  = 30 * time.Second
 	DefaultMaxAttempts     = 10
 	DefaultWorkers         = 2
+	DefaultBatchBytes      = 8 << 20
 
 	// MaxBatchSize is the largest accepted BatchSize.
 	MaxBatchSize = 10000
 	// MaxWorkers is the largest accepted Workers.
 	MaxWorkers = 64
+	// MinBatchBytes and MaxBatchBytes bound BatchBytes.
+	MinBatchBytes = 1 << 10
+	MaxBatchBytes = 1 << 30
 )
 
 const (
@@ -125,6 +132,7 @@ func (c *Config) setDefaults() {
 	c.Prepare = cmp.Or(c.Prepare, string(pg.PrepareAuto))
 	c.Table = cmp.Or(c.Table, outbox.DefaultTable)
 	c.ConnectionName = cmp.Or(c.ConnectionName, "sidebox relay")
+	c.BatchBytes = cmp.Or(c.BatchBytes, DefaultBatchBytes)
 }
 
 // Validate reports the first invalid setting. Zero values are invalid here; New fills
@@ -153,6 +161,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("relay: MaxAttempts must be at least 1, got %d", c.MaxAttempts)
 	case c.Workers < 1 || c.Workers > MaxWorkers:
 		return fmt.Errorf("relay: Workers must be between 1 and %d, got %d", MaxWorkers, c.Workers)
+	case c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes:
+		return fmt.Errorf("relay: BatchBytes must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
 	}
 	if _, err := pg.ParsePrepareMode(c.Prepare); err != nil {
 		return fmt.Errorf("relay: Prepare %w", err)
@@ -173,6 +183,8 @@ type Relay struct {
 	q      queries
 	stmts  *statements
 	flag   *wakeFlag
+
+	txSettings string // run first in every batch's transaction
 
 	retry     backoff.Policy // schedule of failed rows
 	reconnect backoff.Policy // after a database or channel error
@@ -235,20 +247,21 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 	q := newQueries(table)
 	log = log.With(zap.String("table", table.String()))
 	return &Relay{
-		db:        db,
-		dsn:       cfg.ListenDatabaseURL,
-		broker:    conn,
-		owned:     owned,
-		cfg:       cfg,
-		table:     table,
-		log:       log,
-		stmts:     newStatements(db, prepare, log),
-		m:         m,
-		q:         q,
-		flag:      &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},
-		retry:     backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
-		reconnect: backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
-		suspects:  map[string]time.Time{},
+		db:         db,
+		dsn:        cfg.ListenDatabaseURL,
+		broker:     conn,
+		owned:      owned,
+		cfg:        cfg,
+		table:      table,
+		log:        log,
+		stmts:      newStatements(db, prepare, log),
+		m:          m,
+		q:          q,
+		flag:       &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},
+		txSettings: claimSettings(cfg.PublishTimeout),
+		retry:      backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
+		reconnect:  backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+		suspects:   map[string]time.Time{},
 	}, nil
 }
 
@@ -286,7 +299,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		}()
 	}
 	r.log.Info("relay started",
-		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("workers", r.cfg.Workers),
+		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("batch_bytes", r.cfg.BatchBytes), zap.Int("workers", r.cfg.Workers),
 		zap.Duration("poll_interval", r.cfg.PollInterval), zap.Int("max_attempts", r.cfg.MaxAttempts))
 
 	wake := make(chan struct{}, 1)

@@ -92,7 +92,7 @@ func (w *worker) run(ctx context.Context) {
 		if b == nil {
 			continue
 		}
-		w.d.finished(w.process(ctx, b))
+		w.d.finished(w.process(ctx, b) || b.overlocked)
 	}
 }
 

@@ -247,6 +247,7 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 			PublishTimeout:    cfg.PublishTimeout,
 			Workers:           cfg.RelayWorkers,
 			Prepare:           string(cfg.Prepare),
+			BatchBytes:        cfg.BatchBytes,
 		}, relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
 		if err != nil {
 			return nil, nil, err
