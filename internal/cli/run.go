@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"go.uber.org/zap"
@@ -30,9 +31,14 @@ func daemon(ctx context.Context, md sidecar.Mode, args []string, stderr io.Write
 
 	version, commit := buildVersion()
 	err = sidecar.Run(ctx, md, cfg, log, sidecar.Build{Version: version, Commit: commit}, forcedChan(ctx))
-	if err != nil {
+	var bad *config.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &bad):
+		return err // a component refused its configuration: exit 2, like Check's errors
+	default:
 		log.Error("sidebox stopped on a fatal error", zap.String("error", redact.Text(err.Error())))
 		return &loggedError{err}
 	}
-	return nil
 }

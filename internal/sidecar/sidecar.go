@@ -241,21 +241,9 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 	cfg, log := s.cfg, s.log
 	relayRuns = func() bool { return false }
 	if s.withRelay {
-		r, err := relay.New(db, relay.Config{
-			Table:             cfg.Outbox.String(),
-			ListenDatabaseURL: listenDSN,
-			BatchSize:         cfg.BatchSize,
-			PollInterval:      cfg.PollInterval,
-			MaxAttempts:       cfg.MaxAttempts,
-			RetryBackoff:      cfg.RetryBackoff,
-			RetryBackoffMax:   cfg.RetryBackoffMax,
-			PublishTimeout:    cfg.PublishTimeout,
-			Workers:           cfg.RelayWorkers,
-			Prepare:           string(cfg.Prepare),
-			BatchBytes:        cfg.BatchBytes,
-		}, relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
+		r, err := relay.New(db, cfg.RelayConfig(listenDSN), relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, config.FromComponent(err)
 		}
 		gate := &tableGate{db: db, table: cfg.Outbox, kind: "outbox", log: log}
 		relayRuns = gate.open.Load
@@ -268,28 +256,13 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 		}})
 	}
 	if s.withInbox {
-		c, err := inbox.NewConsumer(db, inbox.ConsumerConfig{
-			Queue:         cfg.InboxQueue,
-			Table:         cfg.Inbox.String(),
-			Consumer:      cfg.Consumer(),
-			Prefetch:      cfg.InboxPrefetch,
-			BatchSize:     cfg.InboxBatchSize,
-			BatchBytes:    cfg.InboxBatchBytes,
-			BatchWait:     cfg.InboxBatchWait,
-			Workers:       cfg.InboxWorkers,
-			Declare:       cfg.InboxDeclare,
-			Bindings:      cfg.Bindings,
-			DrainTimeout:  cfg.ShutdownTimeout,
-			Prepare:       string(cfg.Prepare),
-			PrefetchBytes: cfg.InboxPrefetchBytes,
-		}, inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
+		c, err := inbox.NewConsumer(db, cfg.ConsumerConfig(), inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, config.FromComponent(err)
 		}
-		p, err := inbox.NewPurger(db, inbox.PurgerConfig{Table: cfg.Inbox.String(), Retention: cfg.InboxRetention},
-			inbox.WithLogger(log), inbox.WithRegisterer(reg))
+		p, err := inbox.NewPurger(db, cfg.PurgerConfig(), inbox.WithLogger(log), inbox.WithRegisterer(reg))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, config.FromComponent(err)
 		}
 		gate := &tableGate{db: db, table: cfg.Inbox, kind: "inbox", log: log}
 		hs.Add("inbox", gate.check(c.Ready, "inbox consumer not consuming"))
