@@ -157,3 +157,23 @@ func TestInjectChecked(t *testing.T) {
 		t.Errorf("Check names %s", got)
 	}
 }
+
+// The help text shows the bounds Check applies, taken from the components.
+func TestHelpShowsLimits(t *testing.T) {
+	want := map[string]string{
+		"SIDEBOX_BATCH_SIZE":        "(1-10000)",
+		"SIDEBOX_MAX_ATTEMPTS":      "(1-1000000)",
+		"SIDEBOX_BATCH_BYTES":       "(1024-1073741824)",
+		"SIDEBOX_INBOX_BATCH_WAIT":  "(at most 10s)",
+		"SIDEBOX_INBOX_RETENTION":   "(at least 1m)",
+		"SIDEBOX_INBOX_BATCH_BYTES": "(1 to 268435456)",
+	}
+	for _, v := range Vars() {
+		if strings.ContainsAny(v.Description, "{}") {
+			t.Errorf("%s: unfilled help text %q", v.Name, v.Description)
+		}
+		if w, ok := want[v.Name]; ok && !strings.Contains(v.Description, w) {
+			t.Errorf("%s: help text %q lacks %s", v.Name, v.Description, w)
+		}
+	}
+}

@@ -70,27 +70,27 @@ type Config struct {
 	LogLevel        string        `envconfig:"SIDEBOX_LOG_LEVEL" group:"log" desc:"debug, info, warn or error"`
 	LogFormat       string        `envconfig:"SIDEBOX_LOG_FORMAT" group:"log" desc:"json or console"`
 
-	BatchSize       int           `envconfig:"SIDEBOX_BATCH_SIZE" group:"relay" desc:"rows claimed per relay batch (1-10000)"`
+	BatchSize       int           `envconfig:"SIDEBOX_BATCH_SIZE" group:"relay" desc:"rows claimed per relay batch ({min}-{max})"`
 	PollInterval    time.Duration `envconfig:"SIDEBOX_POLL_INTERVAL" group:"relay" desc:"idle polling period of the relay; a notification from a writer wakes it earlier"`
-	MaxAttempts     int           `envconfig:"SIDEBOX_MAX_ATTEMPTS" group:"relay" desc:"failed publishes (nack or return) before a row is kept as dead"`
+	MaxAttempts     int           `envconfig:"SIDEBOX_MAX_ATTEMPTS" group:"relay" desc:"failed publishes (nack or return) before a row is kept as dead ({min}-{max})"`
 	RetryBackoff    time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF" group:"relay" desc:"first retry delay of a failed row; doubles per attempt, with jitter"`
 	RetryBackoffMax time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF_MAX" group:"relay" desc:"cap of the retry delay"`
 	PublishTimeout  time.Duration `envconfig:"SIDEBOX_PUBLISH_TIMEOUT" group:"relay" desc:"longest wait for the broker's confirms of one batch"`
-	RelayWorkers    int           `envconfig:"SIDEBOX_RELAY_WORKERS" group:"relay" desc:"batches in flight at once, each in its own transaction and channel (1-64)"`
-	BatchBytes      int           `envconfig:"SIDEBOX_BATCH_BYTES" group:"relay" desc:"payload bytes claimed per relay batch (1024-1073741824); a larger row goes alone"`
+	RelayWorkers    int           `envconfig:"SIDEBOX_RELAY_WORKERS" group:"relay" desc:"batches in flight at once, each in its own transaction and channel ({min}-{max})"`
+	BatchBytes      int           `envconfig:"SIDEBOX_BATCH_BYTES" group:"relay" desc:"payload bytes claimed per relay batch ({min}-{max}); a larger row goes alone"`
 
 	InboxQueue     string        `envconfig:"SIDEBOX_INBOX_QUEUE" group:"consumer" desc:"queue the inbox consumer reads; unset: no inbox consumer (sidebox inbox requires it)"`
 	InboxConsumer  string        `envconfig:"SIDEBOX_INBOX_CONSUMER" group:"consumer" desc:"consumer name stored with each inbox row (deduplication is per consumer); default: the queue name"`
-	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds (1-65535)"`
+	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds ({min}-{max})"`
 	InboxBatchSize int           `envconfig:"SIDEBOX_INBOX_BATCH_SIZE" group:"consumer" desc:"deliveries stored per transaction (1 to the prefetch)"`
-	InboxWorkers   int           `envconfig:"SIDEBOX_INBOX_WORKERS" group:"consumer" desc:"batches stored at once, each in its own transaction (1-16)"`
-	InboxBatchWait time.Duration `envconfig:"SIDEBOX_INBOX_BATCH_WAIT" group:"consumer" desc:"longest wait to fill a batch once it holds a delivery (at most 10s)"`
-	InboxRetention time.Duration `envconfig:"SIDEBOX_INBOX_RETENTION" group:"consumer" desc:"processed inbox rows older than this are deleted (at least 1m)"`
+	InboxWorkers   int           `envconfig:"SIDEBOX_INBOX_WORKERS" group:"consumer" desc:"batches stored at once, each in its own transaction ({min}-{max})"`
+	InboxBatchWait time.Duration `envconfig:"SIDEBOX_INBOX_BATCH_WAIT" group:"consumer" desc:"longest wait to fill a batch once it holds a delivery (at most {max})"`
+	InboxRetention time.Duration `envconfig:"SIDEBOX_INBOX_RETENTION" group:"consumer" desc:"processed inbox rows older than this are deleted (at least {min})"`
 	InboxDeclare   bool          `envconfig:"SIDEBOX_INBOX_DECLARE" group:"consumer" desc:"declare the inbox queue (durable) before consuming; otherwise it must exist"`
 	InboxBindings  string        `envconfig:"SIDEBOX_INBOX_BINDINGS" group:"consumer" desc:"exchange:routing.key,... bindings of the inbox queue to existing exchanges; implies SIDEBOX_INBOX_DECLARE"`
 
 	// Memory bounds of the inbox consumer, in bytes of message payload.
-	InboxBatchBytes    int `envconfig:"SIDEBOX_INBOX_BATCH_BYTES" group:"consumer" desc:"payload bytes stored per transaction at most (1 to 268435456); a larger message is stored alone"`
+	InboxBatchBytes    int `envconfig:"SIDEBOX_INBOX_BATCH_BYTES" group:"consumer" desc:"payload bytes stored per transaction at most ({min} to {max}); a larger message is stored alone"`
 	InboxPrefetchBytes int `envconfig:"SIDEBOX_INBOX_PREFETCH_BYTES" group:"consumer" desc:"payload bytes of unacknowledged deliveries the inbox consumer aims to hold: it lowers its prefetch count (down to 1) for the message sizes it sees"`
 
 	InjectAddr    string `envconfig:"SIDEBOX_INJECT_ADDR" group:"inject" desc:"listen address (HTTPS) of the admission webhook (sidebox inject)"`
@@ -205,7 +205,7 @@ func Vars() []Var {
 		out = append(out, Var{
 			Name:        f.Tag.Get("envconfig"),
 			Default:     formatDefault(def.FieldByIndex(f.Index)),
-			Description: f.Tag.Get("desc"),
+			Description: help(f.Tag.Get("envconfig"), f.Tag.Get("desc")),
 			Secret:      f.Tag.Get("secret") == "true",
 		})
 	}
@@ -367,22 +367,22 @@ func (c *Config) Check(groups Group) error {
 		}
 	}
 	if groups&Relay != 0 {
-		between(bad, parsed, "SIDEBOX_BATCH_SIZE", c.BatchSize, 1, relay.MaxBatchSize)
+		inLimits(bad, parsed, "SIDEBOX_BATCH_SIZE", c.BatchSize)
 		positive(bad, parsed, "SIDEBOX_POLL_INTERVAL", c.PollInterval)
-		between(bad, parsed, "SIDEBOX_MAX_ATTEMPTS", c.MaxAttempts, 1, relay.MaxMaxAttempts)
+		inLimits(bad, parsed, "SIDEBOX_MAX_ATTEMPTS", c.MaxAttempts)
 		positive(bad, parsed, "SIDEBOX_RETRY_BACKOFF", c.RetryBackoff)
 		positive(bad, parsed, "SIDEBOX_RETRY_BACKOFF_MAX", c.RetryBackoffMax)
 		if parsed("SIDEBOX_RETRY_BACKOFF") && parsed("SIDEBOX_RETRY_BACKOFF_MAX") && c.RetryBackoff > 0 && c.RetryBackoffMax < c.RetryBackoff {
 			bad("SIDEBOX_RETRY_BACKOFF_MAX", "must be at least SIDEBOX_RETRY_BACKOFF (%s), got %q", c.RetryBackoff, c.RetryBackoffMax.String())
 		}
 		positive(bad, parsed, "SIDEBOX_PUBLISH_TIMEOUT", c.PublishTimeout)
-		between(bad, parsed, "SIDEBOX_RELAY_WORKERS", c.RelayWorkers, 1, relay.MaxWorkers)
+		inLimits(bad, parsed, "SIDEBOX_RELAY_WORKERS", c.RelayWorkers)
 		if c.ListenDatabaseURL != "" {
 			if p := checkDatabaseURL(c.ListenDatabaseURL); p != "" {
 				bad("SIDEBOX_LISTEN_DATABASE_URL", "%s", p)
 			}
 		}
-		between(bad, parsed, "SIDEBOX_BATCH_BYTES", c.BatchBytes, relay.MinBatchBytes, relay.MaxBatchBytes)
+		inLimits(bad, parsed, "SIDEBOX_BATCH_BYTES", c.BatchBytes)
 	}
 	if groups&Consumer != 0 {
 		c.checkConsumer(bad, parsed)
@@ -464,18 +464,18 @@ func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(str
 	if len(c.InboxConsumer) > inbox.MaxConsumerBytes {
 		bad("SIDEBOX_INBOX_CONSUMER", "must be at most %d bytes, got %d", inbox.MaxConsumerBytes, len(c.InboxConsumer))
 	}
-	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch, 1, inbox.MaxPrefetch)
-	between(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers, 1, inbox.MaxWorkers)
-	between(bad, parsed, "SIDEBOX_INBOX_BATCH_BYTES", c.InboxBatchBytes, 1, inbox.MaxBatchBytes)
-	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH_BYTES", c.InboxPrefetchBytes, 1, math.MaxInt32)
+	inLimits(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch)
+	inLimits(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers)
+	inLimits(bad, parsed, "SIDEBOX_INBOX_BATCH_BYTES", c.InboxBatchBytes)
+	inLimits(bad, parsed, "SIDEBOX_INBOX_PREFETCH_BYTES", c.InboxPrefetchBytes)
 	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= inbox.MaxPrefetch {
 		between(bad, parsed, "SIDEBOX_INBOX_BATCH_SIZE", c.InboxBatchSize, 1, c.InboxPrefetch)
 	}
-	if parsed("SIDEBOX_INBOX_BATCH_WAIT") && (c.InboxBatchWait <= 0 || c.InboxBatchWait > inbox.MaxBatchWait) {
+	if _, maxWait, _ := limits("SIDEBOX_INBOX_BATCH_WAIT"); parsed("SIDEBOX_INBOX_BATCH_WAIT") && (c.InboxBatchWait <= 0 || c.InboxBatchWait > maxWait.(time.Duration)) {
 		bad("SIDEBOX_INBOX_BATCH_WAIT", "must be a positive duration of at most %s, got %q", inbox.MaxBatchWait, c.InboxBatchWait.String())
 	}
-	if parsed("SIDEBOX_INBOX_RETENTION") && c.InboxRetention < inbox.MinRetention {
-		bad("SIDEBOX_INBOX_RETENTION", "must be at least %s, got %q", formatDefault(reflect.ValueOf(inbox.MinRetention)), c.InboxRetention.String())
+	if minRetention, _, _ := limits("SIDEBOX_INBOX_RETENTION"); parsed("SIDEBOX_INBOX_RETENTION") && c.InboxRetention < minRetention.(time.Duration) {
+		bad("SIDEBOX_INBOX_RETENTION", "must be at least %s, got %q", formatDefault(reflect.ValueOf(minRetention)), c.InboxRetention.String())
 	}
 	b, err := inbox.ParseBindings(c.InboxBindings)
 	if err != nil {
@@ -488,6 +488,50 @@ func positive(bad func(string, string, ...any), parsed func(string) bool, name s
 	if parsed(name) && d <= 0 {
 		bad(name, "must be a positive duration, got %q", d.String())
 	}
+}
+
+// limits returns the bounds of a variable, as given by its component; ok is false for
+// a variable with none. They are checked by Check and shown in the variable's help
+// text, where {min} and {max} stand for them.
+func limits(name string) (lo, hi any, ok bool) {
+	switch name {
+	case "SIDEBOX_BATCH_SIZE":
+		return 1, relay.MaxBatchSize, true
+	case "SIDEBOX_MAX_ATTEMPTS":
+		return 1, relay.MaxMaxAttempts, true
+	case "SIDEBOX_RELAY_WORKERS":
+		return 1, relay.MaxWorkers, true
+	case "SIDEBOX_BATCH_BYTES":
+		return relay.MinBatchBytes, relay.MaxBatchBytes, true
+	case "SIDEBOX_INBOX_PREFETCH":
+		return 1, inbox.MaxPrefetch, true
+	case "SIDEBOX_INBOX_WORKERS":
+		return 1, inbox.MaxWorkers, true
+	case "SIDEBOX_INBOX_BATCH_BYTES":
+		return 1, inbox.MaxBatchBytes, true
+	case "SIDEBOX_INBOX_PREFETCH_BYTES":
+		return 1, math.MaxInt32, true
+	case "SIDEBOX_INBOX_BATCH_WAIT":
+		return time.Duration(0), inbox.MaxBatchWait, true
+	case "SIDEBOX_INBOX_RETENTION":
+		return inbox.MinRetention, time.Duration(math.MaxInt64), true
+	}
+	return nil, nil, false
+}
+
+// help fills a description's {min} and {max} with the variable's limits.
+func help(name, desc string) string {
+	lo, hi, ok := limits(name)
+	if !ok {
+		return desc
+	}
+	return strings.NewReplacer("{min}", formatDefault(reflect.ValueOf(lo)), "{max}", formatDefault(reflect.ValueOf(hi))).Replace(desc)
+}
+
+// inLimits checks an integer variable against its limits.
+func inLimits(bad func(string, string, ...any), parsed func(string) bool, name string, n int) {
+	lo, hi, _ := limits(name)
+	between(bad, parsed, name, n, lo.(int), hi.(int))
 }
 
 func between(bad func(string, string, ...any), parsed func(string) bool, name string, n, lo, hi int) {
