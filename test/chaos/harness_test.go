@@ -73,10 +73,10 @@ type servers struct {
 // rig is one scenario's world: its own database on the private PostgreSQL server, its
 // own exchange and queue on a broker, and the sidebox processes and processors it runs.
 type rig struct {
-	t    *testing.T
-	ctx  context.Context // the scenario's deadline
-	srv  *servers
-	db   *sql.DB // the service's database, direct
+	t     *testing.T
+	ctx   context.Context // the scenario's deadline
+	srv   *servers
+	db    *sql.DB // the service's database, direct
 	dbURL string
 
 	// What the sidebox processes connect to (a proxy or a list of URLs, or the same
@@ -461,7 +461,7 @@ func (r *rig) queueDepth() (int, error) {
 
 // counts is what the database says at one moment.
 type counts struct {
-	committed, delivered, lost, phantom, doubled int
+	committed, delivered, lost, phantom, doubled        int
 	outboxLive, outboxDead, inboxUnprocessed, inboxDead int
 }
 

@@ -10,10 +10,10 @@ import (
 
 // row is one scenario's line of the table, with its notes.
 type row struct {
-	scenario                                                       string
+	scenario                                                        string
 	committed, delivered, lost, phantom, duplicates, absorbed, dead int
-	notes                                                          []string // dead reasons and scenario observations
-	failed                                                         []string // scenario checks that failed
+	notes                                                           []string // dead reasons and scenario observations
+	failed                                                          []string // scenario checks that failed
 }
 
 // table renders the rows as the suite's Markdown table, followed by the notes.
