@@ -280,22 +280,30 @@ func (r *rig) waitCond(what string, timeout time.Duration, cond func(counts) boo
 func publishStall(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 	r := newRig(t, ctx, srv, keys)
 	mqp := testenv.Proxy(t, srv.mq.Addr())
-	r.relayEnv = []string{"SIDEBOX_AMQP_URL=" + mqp.URL(srv.mq.URL()), "SIDEBOX_PUBLISH_TIMEOUT=2s"}
+	r.relayEnv = []string{"SIDEBOX_AMQP_URL=" + mqp.URL(srv.mq.URL()), "SIDEBOX_PUBLISH_TIMEOUT=1s"}
 	r.pipeline(1, 1, 1, true)
 	n := sz.pick(2000, 5000)
 	l := standard(n, 200)
-	l.unrouted = 0.05
+	l.unrouted = 0.2
 	w := r.write(l)
+	// Each cycle: a stall of four publish timeouts (connections then closed), and a
+	// slow link whose round trip is about the publish timeout, so that confirms and
+	// returns arrive around the deadline.
 	cycles := sz.pick(1, 3)
+	slow := sz.dur(10*time.Second, 20*time.Second)
 	for i := 1; i <= cycles; i++ {
 		r.waitWritten(w, int64(n*i/(cycles+1)))
 		mqp.Stall(t)
-		r.pause(6 * time.Second) // three publish timeouts
+		r.pause(4 * time.Second) // four publish timeouts
+		mqp.Restore(t)
+		mqp.Latency(t, 500*time.Millisecond, 400*time.Millisecond)
+		r.pause(slow)
 		mqp.Restore(t)
 	}
 	r.crashed = true
 	w.wait()
-	r.note("relay↔broker stalled %d times for 6 s (publish timeout 2 s); 5%% of rows unroutable", cycles)
+	r.note("relay↔broker %d times stalled for 4 s, then slow for %s (round trip 1±0.8 s); publish timeout 1 s; %.0f%% of rows unroutable",
+		cycles, slow, l.unrouted*100)
 	r.settle(settleTime(sz))
 	var unrouted, unroutedDead int
 	if err := r.db.QueryRowContext(ctx, `SELECT count(*) FROM outbox WHERE routing_key = $1`, unroutedKey).Scan(&unrouted); err != nil {
