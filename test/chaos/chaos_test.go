@@ -73,7 +73,8 @@ func TestChaos(t *testing.T) {
 	sz := size{full: form == "full"}
 	began := time.Now()
 	srv := &servers{
-		pg: testenv.StartPostgres(t),
+		full: sz.full,
+		pg:   testenv.StartPostgres(t),
 		// 20 MiB: a 16 MiB message passes, a 24 MiB one is refused by the broker.
 		mq:  testenv.StartRabbitMQ(t, testenv.WithRabbitMQConf("max_message_size = 20971520")),
 		bin: sideboxBin,

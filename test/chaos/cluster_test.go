@@ -25,6 +25,7 @@ func clusterNodesKilled(t *testing.T, ctx context.Context, srv *servers, sz size
 	in := testenv.StartSidebox(t, srv.bin, "inbox", inboxEnv)
 	in.WaitReady(ctx, t)
 	r.inboxes = append(r.inboxes, in)
+	r.started = append(r.started, in)
 	r.startProcessors(1, true)
 	r.startRelay(true)
 	r.note("relay on node 1 (%s): %s", urls[0], r.connectionsOn(cl, 0))
@@ -43,6 +44,9 @@ func clusterNodesKilled(t *testing.T, ctx context.Context, srv *servers, sz size
 	w.wait()
 	r.note("node 3 (no client's) killed and restarted, then node 1 (the relay's); quorum queue, relay given all three URLs")
 	r.settle(settleTime(sz))
+	if nacked, ok := r.relays[0].Counter("sidebox_outbox_nacked_total"); ok {
+		r.note("the relay counted %d nacks (each a burnt attempt)", int(nacked))
+	}
 	return r.finish("8. 3-node cluster, quorum queue, nodes killed")
 }
 

@@ -225,7 +225,7 @@ func memoryAlarm(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 	}
 	stored, _ := run.Counter("sidebox_inbox_stored_total")
 	if drained == 0 {
-		r.fail("inbox did not drain the queue during the alarm: %d of %d backlog messages stored in %s", int(stored), depth, window)
+		r.failCheck("alarm-drain", "inbox did not drain the queue during the alarm: %d of %d backlog messages stored in %s", int(stored), depth, window)
 	} else {
 		r.note("inbox drained a %d-message backlog %.1fs into the alarm", depth, drained.Seconds())
 	}
@@ -401,6 +401,9 @@ func badInput(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 	r.note("sent: %s; %d payloads of %d MiB; %d deliveries without message_id",
 		"16 MiB payload, 24 MiB payload (max_message_size 20 MiB), 300-byte header name, 200 KiB header value, missing exchange",
 		large, largeSize/mib, noID)
+	// The broker closes the publishing channel on a row it refuses; rows of the same
+	// batch not yet confirmed on it are published again.
+	r.crashed = true
 	w.wait()
 	r.settle(settleTime(sz))
 	return r.finish("9. bad rows and input")
