@@ -241,6 +241,36 @@ func (r *rig) startInbox(command string) *testenv.Sidebox {
 	return p
 }
 
+// stopInbox stops inbox process p with SIGTERM, counting its duplicates first.
+func (r *rig) stopInbox(p *testenv.Sidebox) {
+	r.t.Helper()
+	r.collectInboxCounters(p)
+	if err := p.Stop(30 * time.Second); err != nil {
+		r.fail("%v", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, q := range r.inboxes {
+		if q == p {
+			r.inboxes = append(r.inboxes[:i], r.inboxes[i+1:]...)
+			break
+		}
+	}
+}
+
+// collectInboxCounters adds an inbox process's duplicates and rejections to the
+// scenario's, just before it stops.
+func (r *rig) collectInboxCounters(p *testenv.Sidebox) {
+	r.t.Helper()
+	if d, ok := p.Counter("sidebox_inbox_duplicates_total"); ok {
+		r.dupes += d
+	} else {
+		r.fail("%s: /metrics unreadable before stop; its duplicates are not counted", p.Name)
+	}
+	rj, _ := p.Counter("sidebox_inbox_rejected_total")
+	r.rejects += rj
+}
+
 // killRelay SIGKILLs relay i and starts another in its place (not waiting for it).
 func (r *rig) killRelay(i int) {
 	r.t.Helper()
@@ -593,13 +623,7 @@ func (r *rig) stopAll() {
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		if contains(r.inboxes, p) {
-			if d, ok := p.Counter("sidebox_inbox_duplicates_total"); ok {
-				r.dupes += d
-			} else {
-				r.fail("%s: /metrics unreadable before stop; its duplicates are not counted", p.Name)
-			}
-			rj, _ := p.Counter("sidebox_inbox_rejected_total")
-			r.rejects += rj
+			r.collectInboxCounters(p)
 		}
 		wg.Go(func() {
 			if err := p.Stop(30 * time.Second); err != nil {

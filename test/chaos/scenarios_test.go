@@ -156,7 +156,7 @@ func networkFaults(t *testing.T, ctx context.Context, srv *servers, sz size) row
 	r.pause(step)
 	// Half-open: connections stay up and nothing answers, for longer than the publish
 	// timeout and the AMQP heartbeat timeout. Does the relay notice (readyz 503)?
-	stall := sz.dur(15*time.Second, 45*time.Second)
+	stall := sz.dur(12*time.Second, 45*time.Second)
 	for _, p := range both {
 		p.Stall(t)
 	}
@@ -290,7 +290,7 @@ func publishStall(t *testing.T, ctx context.Context, srv *servers, sz size) row 
 	// slow link whose round trip is about the publish timeout, so that confirms and
 	// returns arrive around the deadline.
 	cycles := sz.pick(1, 3)
-	slow := sz.dur(10*time.Second, 20*time.Second)
+	slow := sz.dur(8*time.Second, 20*time.Second)
 	for i := 1; i <= cycles; i++ {
 		r.waitWritten(w, int64(n*i/(cycles+1)))
 		mqp.Stall(t)
@@ -323,8 +323,8 @@ func publishStall(t *testing.T, ctx context.Context, srv *servers, sz size) row 
 func longTransaction(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 	r := newRig(t, ctx, srv, keys)
 	r.pipeline(1, 1, 1, true)
-	hold := sz.dur(15*time.Second, 90*time.Second)
-	w := r.write(standard(sz.pick(3000, 18000), 200))
+	hold := sz.dur(10*time.Second, 90*time.Second)
+	w := r.write(standard(sz.pick(2000, 18000), 200))
 	tx, err := r.db.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -379,12 +379,6 @@ func badInput(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 			t.Fatalf("%s: %v", s.what, err)
 		}
 	}
-	large, largeSize := sz.pick(16, 48), sz.pick(2, 8)*mib
-	for range large {
-		if err := r.placeSpecial(ctx, outbox.Message{}, largeSize); err != nil {
-			t.Fatal(err)
-		}
-	}
 	noID := 3
 	err := r.withChannel(func(ch *amqp.Channel) error {
 		for i := range noID {
@@ -398,15 +392,45 @@ func badInput(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.note("sent: %s; %d payloads of %d MiB; %d deliveries without message_id",
+	w.wait()
+
+	// Large payloads that wait in the queue while the inbox is down: the next inbox
+	// gets them all at once and stores them in batches (the full form's exceed 1 GiB
+	// together, PostgreSQL's limit for one value).
+	large, largeSize := sz.pick(16, 136), sz.pick(2, 8)*mib
+	r.stopInbox(r.inboxes[0])
+	for range large {
+		if err := r.placeSpecial(ctx, outbox.Message{}, largeSize); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.waitQueued(large, 3*time.Minute)
+	r.startInbox("inbox")
+
+	r.note("sent: %s; %d payloads of %d MiB queued while the inbox was down; %d deliveries without message_id",
 		"16 MiB payload, 24 MiB payload (max_message_size 20 MiB), 300-byte header name, 200 KiB header value, missing exchange",
 		large, largeSize/mib, noID)
 	// The broker closes the publishing channel on a row it refuses; rows of the same
 	// batch not yet confirmed on it are published again.
 	r.crashed = true
-	w.wait()
 	r.settle(settleTime(sz))
 	return r.finish("9. bad rows and input")
+}
+
+// waitQueued waits until the queue holds at least n messages.
+func (r *rig) waitQueued(n int, timeout time.Duration) {
+	r.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		d, err := r.queueDepth()
+		if err == nil && d >= n {
+			return
+		}
+		if time.Now().After(deadline) || r.ctx.Err() != nil {
+			r.t.Fatalf("waiting for %d messages in the queue: %d, %v", n, d, err)
+		}
+		r.pause(200 * time.Millisecond)
+	}
 }
 
 // placeSpecial commits one order whose outbox row is msg (no ordering key, so a dead
