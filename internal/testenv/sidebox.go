@@ -171,3 +171,22 @@ func (s *Sidebox) Log() string {
 	}
 	return string(b)
 }
+
+// PeakMemory returns the process's peak resident set size (VmHWM) in bytes, while it
+// runs (Linux only).
+func (s *Sidebox) PeakMemory() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.proc.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("peak memory of %s: %w", s.Name, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("peak memory of %s: %w", s.Name, err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("peak memory of %s: no VmHWM", s.Name)
+}

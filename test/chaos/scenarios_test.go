@@ -405,7 +405,7 @@ func badInput(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 		}
 	}
 	r.waitQueued(large, 3*time.Minute)
-	r.startInbox("inbox")
+	in := r.startInbox("inbox")
 
 	r.note("sent: %s; %d payloads of %d MiB queued while the inbox was down; %d deliveries without message_id",
 		"16 MiB payload, 24 MiB payload (max_message_size 20 MiB), 300-byte header name, 200 KiB header value, missing exchange",
@@ -414,6 +414,9 @@ func badInput(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 	// batch not yet confirmed on it are published again.
 	r.crashed = true
 	r.settle(settleTime(sz))
+	if peak, err := in.PeakMemory(); err == nil {
+		r.note("peak memory of the inbox that stored the large payloads: %d MiB", peak/mib)
+	}
 	return r.finish("9. bad rows and input")
 }
 
