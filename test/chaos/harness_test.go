@@ -118,9 +118,6 @@ func withBroker(urls []string) rigOption {
 	}
 }
 
-// withEnv adds environment to every sidebox process.
-func withEnv(kv ...string) rigOption { return func(r *rig) { r.env = append(r.env, kv...) } }
-
 // newRig creates the scenario's database (sidebox migrations, then the service's
 // tables), its exchange (topic, durable) and its durable queue bound to routingKey.
 func newRig(t *testing.T, ctx context.Context, srv *servers, keys int, opts ...rigOption) *rig {
