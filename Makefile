@@ -21,6 +21,7 @@ build:
 
 test: lint test-go test-charts
 
+# Includes the short form of the fault suite (test/chaos, about four minutes).
 test-go:
 	$(WITH_SERVERS) $(GO) test -count=1 -timeout 8m ./...
 
