@@ -437,27 +437,35 @@ func (r *rig) waitQueued(n int, timeout time.Duration) {
 }
 
 // placeSpecial commits one order whose outbox row is msg (no ordering key, so a dead
-// row blocks no one), its payload padded with pad bytes.
+// row blocks no one), its payload padded with pad bytes. The row is inserted with
+// plain SQL, as a service in any language may, so that rows outbox.Write would refuse
+// reach the relay too.
 func (r *rig) placeSpecial(ctx context.Context, msg outbox.Message, pad int) error {
 	tx, err := r.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
-	msg.ID = uuid.New()
+	id := uuid.New()
 	var orderID int64
-	if err := tx.QueryRowContext(ctx, `INSERT INTO orders (message_id) VALUES ($1) RETURNING id`, msg.ID).Scan(&orderID); err != nil {
+	if err := tx.QueryRowContext(ctx, `INSERT INTO orders (message_id) VALUES ($1) RETURNING id`, id).Scan(&orderID); err != nil {
 		return err
 	}
 	if msg.Exchange == "" {
 		msg.Exchange = r.exchange
 	}
-	msg.RoutingKey = routingKey
-	msg.Type = "order.created"
-	if msg.Payload, err = json.Marshal(event{OrderID: orderID, Pad: strings.Repeat("x", pad)}); err != nil {
+	payload, err := json.Marshal(event{OrderID: orderID, Pad: strings.Repeat("x", pad)})
+	if err != nil {
 		return err
 	}
-	if _, err := outbox.Write(ctx, tx, msg); err != nil {
+	headers := []byte("{}")
+	if msg.Headers != nil {
+		if headers, err = json.Marshal(msg.Headers); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, exchange, routing_key, payload, message_type, headers)
+VALUES ($1, $2, $3, $4, 'order.created', $5)`, id, msg.Exchange, routingKey, payload, string(headers)); err != nil {
 		return err
 	}
 	return tx.Commit()
