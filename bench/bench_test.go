@@ -25,6 +25,15 @@ func BenchmarkRelayLatency(b *testing.B) {
 	}
 }
 
+// BenchmarkRelayLatencyPgBouncer: commit-to-delivery latency at 500 msg/s through a
+// private PgBouncer (transaction mode with polled wake-ups, transaction mode with a
+// direct LISTEN connection, session mode) next to the direct path.
+func BenchmarkRelayLatencyPgBouncer(b *testing.B) {
+	for range b.N {
+		fmt.Print(benchLatencyPooled(b))
+	}
+}
+
 // BenchmarkWriterWakeup: writers' transactions per second without a wake-up trigger,
 // with sidebox's trigger (relay busy, relay asleep) and with a naive NOTIFY trigger.
 func BenchmarkWriterWakeup(b *testing.B) {

@@ -11,6 +11,9 @@
 #   3. a private one on 127.0.0.1:55432 / 127.0.0.1:55672 with its data in .sidebox/
 #      at the repository root, started by `up` (which first installs the Debian packages
 #      postgresql and rabbitmq-server with apt-get when they are missing).
+# `up` also installs Debian's pgbouncer when it is missing: the tests start private
+# PgBouncers of their own in front of the test PostgreSQL (its system service is not
+# started, nor used).
 # stdout carries only the export lines; everything else goes to stderr.
 set -euo pipefail
 
@@ -33,7 +36,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+	sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
 }
 
 # redact hides passwords in URLs and key=value DSNs.
@@ -98,6 +101,12 @@ rabbit_server() {
 		return 0
 	done
 	return 1
+}
+
+# pgbouncer_bin prints the pgbouncer binary the tests run.
+pgbouncer_bin() {
+	command -v pgbouncer 2>/dev/null && return 0
+	[[ -x /usr/sbin/pgbouncer ]] && printf '%s\n' /usr/sbin/pgbouncer
 }
 
 # install_packages PACKAGE... installs Debian packages without starting their
@@ -347,6 +356,7 @@ resolve() {
 
 	if [[ -n $need_pg ]] && ! pg_bin >/dev/null; then missing+=(postgresql); fi
 	if [[ -n $need_rabbit ]] && ! rabbit_server >/dev/null; then missing+=(rabbitmq-server); fi
+	if ! pgbouncer_bin >/dev/null; then missing+=(pgbouncer); fi
 	if ((${#missing[@]})); then install_packages "${missing[@]}"; fi
 
 	# RabbitMQ takes the longest: launch it first, start PostgreSQL meanwhile.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -21,9 +22,11 @@ import (
 //	go test ./inbox -run '^$' -bench Ingest -benchtime 20000x
 //
 // BENCH_INBOX=workers,batch,wait (for example 2,128,5ms) overrides the consumer's
-// defaults. The machine must be otherwise idle for the numbers to mean anything.
+// defaults; BENCH_INBOX_KEYS=n spreads the messages over n ordering keys (round robin).
+// The machine must be otherwise idle for the numbers to mean anything.
 func BenchmarkIngest(b *testing.B) {
 	body := make([]byte, 256)
+	keys, _ := strconv.Atoi(os.Getenv("BENCH_INBOX_KEYS"))
 	// fill declares queue (deleted when the benchmark ends) and publishes b.N messages.
 	fill := func(b *testing.B, conn *amqp.Connection, queue string) {
 		ch, err := conn.Channel()
@@ -45,8 +48,11 @@ func BenchmarkIngest(b *testing.B) {
 		}
 		var last *amqp.DeferredConfirmation
 		for i := range b.N {
-			last, err = ch.PublishWithDeferredConfirmWithContext(context.Background(), "", queue, false, false,
-				amqp.Publishing{MessageId: fmt.Sprintf("bench-%d", i), Body: body, DeliveryMode: amqp.Persistent})
+			msg := amqp.Publishing{MessageId: fmt.Sprintf("bench-%d", i), Body: body, DeliveryMode: amqp.Persistent}
+			if keys > 0 {
+				msg.Headers = amqp.Table{DefaultOrderingHeader: "key-" + strconv.Itoa(i%keys)}
+			}
+			last, err = ch.PublishWithDeferredConfirmWithContext(context.Background(), "", queue, false, false, msg)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -52,6 +52,9 @@ const (
 	DefaultConsumerBatchSize = 128
 	DefaultBatchWait         = 5 * time.Millisecond
 	DefaultWorkers           = 2
+	DefaultBatchBytes        = 4 << 20
+	DefaultPrefetchBytes     = 32 << 20
+	MaxBatchBytes            = 256 << 20 // hex-encoded, twice that must stay below PostgreSQL's 1 GiB message limit
 	DefaultDrainTimeout      = 10 * time.Second
 	DefaultOrderingHeader    = "x-ordering-key"
 )
@@ -62,10 +65,19 @@ type ConsumerConfig struct {
 	Queue     string        // queue to consume; required
 	Table     pg.Table      // default "inbox"
 	Consumer  string        // consumer name stored with each row; default Queue
-	Prefetch  int           // unacknowledged deliveries held; default 512 (room for the batches being stored and the next ones), at most 65535
+	Prefetch  int           // unacknowledged deliveries held at most (fewer for large messages, see PrefetchBytes); default 512 (room for the batches being stored and the next ones), at most 65535
 	BatchSize int           // deliveries stored per transaction; default 128, at most Prefetch
 	BatchWait time.Duration // longest wait to fill a batch once it has a delivery; default 5ms
 	Workers   int           // batches stored concurrently (each its own connection); default 2
+
+	// BatchBytes bounds the payload bytes of one batch; a larger message is stored alone.
+	// Default 4 MiB, at most 256 MiB.
+	BatchBytes int
+
+	// PrefetchBytes bounds the payload bytes of the unacknowledged deliveries held, for
+	// the message sizes seen: the prefetch count is lowered (down to 1) to fit. Default
+	// 32 MiB.
+	PrefetchBytes int
 
 	// Declare makes the consumer declare Queue (durable) when it does not exist.
 	// Bindings bind Queue to existing exchanges and imply Declare.
@@ -81,6 +93,10 @@ type ConsumerConfig struct {
 
 	// Backoff paces retries of the database and of the broker channel; default 100ms..5s.
 	Backoff backoff.Policy
+
+	// Prepare says whether the insert is a prepared statement; default pg.PrepareAuto
+	// (unless the connection is pooled per transaction).
+	Prepare pg.PrepareMode
 }
 
 // SetDefaults fills zero fields with their defaults.
@@ -103,6 +119,12 @@ func (c *ConsumerConfig) SetDefaults() {
 	if c.Workers == 0 {
 		c.Workers = DefaultWorkers
 	}
+	if c.BatchBytes == 0 {
+		c.BatchBytes = DefaultBatchBytes
+	}
+	if c.PrefetchBytes == 0 {
+		c.PrefetchBytes = DefaultPrefetchBytes
+	}
 	if c.OrderingHeader == "" {
 		c.OrderingHeader = DefaultOrderingHeader
 	}
@@ -111,6 +133,9 @@ func (c *ConsumerConfig) SetDefaults() {
 	}
 	if c.Backoff.Base == 0 {
 		c.Backoff = backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second}
+	}
+	if c.Prepare == "" {
+		c.Prepare = pg.PrepareAuto
 	}
 }
 
@@ -125,8 +150,12 @@ func (c *ConsumerConfig) Validate() error {
 	k.fail(c.BatchSize < 1 || c.BatchSize > c.Prefetch, "BatchSize", "must be between 1 and the prefetch (%d), got %d", c.Prefetch, c.BatchSize)
 	k.fail(c.BatchWait < 0 || c.BatchWait > 10*time.Second, "BatchWait", "must be between 0 and 10s, got %s", c.BatchWait)
 	k.between("Workers", c.Workers, 1, 16)
+	k.between("BatchBytes", c.BatchBytes, 1, MaxBatchBytes)
+	k.fail(c.PrefetchBytes < 1, "PrefetchBytes", "must be positive, got %d", c.PrefetchBytes)
 	k.fail(c.DrainTimeout < 0, "DrainTimeout", "must not be negative, got %s", c.DrainTimeout)
 	k.fail(c.Backoff.Base <= 0 || c.Backoff.Max < c.Backoff.Base, "Backoff", "base must be positive and at most max")
+	_, err := pg.ParsePrepareMode(string(c.Prepare))
+	k.fail(err != nil, "Prepare", "must be auto, on or off, got %q", c.Prepare)
 	for _, b := range c.Bindings {
 		k.fail(b.Exchange == "", "Bindings", "the default exchange cannot be bound")
 	}

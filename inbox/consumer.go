@@ -1,10 +1,13 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"iter"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 )
 
@@ -26,6 +30,7 @@ const (
 	RejectNoMessageID      = "no_message_id"      // message_id property absent or empty
 	RejectInvalidMessageID = "invalid_message_id" // not valid UTF-8, or contains U+0000
 	RejectUnstorable       = "unstorable"         // the database refused the row itself (data error)
+	RejectTooLarge         = "too_large"          // larger than one statement to PostgreSQL may carry
 )
 
 // Consumer is the sidecar's inbox consumer: it stores the deliveries of one queue in
@@ -35,7 +40,10 @@ const (
 // Deliveries flow through a pipeline: one goroutine gathers them into batches, Workers
 // goroutines store batches concurrently (each one INSERT, its own transaction), and one
 // goroutine acknowledges committed batches strictly in delivery order, with one multiple
-// ack covering every consecutive committed batch.
+// ack covering every consecutive committed batch. Rows whose ordering key is in an earlier
+// batch not yet committed are stored only after that batch committed (the batch's other
+// rows first), so that rows of one key get their seq, and become visible, in delivery
+// order.
 type Consumer struct {
 	db     *sql.DB
 	broker *broker.Broker
@@ -43,15 +51,25 @@ type Consumer struct {
 	log    *zap.Logger
 
 	insertSQL string
-	stmtMu    sync.Mutex
-	stmt      *sql.Stmt // prepared lazily: the database may be down at start
+	stmts     *pg.Statements // the insert, prepared lazily (the database may be down at start) where that is safe
 
 	consuming atomic.Bool // a consume session is open
 	dbOK      atomic.Bool // the last database round trip worked
+	sizeSeen  int         // decaying maximum of payload sizes (see window); used by one session at a time
+	oversize  sync.Mutex  // held while storing a batch above BatchBytes (a large message alone)
+	seqs      seqTracker  // highest x-outbox-seq per key; used by one session at a time
 
 	received, stored, duplicates prometheus.Counter
 	rejected                     *prometheus.CounterVec
 	batchDuration                prometheus.Observer
+	prefetch                     prometheus.Gauge
+	seqBack                      prometheus.Counter // x-outbox-seq regressions
+
+	// statementLimit, when set (tests only), replaces maxStatementBytes.
+	statementLimit int
+
+	// prefetchChanged, when set (tests only), gets each new prefetch count of a session.
+	prefetchChanged func(count int)
 
 	// afterCommit, when set (tests only), runs after a batch committed and before it is
 	// acknowledged.
@@ -69,19 +87,28 @@ func NewConsumer(db *sql.DB, b *broker.Broker, cfg ConsumerConfig, log *zap.Logg
 		m = metrics.New(prometheus.NewRegistry())
 	}
 	q := cfg.Queue
+	log = log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer))
 	return &Consumer{
 		db:            db,
 		broker:        b,
 		cfg:           cfg,
-		log:           log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer)),
+		log:           log,
 		insertSQL:     insertSQL(cfg.Table.String()),
+		stmts:         pg.NewStatements(db, cfg.Prepare, log),
 		received:      m.InboxReceived.WithLabelValues(q),
 		stored:        m.InboxStored.WithLabelValues(q),
 		duplicates:    m.InboxDuplicates.WithLabelValues(q),
 		rejected:      m.InboxRejected.MustCurryWith(prometheus.Labels{"queue": q}),
 		batchDuration: m.InboxBatchDuration.WithLabelValues(q),
+		prefetch:      m.InboxPrefetch.WithLabelValues(q),
+		seqBack:       m.InboxSeqRegressed.WithLabelValues(q),
 	}, nil
 }
+
+// maxStatementBytes bounds the estimated size of one insert statement's parameters:
+// PostgreSQL refuses a protocol message of 1 GiB or more by closing the connection,
+// which would look like a lost database and be retried forever.
+const maxStatementBytes = 1<<30 - 1<<20
 
 // insertSQL stores a batch given as parallel arrays, in array order (seq follows arrival),
 // skipping ids already stored, and returns how many rows were new. The payloads travel as
@@ -114,11 +141,7 @@ var errChannelClosed = errors.New("AMQP channel closed")
 // false meanwhile.
 func (c *Consumer) Run(ctx context.Context) error {
 	defer c.consuming.Store(false)
-	defer func() {
-		if c.stmt != nil {
-			_ = c.stmt.Close()
-		}
-	}()
+	defer c.stmts.Close()
 	// work outlives ctx by DrainTimeout, so that the last batches can still be stored.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -159,17 +182,14 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	}
 	defer func() { _ = ch.Close() }() // unacknowledged deliveries go back to the queue
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
-		return false, fmt.Errorf("set prefetch: %w", err)
+	win := &window{ch: ch, queue: c.cfg.Queue, max: c.cfg.Prefetch, bytes: c.cfg.PrefetchBytes, size: &c.sizeSeen}
+	if err := win.start(win.want(cmp.Or(c.sizeSeen, sizeGuess))); err != nil {
+		return false, err
 	}
-	const tag = "sidebox-inbox"
-	deliveries, err := ch.Consume(c.cfg.Queue, tag, false, false, false, false, nil)
-	if err != nil {
-		return false, fmt.Errorf("consume queue %q: %w", c.cfg.Queue, err)
-	}
+	c.prefetch.Set(float64(win.count))
 	c.dbOK.Store(c.db.PingContext(ctx) == nil)
 	c.consuming.Store(true)
-	c.log.Info("inbox consumer started", zap.Int("prefetch", c.cfg.Prefetch), zap.Int("batch_size", c.cfg.BatchSize),
+	c.log.Info("inbox consumer started", zap.Int("prefetch", win.count), zap.Int("batch_size", c.cfg.BatchSize),
 		zap.Int("workers", c.cfg.Workers))
 
 	// sess ends the pipeline early when a worker or the acker fails.
@@ -181,10 +201,11 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	for range c.cfg.Workers {
 		workers.Go(func() {
 			for b := range todo {
-				if err := c.storeBatch(sess, ch, closed, b); err != nil {
+				if err := c.storeOne(sess, ch, closed, b); err != nil {
 					abort(err)
 					return
 				}
+				close(b.stored)
 				select {
 				case committed <- b:
 				case <-sess.Done():
@@ -202,9 +223,12 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 		acked <- n
 	}()
 
-	open := c.collect(ctx, sess, deliveries, todo)
+	open, err := c.collect(ctx, sess, win, todo)
+	if err != nil {
+		abort(err)
+	}
 	if ctx.Err() != nil {
-		_ = ch.Cancel(tag, false) // no more deliveries; those not yet batched are requeued at close
+		win.stop() // no more deliveries; those not yet batched are requeued at close
 	}
 	close(todo)
 	workers.Wait()
@@ -265,22 +289,107 @@ func (c *Consumer) declare(ctx context.Context) error {
 type batch struct {
 	seq        uint64 // formation order, which is delivery-tag order
 	deliveries []amqp.Delivery
+	bytes      int             // payload bytes of deliveries
 	rejected   map[uint64]bool // delivery tags rejected
 	ackTag     uint64          // newest delivery not rejected; 0 when all were
 	start      time.Time
+
+	// after are the earlier batches, not yet committed when this one formed, that hold
+	// one of its ordering keys, waitKeys those keys; stored is closed once this batch
+	// committed.
+	after    []*batch
+	waitKeys map[string]struct{}
+	stored   chan struct{}
+}
+
+func newBatch(seq uint64, size int) *batch {
+	return &batch{seq: seq, deliveries: make([]amqp.Delivery, 0, size), stored: make(chan struct{})}
+}
+
+// committed reports whether b's rows committed.
+func (b *batch) committed() bool {
+	select {
+	case <-b.stored:
+		return true
+	default:
+		return false
+	}
+}
+
+// dependOn makes b's rows of key wait for p, the newest earlier batch holding key, when
+// p has not committed yet.
+func (b *batch) dependOn(p *batch, key string) {
+	if p == nil || p == b || p.committed() {
+		return
+	}
+	if b.waitKeys == nil {
+		b.waitKeys = map[string]struct{}{}
+	}
+	b.waitKeys[key] = struct{}{}
+	if !slices.Contains(b.after, p) {
+		b.after = append(b.after, p)
+	}
+}
+
+// waitForPredecessors waits until every batch b depends on committed, or ctx ends (the
+// session failed: the rest of b must not be stored).
+func (b *batch) waitForPredecessors(ctx context.Context) error {
+	for _, p := range b.after {
+		select {
+		case <-p.stored:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for an earlier batch: %w", context.Cause(ctx))
+		}
+	}
+	return nil
+}
+
+// keyTracker remembers, per ordering key, the newest batch holding it, so that a later
+// batch with the same key waits for that one's commit. A sequence (identity) value is
+// taken when a row is inserted, so two batches inserting concurrently would interleave
+// their seq values, and a later batch could commit first.
+type keyTracker struct {
+	last      map[string]*batch
+	pruneSize int // prune committed entries when the map grows past this
+}
+
+func newKeyTracker(size int) *keyTracker {
+	return &keyTracker{last: map[string]*batch{}, pruneSize: max(size, 1024)}
+}
+
+// add records that b holds key ("" = no key: never ordered).
+func (k *keyTracker) add(b *batch, key string) {
+	if key == "" {
+		return
+	}
+	b.dependOn(k.last[key], key)
+	k.last[key] = b
+	if len(k.last) > k.pruneSize {
+		for key, p := range k.last {
+			if p.committed() {
+				delete(k.last, key)
+			}
+		}
+		k.pruneSize = max(2*len(k.last), k.pruneSize)
+	}
 }
 
 // collect gathers deliveries into batches and hands them to the workers. A batch is
-// handed over once it is full, or BatchWait after its first delivery; while every
-// worker is busy it keeps growing up to BatchSize. When ctx is done, the batch in hand
-// is handed over and collect returns; open is false when the delivery channel closed.
-func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Delivery, todo chan<- *batch) (open bool) {
+// handed over once it is full (BatchSize deliveries, or the next one would take it past
+// BatchBytes), or BatchWait after its first delivery; while every worker is busy it
+// keeps growing up to those bounds. When ctx is done, the batch in hand
+// is handed over and collect returns; open is false when the delivery channel closed
+// (other than for a prefetch change of win).
+func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *batch) (open bool, err error) {
 	var (
 		seq   uint64
 		cur   *batch
 		ready bool // cur may be handed over before it is full
 		timer = time.NewTimer(time.Hour)
 		due   <-chan time.Time
+		keys  = newKeyTracker(2 * c.cfg.Prefetch)
+		seqs  = &c.seqs
+		next  *amqp.Delivery // received, but starts the batch after cur
 	)
 	timer.Stop()
 	defer timer.Stop()
@@ -292,10 +401,30 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 			}
 		}
 	}
+	add := func(d *amqp.Delivery) {
+		if cur == nil {
+			seq++
+			cur = newBatch(seq, c.cfg.BatchSize)
+			ready = c.cfg.BatchWait == 0
+			if !ready {
+				timer.Reset(c.cfg.BatchWait)
+				due = timer.C
+			}
+		}
+		cur.deliveries = append(cur.deliveries, *d)
+		cur.bytes += len(d.Body)
+		key := c.orderingKey(d)
+		keys.add(cur, key)
+		if prev, back := seqs.check(d, key); back {
+			c.seqBack.Inc()
+			c.log.Warn("inbox delivery goes back in its key's outbox sequence; storing it", zap.String("message_id", cleanText(d.MessageId)),
+				zap.String("ordering_key", key), zap.Any(SeqHeader, d.Headers[SeqHeader]), zap.Int64("highest_before", prev))
+		}
+	}
 	for {
-		in, out := deliveries, chan<- *batch(nil)
+		in, out := win.deliveries, chan<- *batch(nil)
 		if cur != nil {
-			full := len(cur.deliveries) >= c.cfg.BatchSize
+			full := len(cur.deliveries) >= c.cfg.BatchSize || next != nil
 			if full {
 				in = nil
 			}
@@ -306,29 +435,43 @@ func (c *Consumer) collect(ctx, sess context.Context, deliveries <-chan amqp.Del
 		select {
 		case <-ctx.Done():
 			handOver()
-			return true
+			return true, nil
 		case <-sess.Done():
-			return true
+			return true, nil
 		case d, ok := <-in:
 			if !ok {
-				handOver()
-				return false
-			}
-			if cur == nil {
-				seq++
-				cur = &batch{seq: seq, deliveries: make([]amqp.Delivery, 0, c.cfg.BatchSize)}
-				ready = c.cfg.BatchWait == 0
-				if !ready {
-					timer.Reset(c.cfg.BatchWait)
-					due = timer.C
+				if resumed, err := win.resume(); resumed || err != nil {
+					if err != nil {
+						handOver()
+						return true, err
+					}
+					c.prefetch.Set(float64(win.count))
+					if c.prefetchChanged != nil {
+						c.prefetchChanged(win.count)
+					}
+					c.log.Debug("inbox prefetch changed", zap.Int("prefetch", win.count), zap.Int("message_bytes", c.sizeSeen))
+					continue
 				}
+				handOver()
+				return false, nil
 			}
-			cur.deliveries = append(cur.deliveries, d)
+			if err := win.observe(len(d.Body)); err != nil {
+				return true, err // the session ends; d goes back to the queue
+			}
+			if cur != nil && cur.bytes+len(d.Body) > c.cfg.BatchBytes {
+				next = &d // cur is full
+				continue
+			}
+			add(&d)
 		case <-due:
 			ready, due = true, nil
 		case out <- cur:
 			timer.Stop()
 			cur, ready, due = nil, false, nil
+			if next != nil {
+				add(next)
+				next = nil
+			}
 		}
 	}
 }
@@ -399,9 +542,70 @@ func (r *rows) slice(i, j int) *rows {
 
 func (r *rows) from(i int) rows { return *r.slice(i, len(r.ids)) }
 
+// partition splits r, keeping the order, into the rows whose ordering key is not in keys
+// and those whose key is.
+func (r *rows) partition(keys map[string]struct{}) (free, waiting *rows) {
+	if len(keys) == 0 {
+		return r, &rows{}
+	}
+	free, waiting = &rows{}, &rows{}
+	for i := range r.ids {
+		to := free
+		if _, ok := keys[r.orderingKeys[i]]; ok {
+			to = waiting
+		}
+		to.ids = append(to.ids, r.ids[i])
+		to.exchanges = append(to.exchanges, r.exchanges[i])
+		to.keys = append(to.keys, r.keys[i])
+		to.types = append(to.types, r.types[i])
+		to.contentTypes = append(to.contentTypes, r.contentTypes[i])
+		to.headers = append(to.headers, r.headers[i])
+		to.orderingKeys = append(to.orderingKeys, r.orderingKeys[i])
+		to.payloads = append(to.payloads, r.payloads[i])
+		to.tags = append(to.tags, r.tags[i])
+	}
+	return free, waiting
+}
+
+// parts yields r as consecutive runs whose estimated statement size stays within limit
+// (a row alone may reach it).
+func (r *rows) parts(limit int) iter.Seq[*rows] {
+	return func(yield func(*rows) bool) {
+		start, size := 0, 0
+		for i := range r.ids {
+			n := 2*(len(r.payloads[i])+len(r.ids[i])+len(r.exchanges[i])+len(r.keys[i])+len(r.types[i])+
+				len(r.contentTypes[i])+len(r.headers[i])+len(r.orderingKeys[i])) + rowOverhead // as rowBytes
+			if i > start && size+n > limit {
+				if !yield(r.slice(start, i)) {
+					return
+				}
+				start, size = i, 0
+			}
+			size += n
+		}
+		if start < len(r.ids) {
+			yield(r.slice(start, len(r.ids)))
+		}
+	}
+}
+
+// rowOverhead is a row's share of a statement beyond twice its text and payload bytes
+// (quotes, separators, offsets and lengths).
+const rowOverhead = 64
+
+// rowBytes estimates what one delivery adds to an insert statement: lib/pq sends bytea
+// hex-encoded (two characters a byte) and array elements quoted, with '"' and '\'
+// escaped (at most two characters a byte).
+func rowBytes(d *amqp.Delivery, headers int, key string) int {
+	return 2*(len(d.Body)+len(d.MessageId)+len(d.Exchange)+len(d.RoutingKey)+len(d.Type)+len(d.ContentType)+headers+len(key)) + rowOverhead
+}
+
 // payloadParams returns the payloads as one value with each row's 1-based offset and
 // length.
 func (r *rows) payloadParams() (blob []byte, offsets, lengths pq.Int32Array) {
+	if len(r.payloads) == 1 { // no copy: a large message often comes alone
+		return r.payloads[0], pq.Int32Array{1}, pq.Int32Array{int32(len(r.payloads[0]))}
+	}
 	size := 0
 	for _, p := range r.payloads {
 		size += len(p)
@@ -417,6 +621,20 @@ func (r *rows) payloadParams() (blob []byte, offsets, lengths pq.Int32Array) {
 	return blob, offsets, lengths
 }
 
+// storeOne stores b; batches above BatchBytes (a large message alone) are stored one at
+// a time, since sending one takes about four times its size in memory (hex encoding,
+// then the protocol message).
+func (c *Consumer) storeOne(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
+	if b.bytes > c.cfg.BatchBytes {
+		if err := b.waitForPredecessors(ctx); err != nil { // not while holding the lock
+			return err
+		}
+		c.oversize.Lock()
+		defer c.oversize.Unlock()
+	}
+	return c.storeBatch(ctx, ch, closed, b)
+}
+
 // storeBatch rejects the deliveries that cannot be stored, stores the others and
 // records which delivery acknowledges the batch.
 func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
@@ -424,6 +642,7 @@ func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-ch
 	c.received.Add(float64(len(b.deliveries)))
 
 	var r rows
+	limit := cmp.Or(c.statementLimit, maxStatementBytes)
 	seen := make(map[string]struct{}, len(b.deliveries))
 	duplicates := 0
 	for i := range b.deliveries {
@@ -444,17 +663,38 @@ func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-ch
 			c.log.Warn("inbox delivery has unmappable headers; storing {}", zap.String("message_id", d.MessageId), zap.Error(err))
 			headers = []byte("{}")
 		}
-		key, _ := d.Headers[c.cfg.OrderingHeader].(string)
-		r.add(d.DeliveryTag, d, string(headers), cleanText(key))
+		key := c.orderingKey(d)
+		if size := rowBytes(d, len(headers), key); size > limit {
+			detail := fmt.Sprintf("%d bytes of payload encode to about %d bytes for PostgreSQL, above the %d a statement may carry",
+				len(d.Body), size, limit)
+			if err := c.reject(ch, b, d, RejectTooLarge, detail); err != nil {
+				return err
+			}
+			continue
+		}
+		r.add(d.DeliveryTag, d, string(headers), key)
 	}
 
-	if valid := len(r.ids); valid > 0 {
-		stored, refused, err := c.store(ctx, ch, closed, b, &r)
-		if err != nil {
-			return err
+	// Rows of keys that wait for an earlier batch go after the others, in a statement of
+	// their own. Normally one statement each; split only when large headers push past
+	// the limit. b counts as committed only once its predecessors are, even when it has
+	// no waiting rows left (rejected, repeated): a later batch relies on that.
+	free, waiting := r.partition(b.waitKeys)
+	for i, rs := range []*rows{free, waiting} {
+		if i == 1 {
+			if err := b.waitForPredecessors(ctx); err != nil {
+				return err
+			}
 		}
-		c.stored.Add(float64(stored))
-		duplicates += valid - stored - refused
+		for part := range rs.parts(limit) {
+			valid := len(part.ids)
+			stored, refused, err := c.store(ctx, ch, closed, b, part)
+			if err != nil {
+				return err
+			}
+			c.stored.Add(float64(stored))
+			duplicates += valid - stored - refused
+		}
 	}
 	c.duplicates.Add(float64(duplicates))
 	if c.afterCommit != nil {
@@ -491,6 +731,12 @@ func (c *Consumer) reject(ch *amqp.Channel, b *batch, d *amqp.Delivery, reason, 
 	b.rejected[d.DeliveryTag] = true
 	c.rejected.WithLabelValues(reason).Inc()
 	return nil
+}
+
+// orderingKey returns the ordering key of d as stored: "" when it has none.
+func (c *Consumer) orderingKey(d *amqp.Delivery) string {
+	key, _ := d.Headers[c.cfg.OrderingHeader].(string)
+	return cleanText(key)
 }
 
 // checkMessageID returns why id cannot be an inbox key, or "".
@@ -543,32 +789,37 @@ func (c *Consumer) store(ctx context.Context, ch *amqp.Channel, closed <-chan *a
 }
 
 func (c *Consumer) insert(ctx context.Context, r *rows) (int, error) {
-	stmt, err := c.prepared(ctx)
-	if err != nil {
-		return 0, err
+	if !c.stmts.Ready(c.insertSQL) {
+		c.stmts.Prepare(ctx, c.insertSQL)
 	}
 	blob, offsets, lengths := r.payloadParams()
-	var n int
-	err = stmt.QueryRowContext(ctx, c.cfg.Consumer, r.ids, r.exchanges, r.keys, r.types, r.contentTypes,
-		r.headers, blob, offsets, lengths, r.orderingKeys).Scan(&n)
+	args := []any{c.cfg.Consumer, r.ids, r.exchanges, r.keys, r.types, r.contentTypes,
+		r.headers, blob, offsets, lengths, r.orderingKeys}
+	rs, err := c.stmts.Query(ctx, nil, c.insertSQL, args...)
+	if errors.Is(err, pg.ErrPreparedLost) {
+		// Nothing was stored (one statement, its own transaction); the statements
+		// use plain queries now.
+		rs, err = c.stmts.Query(ctx, nil, c.insertSQL, args...)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("insert inbox rows: %w", err)
 	}
-	return n, nil
-}
-
-// prepared returns the insert statement, preparing it on first use.
-func (c *Consumer) prepared(ctx context.Context) (*sql.Stmt, error) {
-	c.stmtMu.Lock()
-	defer c.stmtMu.Unlock()
-	if c.stmt == nil {
-		stmt, err := c.db.PrepareContext(ctx, c.insertSQL)
-		if err != nil {
-			return nil, fmt.Errorf("prepare inbox insert: %w", err)
+	defer func() { _ = rs.Close() }()
+	var n int
+	if !rs.Next() {
+		err = rs.Err()
+		if err == nil {
+			err = sql.ErrNoRows
 		}
-		c.stmt = stmt
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
 	}
-	return c.stmt, nil
+	if err := rs.Scan(&n); err != nil {
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
+	}
+	if err := rs.Close(); err != nil {
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
+	}
+	return n, nil
 }
 
 // insertEach stores rows one at a time and rejects those the database refuses. Rows it

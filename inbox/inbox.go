@@ -21,6 +21,8 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/sidebox/sidebox/internal/pg"
 )
@@ -48,6 +50,10 @@ type Execer interface {
 // ErrNoMessageID is returned by Claim for an empty message id.
 var ErrNoMessageID = errors.New("inbox: message has no message_id")
 
+// ErrInvalidMessageID is returned by Claim for a message id that PostgreSQL text cannot
+// hold: not valid UTF-8, or containing U+0000.
+var ErrInvalidMessageID = errors.New("inbox: message_id is not valid UTF-8 or contains NUL")
+
 // Claimer records message ids in one inbox table.
 type Claimer struct {
 	insert string
@@ -73,16 +79,26 @@ func NewClaimer(table string) (*Claimer, error) {
 //
 // The row is written as processed, so it is purged after the retention window. A
 // concurrent transaction claiming the same id waits for this one and then gets false,
-// or true if this one rolled back.
+// or true if this one rolled back. An id that is not valid UTF-8 or contains NUL is
+// refused with ErrInvalidMessageID before any SQL is sent, so tx stays usable.
 func Claim(ctx context.Context, tx Execer, consumer, messageID string) (first bool, err error) {
 	c := Claimer{insert: `INSERT INTO ` + DefaultTable + claimValues} // a constant: nothing built per call
 	return c.Claim(ctx, tx, consumer, messageID)
 }
 
-// Claim is the package-level Claim for this Claimer's table.
+// Claim is the package-level Claim for this Claimer's table. An id or consumer name that
+// PostgreSQL text cannot hold (invalid UTF-8, NUL) is refused with an error before any SQL
+// is sent, leaving tx usable; for the id the error wraps ErrInvalidMessageID.
 func (c *Claimer) Claim(ctx context.Context, tx Execer, consumer, messageID string) (first bool, err error) {
-	if messageID == "" {
+	switch checkMessageID(messageID) {
+	case RejectNoMessageID:
 		return false, ErrNoMessageID
+	case RejectInvalidMessageID:
+		// Refused before any SQL: a failed statement would abort the caller's transaction.
+		return false, fmt.Errorf("claim inbox message %q: %w", cleanText(messageID), ErrInvalidMessageID)
+	}
+	if !utf8.ValidString(consumer) || strings.ContainsRune(consumer, 0) {
+		return false, fmt.Errorf("claim inbox message %q: consumer name %q is not valid UTF-8 or contains NUL", messageID, cleanText(consumer))
 	}
 	res, err := tx.ExecContext(ctx, c.insert, consumer, messageID)
 	if err != nil {

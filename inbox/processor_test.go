@@ -325,3 +325,33 @@ func TestClaimerOnSchemaQualifiedTable(t *testing.T) {
 		t.Error("NewClaimer accepted an upper-case name")
 	}
 }
+
+// TestClaimRefusesUnstorableIDs: an id PostgreSQL text cannot hold is refused before any
+// SQL is sent, so the caller's transaction stays usable.
+func TestClaimRefusesUnstorableIDs(t *testing.T) {
+	t.Parallel()
+	db, _, _ := migrated(t, "inbox")
+	ctx := context.Background()
+	for _, id := range []string{"bad\xff", "nul\x00byte"} {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Claim(ctx, tx, "svc", id); !errors.Is(err, ErrInvalidMessageID) {
+			t.Errorf("Claim(%q) = %v, want ErrInvalidMessageID", id, err)
+		}
+		if _, err := Claim(ctx, tx, "svc\x00", "ok"); err == nil {
+			t.Errorf("Claim with a consumer name holding NUL succeeded")
+		}
+		first, err := Claim(ctx, tx, "svc", "after-"+strings.ToValidUTF8(strings.ReplaceAll(id, "\x00", ""), ""))
+		if err != nil || !first {
+			t.Errorf("the transaction is unusable after Claim(%q): %v, %v", id, first, err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Errorf("commit after Claim(%q): %v", id, err)
+		}
+	}
+	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != 2 {
+		t.Errorf("inbox rows = %d, want the 2 valid claims", n)
+	}
+}

@@ -12,10 +12,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/sidebox/sidebox/internal/amqpmap"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -44,7 +49,7 @@ type Message struct {
 	Payload     []byte         // message body, binary-safe
 	Type        string         // AMQP type; "" stores NULL
 	ContentType string         // "" stores the default, application/json
-	Headers     map[string]any // AMQP headers: strings, numbers, booleans, nested maps and slices
+	Headers     map[string]any // AMQP headers: strings, numbers, booleans, nested maps and slices (see Write)
 	OrderingKey string         // "" = no order; same key = published in insertion order
 	AvailableAt time.Time      // zero: now; later: a delayed message
 }
@@ -73,24 +78,53 @@ func Write(ctx context.Context, tx Execer, msg Message) (uuid.UUID, error) {
 	return w.Write(ctx, tx, msg)
 }
 
+// The headers the relay stamps on every message; they replace headers of the same
+// name in Message.Headers.
+const (
+	OrderingKeyHeader = amqpmap.OrderingKeyHeader // "x-ordering-key": Message.OrderingKey, absent when ""
+	SeqHeader         = amqpmap.SeqHeader         // "x-outbox-seq": the row's seq, a 64-bit integer
+)
+
 // ErrNoPayload is returned for a message without a body.
 var ErrNoPayload = errors.New("outbox message has no payload")
 
+// ErrUnpublishable is wrapped by the error of Write for a message the relay could
+// never publish; the error names the field or header at fault.
+var ErrUnpublishable = errors.New("outbox message cannot be published")
+
 // Write inserts msg through tx and returns the message ID.
+//
+// Header values are stored as JSON and published as the relay maps them: integers as
+// int64, floats as float64 (also whole ones: 5.0 stays a float), strings, booleans,
+// maps as tables, slices as arrays; nil values are left out. Write refuses (with
+// ErrUnpublishable, inserting nothing) what AMQP cannot carry: an Exchange,
+// RoutingKey, Type or ContentType over 255 bytes; a header name over 255 bytes; an
+// integer beyond the int64 range; a float that is not finite; a value JSON cannot
+// encode (a channel). The headers OrderingKeyHeader and SeqHeader are replaced by the
+// relay.
+// Only the broker's frame size (the headers must fit in one frame, 128 KiB by
+// default) is left to the relay, which keeps a message over it as dead.
 func (w *Writer) Write(ctx context.Context, tx Execer, msg Message) (uuid.UUID, error) {
 	if msg.Payload == nil {
 		return uuid.Nil, ErrNoPayload
 	}
+	for _, f := range []struct{ name, value string }{
+		{"exchange", msg.Exchange},
+		{"routing key", msg.RoutingKey},
+		{"type", msg.Type},
+		{"content type", msg.ContentType},
+	} {
+		if err := amqpmap.ShortString(f.name, f.value); err != nil {
+			return uuid.Nil, fmt.Errorf("%w: %w", ErrUnpublishable, err)
+		}
+	}
+	headers, err := encodeHeaders(msg.Headers)
+	if err != nil {
+		return uuid.Nil, err
+	}
 	id := msg.ID
 	if id == uuid.Nil {
 		id = uuid.New()
-	}
-	headers := []byte("{}")
-	if len(msg.Headers) > 0 {
-		var err error
-		if headers, err = json.Marshal(msg.Headers); err != nil {
-			return uuid.Nil, fmt.Errorf("outbox message headers: %w", err)
-		}
 	}
 	var available any
 	if !msg.AvailableAt.IsZero() {
@@ -101,6 +135,86 @@ func (w *Writer) Write(ctx context.Context, tx Execer, msg Message) (uuid.UUID, 
 		return uuid.Nil, fmt.Errorf("insert outbox message: %w", err)
 	}
 	return id, nil
+}
+
+// encodeHeaders returns the headers as the JSON object stored in the row, checked
+// with the relay's own mapping.
+func encodeHeaders(h map[string]any) ([]byte, error) {
+	if len(h) == 0 {
+		return []byte("{}"), nil
+	}
+	v, err := withDecimals(h, "")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnpublishable, err)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Name the header that JSON refuses.
+		names := make([]string, 0, len(h))
+		for k := range h {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		for _, k := range names {
+			if _, e := json.Marshal(h[k]); e != nil {
+				return nil, fmt.Errorf("%w: header %q: %w", ErrUnpublishable, k, e)
+			}
+		}
+		return nil, fmt.Errorf("%w: headers: %w", ErrUnpublishable, err)
+	}
+	if _, _, err := amqpmap.Headers(b); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnpublishable, err)
+	}
+	return b, nil
+}
+
+// withDecimals returns v with every float in its maps and slices written out with a
+// decimal point (5.0 as "5.0", 1e21 as "1000000000000000000000.0"): the relay maps a
+// number without decimals to an integer, and jsonb drops exponents, so a float in
+// Go's spelling could reach the wire as an integer or not at all.
+func withDecimals(v any, path string) (any, error) {
+	switch x := v.(type) {
+	case float64:
+		return decimalNumber(x, 64, path)
+	case float32:
+		return decimalNumber(float64(x), 32, path)
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			d, err := withDecimals(e, p)
+			if err != nil {
+				return nil, err
+			}
+			out[k] = d
+		}
+		return out, nil
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			d, err := withDecimals(e, fmt.Sprintf("%s[%d]", path, i))
+			if err != nil {
+				return nil, err
+			}
+			out[i] = d
+		}
+		return out, nil
+	}
+	return v, nil
+}
+
+func decimalNumber(f float64, bits int, path string) (json.Number, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return "", fmt.Errorf("header %q: %v is not a finite number", path, f)
+	}
+	s := strconv.FormatFloat(f, 'f', -1, bits)
+	if !strings.Contains(s, ".") {
+		s += ".0"
+	}
+	return json.Number(s), nil
 }
 
 func nullable(s string) any {

@@ -6,7 +6,9 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"math"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -169,5 +171,80 @@ func TestWriteRefusesBadInput(t *testing.T) {
 		if _, err := outbox.NewWriter(name); err == nil {
 			t.Errorf("NewWriter(%q) accepted an invalid table name", name)
 		}
+	}
+}
+
+// Write refuses what the relay could never publish, naming the header or field, and
+// inserts nothing; what the relay can carry passes, up to the limits.
+func TestWriteRefusesWhatTheRelayCannotPublish(t *testing.T) {
+	t.Parallel()
+	db := migrated(t, "outbox")
+	ctx := context.Background()
+	long := strings.Repeat("n", 256)
+	for _, tc := range []struct {
+		name string
+		msg  outbox.Message
+		err  string
+	}{
+		{"integer beyond int64", outbox.Message{Headers: map[string]any{"big": uint64(math.MaxUint64)}},
+			`header "big": integer 18446744073709551615 does not fit in 64 bits`},
+		{"nested integer beyond int64", outbox.Message{Headers: map[string]any{"o": map[string]any{"list": []any{1, uint64(1) << 63}}}},
+			`header "o.list[1]": integer 9223372036854775808 does not fit in 64 bits`},
+		{"header name over 255 bytes", outbox.Message{Headers: map[string]any{long: 1}},
+			`header "nnnnnnnnnn`},
+		{"nested header name over 255 bytes", outbox.Message{Headers: map[string]any{"o": map[string]any{long: "v"}}},
+			"name is 256 bytes long; AMQP allows at most 255"},
+		{"not finite", outbox.Message{Headers: map[string]any{"inf": math.Inf(1)}},
+			`header "inf": +Inf is not a finite number`},
+		{"nested NaN", outbox.Message{Headers: map[string]any{"o": map[string]any{"l": []any{1.5, math.NaN()}}}},
+			`header "o.l[1]": NaN is not a finite number`},
+		{"NaN in a typed map", outbox.Message{Headers: map[string]any{"m": map[string]float64{"x": math.NaN()}}},
+			`header "m": json: unsupported value: NaN`},
+		{"not encodable", outbox.Message{Headers: map[string]any{"c": make(chan int)}},
+			`header "c": json: unsupported type: chan int`},
+		{"exchange over 255 bytes", outbox.Message{Exchange: long}, "exchange is 256 bytes long"},
+		{"routing key over 255 bytes", outbox.Message{RoutingKey: long}, "routing key is 256 bytes long"},
+		{"type over 255 bytes", outbox.Message{Type: long}, "type is 256 bytes long"},
+		{"content type over 255 bytes", outbox.Message{ContentType: long}, "content type is 256 bytes long"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.msg.Payload = []byte("x")
+			_, err := outbox.Write(ctx, db, tc.msg)
+			if !errors.Is(err, outbox.ErrUnpublishable) || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("Write: %v, want ErrUnpublishable containing %q", err, tc.err)
+			}
+		})
+	}
+	if n := count(t, db, `SELECT count(*) FROM outbox`); n != 0 {
+		t.Errorf("%d rows inserted, want none", n)
+	}
+
+	// The limits themselves pass.
+	edge := strings.Repeat("e", 255)
+	if _, err := outbox.Write(ctx, db, outbox.Message{
+		Exchange: edge, RoutingKey: edge, Type: edge, ContentType: edge, Payload: []byte("x"),
+		Headers: map[string]any{edge: int64(math.MaxInt64), "min": int64(math.MinInt64), "u": uint64(math.MaxInt64), "f": math.MaxFloat64,
+			"x-outbox-seq": "replaced by the relay", "n": nil},
+	}); err != nil {
+		t.Errorf("Write at the limits: %v", err)
+	}
+}
+
+// Floats are stored with a decimal point, so that the relay publishes them as floats:
+// jsonb would spell 1e21 without one, and Go spells 5.0 as 5.
+func TestWriteKeepsFloatsFloats(t *testing.T) {
+	t.Parallel()
+	db := migrated(t, "outbox")
+	id, err := outbox.Write(context.Background(), db, outbox.Message{Payload: []byte("x"),
+		Headers: map[string]any{"w": 5.0, "big": 1e21, "f32": float32(0.5), "i": 5, "l": []any{2.0}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := db.QueryRow(`SELECT headers::text FROM outbox WHERE id = $1`, id).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"i": 5, "l": [2.0], "w": 5.0, "big": 1000000000000000000000.0, "f32": 0.5}`; got != want {
+		t.Errorf("stored headers %s, want %s", got, want)
 	}
 }

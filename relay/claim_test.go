@@ -131,7 +131,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := q.claim(context.Background(), &statements{db: db, log: zap.NewNop()}, tx, batch, keyedFirst, cur, 4*batch+16)
+			c, err := q.claim(context.Background(), newStatements(db, pg.PrepareOn, zap.NewNop()), tx, batch, keyedFirst, cur, 4*batch+16)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -175,7 +175,7 @@ func TestConcurrentClaimsTakeDisjointRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := newQueries(table)
-	st := &statements{db: db, log: zap.NewNop()}
+	st := newStatements(db, pg.PrepareOn, zap.NewNop())
 	defer st.close()
 	ctx := context.Background()
 	taken := map[string]bool{}
@@ -228,7 +228,7 @@ func TestClaimFallsBackToPlainQueries(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := newQueries(table)
-	st := &statements{db: db, log: zap.NewNop()}
+	st := newStatements(db, pg.PrepareOn, zap.NewNop())
 	defer st.close()
 	ctx := context.Background()
 	st.prepare(ctx, q.hot()...)
@@ -252,7 +252,7 @@ func TestClaimFallsBackToPlainQueries(t *testing.T) {
 	if _, err := claim(); err == nil {
 		t.Fatal("a claim with a forgotten prepared statement succeeded; the test proves nothing")
 	}
-	if !st.off.Load() {
+	if st.Prepared() {
 		t.Fatal("prepared statements still in use after the server forgot them")
 	}
 	if c, err := claim(); err != nil || len(c.rows) != 1 {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/lib/pq"
 	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/pg"
 )
 
 // batch is one claimed set of rows and the transaction that holds their locks.
@@ -47,6 +49,9 @@ type dispatcher struct {
 	keyedFirst bool      // which part of the claim goes first; alternates
 	cursor     *string
 	failures   int // consecutive database errors
+
+	pollGap time.Duration // polled wake-ups: the last sleep after an empty claim
+	foundAt time.Time     // when the last claim that found rows ran
 }
 
 // finished is called by a worker when its batch is settled. followUp: the batch had
@@ -105,6 +110,10 @@ func (d *dispatcher) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				break
 			}
+			if errors.Is(err, pg.ErrPreparedLost) {
+				wait = 0 // the statements switched to plain queries: claim again at once
+				continue
+			}
 			wait = d.dbFailed("cannot claim outbox rows; retrying", err)
 			continue
 		}
@@ -118,6 +127,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		}
 		walkStopped := c.visited >= d.maxVisits() // the walk ran out of visits, not of keys
 		if len(c.rows) > 0 {
+			d.foundAt = claimStart
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
 			full := len(c.rows) >= r.cfg.BatchSize || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
@@ -139,6 +149,10 @@ func (d *dispatcher) run(ctx context.Context) {
 		d.idle <- w
 		if walkStopped {
 			wait = 0 // keys not visited yet in this round
+			continue
+		}
+		if r.polled.Load() {
+			wait = d.pollWait(ctx, c.due)
 			continue
 		}
 		if !d.flagSet {
@@ -164,6 +178,29 @@ func (d *dispatcher) run(ctx context.Context) {
 		defer cancel()
 		_ = r.flag.set(ctx)
 	}
+}
+
+// pollWait returns how long to sleep after an empty claim while no notification can
+// wake the relay: pollMin for pollActive after the last claim that found rows, then
+// doubling with every empty claim up to the poll interval, never past the next due
+// row. The wake-up flag is lowered, so that writers do not notify in vain.
+func (d *dispatcher) pollWait(ctx context.Context, due time.Duration) time.Duration {
+	r := d.r
+	if d.flagSet {
+		r.flag.clear(context.WithoutCancel(ctx), r.log)
+		d.flagSet = false
+	}
+	d.raise, d.settleAt = false, time.Time{}
+	floor := min(pollMin, r.cfg.PollInterval)
+	if time.Since(d.foundAt) < pollActive {
+		d.pollGap = floor
+	} else {
+		d.pollGap = min(max(2*d.pollGap, floor), r.cfg.PollInterval)
+	}
+	if due > 0 && due < d.pollGap {
+		return due
+	}
+	return d.pollGap
 }
 
 // dbFailed records a database error and returns how long to wait before trying again.

@@ -242,8 +242,8 @@ type running struct {
 }
 
 // startRelay runs a relay with its own broker connection until the test ends or stop
-// is called.
-func startRelay(t *testing.T, db *sql.DB, dsn, amqpURL string, cfg Config) *running {
+// is called. Each option is applied to the relay before it runs.
+func startRelay(t *testing.T, db *sql.DB, dsn, amqpURL string, cfg Config, options ...func(*Relay)) *running {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	m := metrics.New(prometheus.NewRegistry())
@@ -256,6 +256,9 @@ func startRelay(t *testing.T, db *sql.DB, dsn, amqpURL string, cfg Config) *runn
 	if err != nil {
 		bcancel()
 		t.Fatalf("relay.New: %v", err)
+	}
+	for _, o := range options {
+		o(r)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	result := make(chan error, 1)

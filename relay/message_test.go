@@ -11,49 +11,6 @@ import (
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
-func TestMapHeaders(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		json string
-		want amqp.Table
-		err  string
-	}{
-		{name: "empty object", json: `{}`, want: nil},
-		{name: "only nulls", json: `{"a": null}`, want: nil},
-		{name: "scalars", json: `{"s": "x", "t": true, "f": false, "i": -42, "max": 9223372036854775807, "min": -9223372036854775808, "d": 1.5, "e": 1e3, "z": 0.0}`,
-			want: amqp.Table{"s": "x", "t": true, "f": false, "i": int64(-42), "max": int64(9223372036854775807), "min": int64(-9223372036854775808), "d": 1.5, "e": 1000.0, "z": 0.0}},
-		{name: "nested and arrays", json: `{"o": {"a": 1, "n": null, "p": {"q": "r"}}, "arr": [1, "two", null, {"k": null, "v": 2.5}, [true]]}`,
-			want: amqp.Table{"o": amqp.Table{"a": int64(1), "p": amqp.Table{"q": "r"}}, "arr": []any{int64(1), "two", nil, amqp.Table{"v": 2.5}, []any{true}}}},
-		{name: "integer beyond int64", json: `{"a": {"b": [1, 18446744073709551616]}}`, err: "a.b[1]: integer 18446744073709551616 does not fit in 64 bits"},
-		{name: "float beyond float64", json: `{"f": 1e400}`, err: "f: number 1e400 does not fit in a 64-bit float"},
-		{name: "key too long", json: `{"` + strings.Repeat("k", 256) + `": 1}`, err: "256 bytes long"},
-		{name: "not an object", json: `[1]`, err: "not a JSON object"},
-		{name: "not JSON", json: `{`, err: "not valid JSON"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, size, err := mapHeaders([]byte(tc.json))
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("error = %v, want one containing %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("got  %#v\nwant %#v", got, tc.want)
-			}
-			if err := got.Validate(); err != nil {
-				t.Errorf("amqp rejects the table: %v", err)
-			}
-			if got != nil && size <= 0 {
-				t.Errorf("size = %d", size)
-			}
-		})
-	}
-}
-
 func TestPublishingRefusesWhatAMQPCannotCarry(t *testing.T) {
 	base := row{id: "0d6f2c1e-1b7a-4c39-9a53-4c0e0b6c3a11", exchange: "x", routingKey: "k", payload: []byte("p"),
 		contentType: "application/json", headers: []byte(`{}`), createdAt: time.Unix(1700000000, 0)}
@@ -61,7 +18,7 @@ func TestPublishingRefusesWhatAMQPCannotCarry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg.MessageId != base.id || msg.DeliveryMode != amqp.Persistent || msg.Timestamp.Unix() != 1700000000 || msg.Headers != nil {
+	if msg.MessageId != base.id || msg.DeliveryMode != amqp.Persistent || msg.Timestamp.Unix() != 1700000000 {
 		t.Errorf("publishing = %+v", msg)
 	}
 
@@ -85,6 +42,61 @@ func TestPublishingRefusesWhatAMQPCannotCarry(t *testing.T) {
 	}
 }
 
+// The relay stamps x-outbox-seq on every message and x-ordering-key on keyed ones,
+// replacing row headers of those names, and counts their bytes against the frame.
+func TestPublishingStampsOrderingHeaders(t *testing.T) {
+	base := row{id: "0d6f2c1e-1b7a-4c39-9a53-4c0e0b6c3a11", exchange: "x", routingKey: "k", payload: []byte("p"),
+		contentType: "application/json", createdAt: time.Unix(1700000000, 0), seq: 1 << 40}
+	for _, tc := range []struct {
+		name    string
+		headers string
+		key     *string
+		want    amqp.Table
+	}{
+		{name: "no headers, no key", headers: `{}`, want: amqp.Table{"x-outbox-seq": int64(1 << 40)}},
+		{name: "no key: a row's x-ordering-key is dropped", headers: `{"a": "b", "x-ordering-key": "forged", "x-outbox-seq": "forged"}`,
+			want: amqp.Table{"a": "b", "x-outbox-seq": int64(1 << 40)}},
+		{name: "key replaces the row's", headers: `{"x-ordering-key": 7, "x-outbox-seq": 1, "a": "b"}`, key: ptr("order-42"),
+			want: amqp.Table{"a": "b", "x-ordering-key": "order-42", "x-outbox-seq": int64(1 << 40)}},
+		{name: "empty key is a key", headers: `{}`, key: ptr(""),
+			want: amqp.Table{"x-ordering-key": "", "x-outbox-seq": int64(1 << 40)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rw := base
+			rw.headers = []byte(tc.headers)
+			if tc.key != nil {
+				rw.orderingKey, rw.keyed = *tc.key, true
+			}
+			msg, err := rw.publishing(131072)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(msg.Headers, tc.want) {
+				t.Errorf("headers = %#v\nwant      %#v", msg.Headers, tc.want)
+			}
+			if err := msg.Headers.Validate(); err != nil {
+				t.Errorf("amqp rejects the table: %v", err)
+			}
+		})
+	}
+
+	// A header frame that fits only without the stamped headers is refused: a key of
+	// n bytes costs 1+14+1+4+n, the sequence 1+12+1+8.
+	rw := base
+	rw.headers = []byte(`{}`)
+	unkeyed := 8 + 14 + 1 + len(rw.contentType) + 1 + 1 + len(rw.id) + 8 + 1 + 4 + 22
+	rw.orderingKey, rw.keyed = strings.Repeat("k", 1000), true
+	frame := unkeyed + 20 + 1000
+	if _, err := rw.publishing(frame); err != nil {
+		t.Errorf("header frame of exactly %d bytes: %v", frame, err)
+	}
+	if _, err := rw.publishing(frame - 1); err == nil || !strings.Contains(err.Error(), "frame size") {
+		t.Errorf("header frame one byte over: error = %v", err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
 func TestConfigDefaultsAndValidation(t *testing.T) {
 	c := Config{Table: pg.MustParseTable("outbox")}
 	c.setDefaults()
@@ -92,7 +104,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	want := Config{Table: c.Table, BatchSize: 500, PollInterval: time.Second, RetryBackoff: time.Second,
-		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2}
+		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2, Prepare: pg.PrepareAuto}
 	if c != want {
 		t.Errorf("defaults = %+v, want %+v", c, want)
 	}
@@ -108,6 +120,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{func(c *Config) { c.PublishTimeout = -1 }, "PublishTimeout"},
 		{func(c *Config) { c.MaxAttempts = -1 }, "MaxAttempts"},
 		{func(c *Config) { c.Workers = 65 }, "Workers"},
+		{func(c *Config) { c.Prepare = "sometimes" }, "Prepare"},
 	} {
 		c := want
 		tc.change(&c)

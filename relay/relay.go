@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/backoff"
@@ -48,6 +49,9 @@ type Config struct {
 	PublishTimeout  time.Duration // longest wait for a batch's confirms; default 30s
 	MaxAttempts     int           // failed publishes before a row is dead; default 10
 	Workers         int           // batches in flight at once; default 2
+	// Prepare says whether the frequent queries are prepared; default pg.PrepareAuto
+	// (unless the connection is pooled per transaction).
+	Prepare pg.PrepareMode
 }
 
 // Defaults.
@@ -73,6 +77,12 @@ const (
 	// notification; the settle claim picks its rows up. The window is the writer's
 	// commit (its WAL flush), normally a few milliseconds.
 	settleTimeout = 50 * time.Millisecond
+	// pollMin is the shortest sleep between claims while wake-ups are polled: the
+	// latency of a message written while rows are coming (see dispatcher.pollWait).
+	pollMin = 5 * time.Millisecond
+	// pollActive is how long after rows were last found the relay keeps polling every
+	// pollMin: short stalls of the writers do not make it sleep long.
+	pollActive = time.Second
 	// dbTimeout bounds one claim and one settlement.
 	dbTimeout = 10 * time.Second
 	// drainMargin is added to PublishTimeout for the final settling of batches in
@@ -89,6 +99,7 @@ func (c *Config) setDefaults() {
 	c.PublishTimeout = cmp.Or(c.PublishTimeout, DefaultPublishTimeout)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
 	c.Workers = cmp.Or(c.Workers, DefaultWorkers)
+	c.Prepare = cmp.Or(c.Prepare, pg.PrepareAuto)
 }
 
 // Validate reports the first invalid setting. Zero values are invalid here; New fills
@@ -112,6 +123,9 @@ func (c Config) Validate() error {
 	case c.Workers < 1 || c.Workers > MaxWorkers:
 		return fmt.Errorf("relay: Workers must be between 1 and %d, got %d", MaxWorkers, c.Workers)
 	}
+	if _, err := pg.ParsePrepareMode(string(c.Prepare)); err != nil {
+		return fmt.Errorf("relay: Prepare %w", err)
+	}
 	return nil
 }
 
@@ -130,19 +144,25 @@ type Relay struct {
 	retry     backoff.Policy // schedule of failed rows
 	reconnect backoff.Policy // after a database or channel error
 
-	running   atomic.Bool
-	dbOK      atomic.Bool // the last database round trip succeeded
-	listening atomic.Bool // the LISTEN connection is up
+	running     atomic.Bool
+	dbOK        atomic.Bool // the last database round trip succeeded
+	polled      atomic.Bool // no notification can wake the relay: it polls (see listen)
+	probeFailed atomic.Bool // the last LISTEN probe timed out (and was logged)
 
 	claims atomic.Int64 // claim statements run; for tests
 	idle   atomic.Bool  // asleep with nothing in flight and no settle claim due; for tests
+
+	// afterDrain, when set (by tests), is called by a worker after the timeout of a
+	// batch, once it drained the returns, with the confirms that were not in yet.
+	afterDrain func(late []*amqp.DeferredConfirmation)
 
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
 }
 
 // New returns a relay for cfg.Table. db is the pool for claims and settlement; dsn opens
-// the dedicated LISTEN connection; b must be run by the caller (broker.Run) for as long
+// the dedicated LISTEN connection (behind a transaction pooler, give a direct one:
+// notifications do not pass such a pooler, and the relay then polls); b must be run by the caller (broker.Run) for as long
 // as the relay runs, and stopped only after Run returned, so that the batches in flight
 // can finish. A nil m gets a private registry.
 func New(db *sql.DB, dsn string, b *broker.Broker, cfg Config, log *zap.Logger, m *metrics.Metrics) (*Relay, error) {
@@ -167,7 +187,7 @@ func New(db *sql.DB, dsn string, b *broker.Broker, cfg Config, log *zap.Logger, 
 		broker:    b,
 		cfg:       cfg,
 		log:       log,
-		stmts:     &statements{db: db, log: log},
+		stmts:     newStatements(db, cfg.Prepare, log),
 		m:         m,
 		q:         q,
 		flag:      &wakeFlag{db: db, q: q.flag, name: cfg.Table.Ident("_wakeup")},
@@ -177,10 +197,16 @@ func New(db *sql.DB, dsn string, b *broker.Broker, cfg Config, log *zap.Logger, 
 	}, nil
 }
 
-// Ready reports whether the relay is running with the database and the broker reachable.
+// Ready reports whether the relay is running with the database and the broker
+// reachable. A LISTEN connection that is down or gets no notifications does not make
+// it unready: wake-ups are polled meanwhile (WakeupsPolled says so).
 func (r *Relay) Ready() bool {
-	return r.running.Load() && r.dbOK.Load() && r.listening.Load() && r.broker.Ready()
+	return r.running.Load() && r.dbOK.Load() && r.broker.Ready()
 }
+
+// WakeupsPolled reports whether the relay polls for new rows because notifications do
+// not reach it (LISTEN connection down, or through a transaction pooler).
+func (r *Relay) WakeupsPolled() bool { return r.polled.Load() }
 
 // Run relays until ctx is cancelled, then stops claiming, lets the batches in flight
 // finish (confirms awaited, rows settled; bounded by PublishTimeout) and returns nil.
@@ -248,7 +274,7 @@ func (r *Relay) setDBOK(ok bool) {
 
 func (r *Relay) updateUp() {
 	v := 0.0
-	if r.dbOK.Load() && r.listening.Load() {
+	if r.dbOK.Load() {
 		v = 1
 	}
 	r.m.Up.WithLabelValues(metrics.DependencyPostgres).Set(v)

@@ -64,7 +64,8 @@ func TestCommittedRowsArriveMappedAndRolledBackOnesNever(t *testing.T) {
 		t.Fatal(err)
 	}
 	var created time.Time
-	if err := db.QueryRow(`SELECT created_at FROM `+table.String()+` WHERE id = $1`, id).Scan(&created); err != nil {
+	var seq, plainSeq int64
+	if err := db.QueryRow(`SELECT created_at, seq, (SELECT seq FROM `+table.String()+` WHERE id = $2) FROM `+table.String()+` WHERE id = $1`, id, plainID).Scan(&created, &seq, &plainSeq); err != nil {
 		t.Fatal(err)
 	}
 
@@ -109,6 +110,7 @@ func TestCommittedRowsArriveMappedAndRolledBackOnesNever(t *testing.T) {
 	want := amqp.Table{
 		"s": "text", "i": int64(42), "big": int64(9007199254740993), "f": 1.5, "b": true,
 		"obj": amqp.Table{"a": int64(1)}, "arr": []any{int64(1), "two", nil, amqp.Table{"k": false}},
+		"x-outbox-seq": seq,
 	}
 	if !reflect.DeepEqual(m.Headers, want) {
 		t.Errorf("headers = %#v\nwant      %#v", m.Headers, want)
@@ -118,7 +120,7 @@ func TestCommittedRowsArriveMappedAndRolledBackOnesNever(t *testing.T) {
 	if !ok {
 		t.Fatalf("the row inserted with the minimal INSERT did not arrive")
 	}
-	if p.ContentType != "application/json" || p.Type != "" || len(p.Headers) != 0 || string(p.Body) != `{"id":42}` {
+	if p.ContentType != "application/json" || p.Type != "" || !reflect.DeepEqual(p.Headers, amqp.Table{"x-outbox-seq": plainSeq}) || string(p.Body) != `{"id":42}` {
 		t.Errorf("minimal row: content_type %q, type %q, headers %v, body %q", p.ContentType, p.Type, p.Headers, p.Body)
 	}
 	counterReaches(t, r.metrics.Published, table, "published_total", 2)
@@ -321,8 +323,8 @@ func TestMissingExchangeFailsOnlyItsRow(t *testing.T) {
 	}
 }
 
-// Headers that AMQP cannot carry make a failed attempt with a clear reason, not a
-// crash and not a stuck table.
+// Headers that AMQP cannot carry make the row dead at its first attempt, with a clear
+// reason: not a crash and not a stuck table.
 func TestUnmappableHeadersFailTheRow(t *testing.T) {
 	t.Parallel()
 	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
@@ -341,7 +343,7 @@ func TestUnmappableHeadersFailTheRow(t *testing.T) {
 		st, _ = stateOf(t, db, table, bad)
 		return st.dead
 	})
-	if st.attempts != 2 || !strings.Contains(st.lastError, "does not fit in 64 bits") {
+	if st.attempts != 1 || !strings.Contains(st.lastError, "does not fit in 64 bits") {
 		t.Errorf("attempts = %d, last_error = %q", st.attempts, st.lastError)
 	}
 }

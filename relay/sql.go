@@ -30,7 +30,7 @@ const asyncCommit = `SET LOCAL synchronous_commit TO off`
 
 // claimColumns are the columns of a claimed row, in scan order.
 const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.message_type, o.content_type,
-        o.headers::text, o.ordering_key, o.created_at, o.attempts`
+        o.headers::text, o.ordering_key, o.created_at, o.attempts, o.seq`
 
 // newQueries builds the SQL for table t.
 //
@@ -68,8 +68,8 @@ func newQueries(t pg.Table) queries {
 RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_at))::float8`
 	q.fail = `UPDATE ` + t.String() + ` o SET attempts = o.attempts + 1, last_error = f.err,
     available_at = clock_timestamp() + make_interval(secs => f.delay),
-    dead_at = CASE WHEN o.attempts + 1 >= $4 THEN clock_timestamp() END
-FROM unnest($1::uuid[], $2::text[], $3::float8[]) AS f(id, err, delay)
+    dead_at = CASE WHEN o.attempts + 1 >= $4 OR f.permanent THEN clock_timestamp() END
+FROM unnest($1::uuid[], $2::text[], $3::float8[], $5::bool[]) AS f(id, err, delay, permanent)
 WHERE o.id = f.id
 RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
 	return q
@@ -131,7 +131,7 @@ SELECT false, k.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL:
 UNION ALL
 SELECT false, u.*, NULL, NULL, NULL, NULL, NULL, NULL FROM unkeyed u
 UNION ALL
-SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `
         WHERE dead_at IS NULL AND available_at > now()),
     (SELECT last_value FROM ` + t.Ident("_wakeup") + `),
@@ -180,12 +180,12 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 			mtype, key, hdr, last sql.NullString
 			payload               []byte
 			created               sql.NullTime
-			attempts              sql.NullInt64
+			attempts, seq         sql.NullInt64
 			due                   sql.NullFloat64
 			flag, visited, found  sql.NullInt64
 			setting               sql.NullString
 		)
-		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts,
+		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts, &seq,
 			&due, &flag, &visited, &found, &last, &setting); err != nil {
 			return c, fmt.Errorf("read claimed rows of %s: %w", q.tableName, err)
 		}
@@ -203,6 +203,7 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 			id: id.String, exchange: exchange.String, routingKey: rk.String, payload: payload,
 			messageType: mtype.String, contentType: ct.String, headers: []byte(hdr.String),
 			orderingKey: key.String, keyed: key.Valid, createdAt: created.Time, attempts: int(attempts.Int64),
+			seq: seq.Int64,
 		}
 		if rw.payload == nil {
 			rw.payload = []byte{}
@@ -220,9 +221,10 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 
 // failure is a row whose publish attempt failed.
 type failure struct {
-	id    string
-	err   string
-	delay time.Duration
+	id        string
+	err       string
+	delay     time.Duration
+	permanent bool // the row can never be published: dead at once
 }
 
 // failedRow is what the database says about a row after a failed attempt.
@@ -250,10 +252,11 @@ func (q *queries) settle(ctx context.Context, st *statements, tx *sql.Tx, confir
 		ids := make([]string, len(failed))
 		errs := make([]string, len(failed))
 		delays := make([]float64, len(failed))
+		permanent := make([]bool, len(failed))
 		for i, f := range failed {
-			ids[i], errs[i], delays[i] = f.id, truncate(f.err, 2000), f.delay.Seconds()
+			ids[i], errs[i], delays[i], permanent[i] = f.id, truncate(f.err, 2000), f.delay.Seconds(), f.permanent
 		}
-		rs, err := tx.QueryContext(ctx, q.fail, pq.Array(ids), pq.Array(errs), pq.Array(delays), maxAttempts)
+		rs, err := tx.QueryContext(ctx, q.fail, pq.Array(ids), pq.Array(errs), pq.Array(delays), maxAttempts, pq.Array(permanent))
 		if err == nil {
 			out, err = scanAll(rs, func(f *failedRow) []any { return []any{&f.id, &f.attempts, &f.dead} })
 		}

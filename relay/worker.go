@@ -61,9 +61,10 @@ type result struct {
 type failKind uint8
 
 const (
-	failOther failKind = iota
-	failReturned
-	failNacked
+	failOther     failKind = iota
+	failReturned           // the broker returned it (unroutable)
+	failNacked             // the broker nacked it
+	failPermanent          // it cannot be mapped onto AMQP: dead at once
 )
 
 func (w *worker) run(ctx context.Context) {
@@ -95,6 +96,12 @@ func (w *worker) open(ctx context.Context) bool {
 		ch, err := r.broker.Channel(ctx)
 		if err == nil {
 			if err = ch.Confirm(false); err == nil {
+				// The client's reader waits at most 5s for room in the returns
+				// buffer, then drops the return, and the ack that follows would
+				// make the row look confirmed: a loss. A send publishes at most a
+				// batch (BatchSize rows) and then either drains all their returns
+				// (every confirm in) or closes the channel (timeout), so at most
+				// BatchSize returns are ever buffered: the reader never waits.
 				w.pc = &pubChannel{
 					ch:      ch,
 					returns: ch.NotifyReturn(make(chan amqp.Return, r.cfg.BatchSize+1)),
@@ -153,7 +160,7 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 	for i := range rows {
 		msg, err := rows[i].publishing(frameMax)
 		if err != nil {
-			res[i] = result{outcome: failed, reason: "cannot map the row to an AMQP message: " + err.Error()}
+			res[i] = result{outcome: failed, kind: failPermanent, reason: "cannot map the row to an AMQP message: " + err.Error()}
 			continue
 		}
 		msgs[i] = msg
@@ -235,9 +242,12 @@ func (w *worker) send(rows []row, msgs []amqp.Publishing, idx []int, res []resul
 		pend = append(pend, pending{i, dc})
 	}
 
-	// Collect confirms and returns. The broker sends a return before the confirm of the
-	// same message, and the client hands it to pc.returns before it resolves the
-	// confirm, so once every confirm is in, every return of the batch is buffered.
+	// Collect confirms and returns. The broker sends a message's return before its
+	// confirm, and the client's reader goroutine hands the return to pc.returns before
+	// it resolves the confirm. So a return is buffered by the time its confirm shows as
+	// done, and a row counts as confirmed only if its confirm was seen done BEFORE the
+	// last drain of the buffer: a return and an ack that arrive later (after a timeout)
+	// leave the row unknown, never confirmed.
 	returned := map[string]amqp.Return{}
 	returns := pc.returns
 	timer := time.NewTimer(time.Until(deadline))
@@ -261,6 +271,15 @@ wait:
 			}
 		}
 	}
+	// First which confirms are in, then the returns that came before them.
+	done := make([]bool, len(pend))
+	for k, p := range pend {
+		select {
+		case <-p.dc.Done():
+			done[k] = true
+		default:
+		}
+	}
 	for drained := false; !drained && returns != nil; {
 		select {
 		case ret, ok := <-returns:
@@ -273,18 +292,25 @@ wait:
 			drained = true
 		}
 	}
+	if hook := w.r.afterDrain; hook != nil && timedOut {
+		var late []*amqp.DeferredConfirmation
+		for k, p := range pend {
+			if !done[k] {
+				late = append(late, p.dc)
+			}
+		}
+		hook(late)
+	}
 
-	for _, p := range pend {
+	for k, p := range pend {
 		rw := &rows[p.i]
 		if ret, ok := returned[rw.id]; ok {
 			res[p.i] = result{outcome: failed, kind: failReturned,
 				reason: fmt.Sprintf("returned by the broker: %d %s (exchange %q, routing key %q)", ret.ReplyCode, ret.ReplyText, rw.exchange, rw.routingKey)}
 			continue
 		}
-		select {
-		case <-p.dc.Done():
-		default:
-			continue // no confirm in time: unknown
+		if !done[k] {
+			continue // no confirm in time (or too late to know of its return): unknown
 		}
 		switch {
 		case p.dc.Acked():
@@ -340,7 +366,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 		case confirmed:
 			ids = append(ids, rw.id)
 		case failed:
-			failures = append(failures, failure{id: rw.id, err: x.reason, delay: r.retry.Delay(rw.attempts + 1)})
+			failures = append(failures, failure{id: rw.id, err: x.reason, delay: r.retry.Delay(rw.attempts + 1), permanent: x.kind == failPermanent})
 			failedAt[rw.id] = i
 			switch x.kind {
 			case failReturned:
@@ -381,18 +407,26 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 	dead, retried := 0, 0
 	for _, s := range states {
 		fields := []zap.Field{zap.String("id", s.id), zap.Int("attempts", s.attempts)}
+		permanent := false
 		if i, ok := failedAt[s.id]; ok {
+			permanent = res[i].kind == failPermanent
 			rw := &b.rows[i]
 			fields = append(fields, zap.String("reason", res[i].reason), zap.String("exchange", rw.exchange), zap.String("routing_key", rw.routingKey))
 			if rw.keyed {
 				fields = append(fields, zap.String("ordering_key", rw.orderingKey))
 			}
 		}
-		if s.dead {
+		switch {
+		case s.dead && permanent:
+			dead++
+			r.log.Error("outbox row can never be published; it is kept as dead, and blocks its ordering key if it has one", fields...)
+		case s.dead:
 			dead++
 			r.log.Error("outbox row is dead after its last allowed attempt; it is kept, and blocks its ordering key if it has one", fields...)
-		} else if retried++; retried <= maxRetryLogs {
-			r.log.Warn("publishing an outbox row failed; it will be retried", fields...)
+		default:
+			if retried++; retried <= maxRetryLogs {
+				r.log.Warn("publishing an outbox row failed; it will be retried", fields...)
+			}
 		}
 	}
 	if retried > maxRetryLogs {

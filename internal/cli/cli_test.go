@@ -526,7 +526,7 @@ func TestDependenciesDownAtStart(t *testing.T) {
 		t.Errorf("/healthz = %d", code)
 	}
 	body := d.waitFor(t, "/readyz", 503, `"postgres":"database unreachable`)
-	if !strings.Contains(body, `"rabbitmq":"not connected to RabbitMQ"`) {
+	if !strings.Contains(body, `"rabbitmq":"not connected to RabbitMQ: `) {
 		t.Errorf("/readyz = %s", body)
 	}
 	if code, body := d.get(t, "/metrics"); code != 200 || !strings.Contains(body, `sidebox_build_info{commit="`+testCommit+`",version="`+testVersion+`"} 1`) ||

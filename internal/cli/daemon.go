@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -95,6 +97,9 @@ func (s *sidecar) run(ctx context.Context) error {
 	if unknown := config.Unknown(); len(unknown) > 0 {
 		log.Warn("ignoring unknown SIDEBOX_ variables; misspelt?", zap.Strings("variables", unknown))
 	}
+	if cfg.AMQPTLS != nil && !slices.ContainsFunc(cfg.AMQPURLs, func(u string) bool { return strings.HasPrefix(u, "amqps://") }) {
+		log.Warn("SIDEBOX_AMQP_CA_FILE, SIDEBOX_AMQP_CERT_FILE and SIDEBOX_AMQP_KEY_FILE apply to amqps:// URLs only; SIDEBOX_AMQP_URL has none")
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -113,7 +118,7 @@ func (s *sidecar) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if dsn, err = withSessionDefaults(dsn, cfg.PublishTimeout); err != nil {
+	if dsn, err = withSessionDefaults(dsn); err != nil {
 		return err
 	}
 	db, err := sql.Open("postgres", dsn)
@@ -122,15 +127,28 @@ func (s *sidecar) run(ctx context.Context) error {
 	}
 	defer db.Close()
 	pg.TunePool(db, pg.SidecarIdleConns(cfg.RelayWorkers, cfg.InboxWorkers))
+	// The relay's LISTEN connection: a direct one when given, since notifications do
+	// not pass a transaction pooler.
+	listenDSN := dsn
+	if cfg.ListenDatabaseURL != "" {
+		if listenDSN, err = withConnectTimeout(cfg.ListenDatabaseURL); err != nil {
+			return err
+		}
+		if listenDSN, err = withSessionDefaults(listenDSN); err != nil {
+			return err
+		}
+	}
 
 	hs := health.New(reg, log)
-	b := broker.New(cfg.AMQPURLs, broker.Config{Name: brokerName(s.mode)}, log, m)
-	comps, relayRuns, err := s.components(db, dsn, b, hs, m)
+	pub, con := s.brokers(m)
+	comps, relayRuns, err := s.components(db, listenDSN, pub, con, hs, m)
 	if err != nil {
 		return err
 	}
+	brokers := slices.DeleteFunc([]*broker.Broker{pub, con}, func(b *broker.Broker) bool { return b == nil })
+	broker.Join(brokers...)
 	hs.Add("postgres", health.Cached(pingGauge(health.Ping(db, time.Second), m, relayRuns), 2*time.Second))
-	hs.Add("rabbitmq", health.Func(b.Ready, "not connected to RabbitMQ"))
+	hs.Add("rabbitmq", brokersReady(brokers))
 	sampled := status.SamplerConfig{Interval: cfg.StatusInterval}
 	if s.withRelay {
 		sampled.Outbox = cfg.Outbox
@@ -140,13 +158,15 @@ func (s *sidecar) run(ctx context.Context) error {
 	}
 	sampler := status.NewSampler(db, sampled, log, m)
 
-	// The broker connection and the HTTP server outlive the components: batches in
+	// The broker connections and the HTTP server outlive the components: batches in
 	// flight at the signal still need their confirms, and probes and scrapes keep
 	// working during the drain.
 	infra, stopInfra := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopInfra()
 	var infraWG sync.WaitGroup
-	infraWG.Go(func() { b.Run(infra) })
+	for _, b := range brokers {
+		infraWG.Go(func() { b.Run(infra) })
+	}
 	httpErr := make(chan error, 1)
 	infraWG.Go(func() {
 		if err := hs.Serve(infra, ln); err != nil {
@@ -181,6 +201,9 @@ func (s *sidecar) run(ctx context.Context) error {
 	}
 	hs.Drain()
 	stopWork()
+	for _, b := range brokers {
+		b.Drain()
+	}
 
 	drained := make(chan struct{})
 	go func() { wg.Wait(); close(drained) }()
@@ -208,11 +231,11 @@ func (s *sidecar) run(ctx context.Context) error {
 
 // components builds the relay and the inbox consumer and purger, as configured, and
 // registers their readiness checks. relayRuns reports whether the relay runs.
-func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *health.Server, m *metrics.Metrics) (comps []component, relayRuns func() bool, err error) {
+func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Broker, hs *health.Server, m *metrics.Metrics) (comps []component, relayRuns func() bool, err error) {
 	cfg, log := s.cfg, s.log
 	relayRuns = func() bool { return false }
 	if s.withRelay {
-		r, err := relay.New(db, dsn, b, relay.Config{
+		r, err := relay.New(db, listenDSN, pub, relay.Config{
 			Table:           cfg.Outbox,
 			BatchSize:       cfg.BatchSize,
 			PollInterval:    cfg.PollInterval,
@@ -221,6 +244,7 @@ func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *healt
 			RetryBackoffMax: cfg.RetryBackoffMax,
 			PublishTimeout:  cfg.PublishTimeout,
 			Workers:         cfg.RelayWorkers,
+			Prepare:         cfg.Prepare,
 		}, log, m)
 		if err != nil {
 			return nil, nil, err
@@ -236,17 +260,20 @@ func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *healt
 		}})
 	}
 	if s.withInbox {
-		c, err := inbox.NewConsumer(db, b, inbox.ConsumerConfig{
-			Queue:        cfg.InboxQueue,
-			Table:        cfg.Inbox,
-			Consumer:     cfg.Consumer(),
-			Prefetch:     cfg.InboxPrefetch,
-			BatchSize:    cfg.InboxBatchSize,
-			BatchWait:    cfg.InboxBatchWait,
-			Workers:      cfg.InboxWorkers,
-			Declare:      cfg.InboxDeclare,
-			Bindings:     cfg.Bindings,
-			DrainTimeout: cfg.ShutdownTimeout,
+		c, err := inbox.NewConsumer(db, con, inbox.ConsumerConfig{
+			Queue:         cfg.InboxQueue,
+			Table:         cfg.Inbox,
+			Consumer:      cfg.Consumer(),
+			Prefetch:      cfg.InboxPrefetch,
+			BatchSize:     cfg.InboxBatchSize,
+			BatchBytes:    cfg.InboxBatchBytes,
+			BatchWait:     cfg.InboxBatchWait,
+			Workers:       cfg.InboxWorkers,
+			Declare:       cfg.InboxDeclare,
+			Bindings:      cfg.Bindings,
+			DrainTimeout:  cfg.ShutdownTimeout,
+			Prepare:       cfg.Prepare,
+			PrefetchBytes: cfg.InboxPrefetchBytes,
 		}, log, m)
 		if err != nil {
 			return nil, nil, err
@@ -274,8 +301,7 @@ func (s *sidecar) components(db *sql.DB, dsn string, b *broker.Broker, hs *healt
 }
 
 // pingGauge makes the database readiness check keep sidebox_up{postgres} current,
-// except while the relay runs: the relay keeps it then, from its own connections
-// (the pool and the LISTEN connection).
+// except while the relay runs: the relay keeps it then, from its own claims.
 func pingGauge(ping health.Check, m *metrics.Metrics, relayRuns func() bool) health.Check {
 	up := m.Up.WithLabelValues(metrics.DependencyPostgres)
 	return func(ctx context.Context) error {
@@ -292,13 +318,52 @@ func pingGauge(ping health.Check, m *metrics.Metrics, relayRuns func() bool) hea
 	}
 }
 
-// brokerName is the connection name shown in RabbitMQ's management UI.
-func brokerName(md mode) string {
-	host, err := os.Hostname()
-	if err != nil {
-		return "sidebox " + string(md)
+// brokers returns the AMQP connections of the components that run: one that
+// publishes, for the relay, and one that consumes, for the inbox consumer (nil when
+// the component does not run). They are separate because RabbitMQ, during a memory or
+// disk alarm, stops reading from connections that publish: a shared one would stall
+// the inbox's acknowledgements, and with them the draining that relieves the alarm.
+func (s *sidecar) brokers(m *metrics.Metrics) (pub, con *broker.Broker) {
+	cfg := s.cfg
+	if s.withRelay {
+		pub = broker.New(cfg.AMQPURLs, broker.Config{Name: brokerName(s.mode, broker.RolePublish), Role: broker.RolePublish, TLS: cfg.AMQPTLS}, s.log, m)
 	}
-	return "sidebox " + string(md) + "@" + host
+	if s.withInbox {
+		con = broker.New(cfg.AMQPURLs, broker.Config{Name: brokerName(s.mode, broker.RoleConsume), Role: broker.RoleConsume, TLS: cfg.AMQPTLS}, s.log, m)
+	}
+	return pub, con
+}
+
+// brokersReady is the rabbitmq readiness check: every connection is open. A
+// connection that RabbitMQ blocks during an alarm is open and ready: the service's
+// writes go on into the outbox; the block shows in the log and in
+// sidebox_rabbitmq_blocked.
+func brokersReady(bs []*broker.Broker) health.Check {
+	return func(context.Context) error {
+		var problems []string
+		for _, b := range bs {
+			if p := b.Problem(); p != "" {
+				if len(bs) > 1 {
+					p = b.Role() + " connection " + p
+				}
+				problems = append(problems, p)
+			}
+		}
+		if len(problems) == 0 {
+			return nil
+		}
+		return errors.New(strings.Join(problems, "; "))
+	}
+}
+
+// brokerName is the connection name shown in RabbitMQ's management UI:
+// "sidebox <command>@<host> <role>".
+func brokerName(md mode, role string) string {
+	name := "sidebox " + string(md)
+	if host, err := os.Hostname(); err == nil {
+		name += "@" + host
+	}
+	return name + " " + role
 }
 
 // tableGate holds a component back until its table exists, so that the sidecar may
@@ -317,7 +382,7 @@ type tableGate struct {
 // wait returns true once the table exists, false when ctx is done first.
 func (g *tableGate) wait(ctx context.Context) bool {
 	poll := backoff.Policy{Base: 250 * time.Millisecond, Max: 5 * time.Second}
-	warned := false
+	warned, failed := false, false
 	for attempt := 1; ; attempt++ {
 		ok, err := pg.TableExists(ctx, g.db, g.table)
 		switch {
@@ -334,8 +399,14 @@ func (g *tableGate) wait(ctx context.Context) bool {
 				warned = true
 			}
 		default:
-			// The database is down: the postgres readiness check reports it.
-			g.log.Debug("cannot look up "+g.kind+" table", zap.String("error", redact.Text(err.Error())))
+			// The database is down or refuses the connection: the postgres readiness
+			// check reports it; the log says it once, so that an idle sidecar is
+			// never silent about why.
+			level := zap.DebugLevel
+			if !failed {
+				level, failed = zap.WarnLevel, true
+			}
+			g.log.Log(level, "cannot look up "+g.kind+" table; retrying", zap.String("table", g.table.String()), zap.String("error", redact.Text(err.Error())))
 		}
 		if !poll.Sleep(ctx, attempt) {
 			return false

@@ -29,16 +29,22 @@ func withConnectTimeout(dsn string) (string, error) {
 	return withParam(dsn, "connect_timeout", strconv.Itoa(int(defaultConnectTimeout/time.Second)))
 }
 
-// withSessionDefaults returns dsn with the session settings of a long-running sidecar,
-// each only where the connection string does not set it already:
-//   - application_name=sidebox, so its sessions are easy to find in pg_stat_activity;
-//   - idle_in_transaction_session_timeout above the longest a healthy batch waits for
-//     the broker's confirms (busy), so that a relay cut off from its database does not
-//     hold row locks until TCP notices: the server ends the session, the locks go, and
-//     the rows are published again later (duplicates, never losses).
-func withSessionDefaults(dsn string, busy time.Duration) (string, error) {
-	idle := strconv.FormatInt((busy + 30*time.Second).Milliseconds(), 10)
-	for _, p := range [][2]string{{"application_name", "sidebox"}, {"idle_in_transaction_session_timeout", idle}} {
+// withSessionDefaults returns dsn with the connection settings of a long-running
+// sidecar, each only where the connection string does not set it already:
+//   - application_name=sidebox, so its sessions are easy to find in pg_stat_activity
+//     (a startup parameter that PgBouncer and other poolers accept and pass on);
+//   - binary_parameters=yes, a lib/pq setting that is not sent to the server: a query
+//     with arguments goes out as one Parse/Bind/Execute/Sync. Without it lib/pq sends
+//     Parse/Describe/Sync and then Bind/Execute/Sync, and a transaction pooler may run
+//     the second half on another server connection than the first, where the unnamed
+//     statement is missing or is another client's.
+//
+// No other server setting is passed at startup: PgBouncer refuses startup parameters
+// it does not know (idle_in_transaction_session_timeout among them) with "unsupported
+// startup parameter". Session settings are applied inside the transactions that need
+// them (SET LOCAL), which every pooler passes through.
+func withSessionDefaults(dsn string) (string, error) {
+	for _, p := range [][2]string{{"application_name", "sidebox"}, {"binary_parameters", "yes"}} {
 		set, err := hasParam(dsn, p[0])
 		if err != nil {
 			return "", err

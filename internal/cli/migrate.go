@@ -193,6 +193,9 @@ func connect(ctx context.Context, dsn string) (*sql.DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	if bounded, err = withSessionDefaults(bounded); err != nil {
+		return nil, err
+	}
 	db, err := sql.Open("postgres", bounded)
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", redact.URL(dsn), err)

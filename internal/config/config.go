@@ -7,7 +7,12 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -36,8 +41,14 @@ const Prefix = "SIDEBOX_"
 // envconfig falls back to the unprefixed name (DATABASE_URL, LOG_LEVEL) when the
 // prefixed one is unset, which would let an application's variables leak into sidebox.
 type Config struct {
-	DatabaseURL string `envconfig:"SIDEBOX_DATABASE_URL" group:"database" secret:"true" desc:"PostgreSQL URL (postgres://...) or key=value connection string of the service's own database (lib/pq syntax)"`
-	AMQPURL     string `envconfig:"SIDEBOX_AMQP_URL" group:"broker" secret:"true" desc:"RabbitMQ URL, amqp:// or amqps://; a comma-separated list for a cluster, tried in turn"`
+	DatabaseURL       string `envconfig:"SIDEBOX_DATABASE_URL" group:"database" secret:"true" desc:"PostgreSQL URL (postgres://...) or key=value connection string of the service's own database (lib/pq syntax)"`
+	DatabasePrepare   string `envconfig:"SIDEBOX_DATABASE_PREPARE" default:"auto" group:"database" desc:"prepare the frequent queries on the server: auto (unless the connection is pooled per transaction, as by PgBouncer in transaction mode), on (also behind a pooler that keeps prepared statements, PgBouncer 1.21+ with max_prepared_statements) or off"`
+	ListenDatabaseURL string `envconfig:"SIDEBOX_LISTEN_DATABASE_URL" group:"relay" secret:"true" desc:"direct connection (not through a transaction pooler) for the relay's LISTEN, same syntax as SIDEBOX_DATABASE_URL; unset: SIDEBOX_DATABASE_URL"`
+	AMQPURL           string `envconfig:"SIDEBOX_AMQP_URL" group:"broker" secret:"true" desc:"RabbitMQ URL, amqp:// or amqps://; a comma-separated list for a cluster, tried in turn"`
+
+	AMQPCAFile   string `envconfig:"SIDEBOX_AMQP_CA_FILE" group:"broker" desc:"PEM file of the certificate authorities that amqps:// servers are verified against, instead of the system's; unset: the system's (SSL_CERT_FILE and SSL_CERT_DIR apply)"`
+	AMQPCertFile string `envconfig:"SIDEBOX_AMQP_CERT_FILE" group:"broker" desc:"PEM client certificate (chain) presented to amqps:// servers, for mutual TLS; needs SIDEBOX_AMQP_KEY_FILE"`
+	AMQPKeyFile  string `envconfig:"SIDEBOX_AMQP_KEY_FILE" group:"broker" desc:"PEM private key of SIDEBOX_AMQP_CERT_FILE"`
 
 	OutboxTable string `envconfig:"SIDEBOX_OUTBOX_TABLE" default:"outbox" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox)"`
 	InboxTable  string `envconfig:"SIDEBOX_INBOX_TABLE" default:"inbox" group:"inbox" desc:"inbox table, optionally schema-qualified"`
@@ -66,6 +77,10 @@ type Config struct {
 	InboxDeclare   bool          `envconfig:"SIDEBOX_INBOX_DECLARE" default:"false" group:"consumer" desc:"declare the inbox queue (durable) before consuming; otherwise it must exist"`
 	InboxBindings  string        `envconfig:"SIDEBOX_INBOX_BINDINGS" group:"consumer" desc:"exchange:routing.key,... bindings of the inbox queue to existing exchanges; implies SIDEBOX_INBOX_DECLARE"`
 
+	// Memory bounds of the inbox consumer, in bytes of message payload.
+	InboxBatchBytes    int `envconfig:"SIDEBOX_INBOX_BATCH_BYTES" default:"4194304" group:"consumer" desc:"payload bytes stored per transaction at most (1 to 268435456); a larger message is stored alone"`
+	InboxPrefetchBytes int `envconfig:"SIDEBOX_INBOX_PREFETCH_BYTES" default:"33554432" group:"consumer" desc:"payload bytes of unacknowledged deliveries the inbox consumer aims to hold: it lowers its prefetch count (down to 1) for the message sizes it sees"`
+
 	InjectAddr    string `envconfig:"SIDEBOX_INJECT_ADDR" default:":8443" group:"inject" desc:"listen address (HTTPS) of the admission webhook (sidebox inject)"`
 	InjectTLSCert string `envconfig:"SIDEBOX_INJECT_TLS_CERT" group:"inject" desc:"path of the webhook's TLS certificate (PEM)"`
 	InjectTLSKey  string `envconfig:"SIDEBOX_INJECT_TLS_KEY" group:"inject" desc:"path of the webhook's TLS private key (PEM)"`
@@ -76,7 +91,9 @@ type Config struct {
 	Outbox   pg.Table
 	Inbox    pg.Table
 	AMQPURLs []string
+	AMQPTLS  *tls.Config // from the SIDEBOX_AMQP_*_FILE variables; nil when none is set
 	Bindings []inbox.Binding
+	Prepare  pg.PrepareMode
 
 	// parseErrors holds envconfig's conversion failures by variable; Check reports those
 	// of the groups it is asked about.
@@ -230,6 +247,11 @@ func (c *Config) Check(groups Group) error {
 		if p := checkDatabaseURL(c.DatabaseURL); p != "" {
 			bad("SIDEBOX_DATABASE_URL", "%s", p)
 		}
+		m, err := pg.ParsePrepareMode(c.DatabasePrepare)
+		if err != nil {
+			bad("SIDEBOX_DATABASE_PREPARE", "%v", err)
+		}
+		c.Prepare = m
 	}
 	if groups&Broker != 0 {
 		urls, p := checkAMQPURLs(c.AMQPURL)
@@ -237,6 +259,7 @@ func (c *Config) Check(groups Group) error {
 			bad("SIDEBOX_AMQP_URL", "%s", p)
 		}
 		c.AMQPURLs = urls
+		c.AMQPTLS = c.checkAMQPTLS(bad)
 	}
 	if groups&Outbox != 0 {
 		t, err := pg.ParseTable(c.OutboxTable)
@@ -283,6 +306,11 @@ func (c *Config) Check(groups Group) error {
 		}
 		positive(bad, parsed, "SIDEBOX_PUBLISH_TIMEOUT", c.PublishTimeout)
 		between(bad, parsed, "SIDEBOX_RELAY_WORKERS", c.RelayWorkers, 1, 64)
+		if c.ListenDatabaseURL != "" {
+			if p := checkDatabaseURL(c.ListenDatabaseURL); p != "" {
+				bad("SIDEBOX_LISTEN_DATABASE_URL", "%s", p)
+			}
+		}
 	}
 	if groups&Consumer != 0 {
 		c.checkConsumer(bad, parsed)
@@ -309,6 +337,60 @@ func (c *Config) Check(groups Group) error {
 	return errs
 }
 
+// checkAMQPTLS reads the TLS files of the AMQP connection; nil when none is set.
+func (c *Config) checkAMQPTLS(bad func(string, string, ...any)) *tls.Config {
+	if c.AMQPCAFile == "" && c.AMQPCertFile == "" && c.AMQPKeyFile == "" {
+		return nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	ok := true
+	if c.AMQPCAFile != "" {
+		pem, err := os.ReadFile(c.AMQPCAFile)
+		switch {
+		case err != nil:
+			bad("SIDEBOX_AMQP_CA_FILE", "cannot read it: %v", fileError(err))
+			ok = false
+		default:
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				bad("SIDEBOX_AMQP_CA_FILE", "%s holds no PEM certificate", c.AMQPCAFile)
+				ok = false
+			}
+		}
+	}
+	switch {
+	case c.AMQPCertFile == "" && c.AMQPKeyFile == "":
+	case c.AMQPCertFile == "":
+		bad("SIDEBOX_AMQP_CERT_FILE", "must be set with SIDEBOX_AMQP_KEY_FILE")
+		ok = false
+	case c.AMQPKeyFile == "":
+		bad("SIDEBOX_AMQP_KEY_FILE", "must be set with SIDEBOX_AMQP_CERT_FILE")
+		ok = false
+	default:
+		cert, err := tls.LoadX509KeyPair(c.AMQPCertFile, c.AMQPKeyFile)
+		if err != nil {
+			// The error names files and formats, never key material.
+			bad("SIDEBOX_AMQP_CERT_FILE", "cannot load it with SIDEBOX_AMQP_KEY_FILE: %v", fileError(err))
+			ok = false
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	if !ok {
+		return nil
+	}
+	return cfg
+}
+
+// fileError drops the operation from a file error ("open /x: no such file or
+// directory" becomes "/x: no such file or directory").
+func fileError(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Path + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}
+
 func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(string) bool) {
 	switch {
 	case c.InboxQueue == "":
@@ -321,6 +403,8 @@ func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(str
 	}
 	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch, 1, 65535)
 	between(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers, 1, 16)
+	between(bad, parsed, "SIDEBOX_INBOX_BATCH_BYTES", c.InboxBatchBytes, 1, inbox.MaxBatchBytes)
+	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH_BYTES", c.InboxPrefetchBytes, 1, math.MaxInt32)
 	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= 65535 {
 		between(bad, parsed, "SIDEBOX_INBOX_BATCH_SIZE", c.InboxBatchSize, 1, c.InboxPrefetch)
 	}

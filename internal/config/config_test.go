@@ -50,6 +50,9 @@ func TestDefaults(t *testing.T) {
 		c.HTTPAddr != ":9719" || c.LogLevel != "info" || c.LogFormat != "json" {
 		t.Errorf("defaults = %+v", c)
 	}
+	if c.Prepare != "auto" || c.ListenDatabaseURL != "" {
+		t.Errorf("Prepare = %q, ListenDatabaseURL = %q; want auto and unset", c.Prepare, c.ListenDatabaseURL)
+	}
 	if c.Consumer() != "orders.inbox" {
 		t.Errorf("Consumer() = %q, want the queue", c.Consumer())
 	}
@@ -90,6 +93,10 @@ func TestErrors(t *testing.T) {
 			[]string{`SIDEBOX_DATABASE_URL: has scheme "mysql"`}},
 		{"database garbage", map[string]string{"SIDEBOX_DATABASE_URL": "host=h password='" + secret}, Database,
 			[]string{`SIDEBOX_DATABASE_URL: is not a valid connection string (the value is not shown`}},
+		{"prepare mode", map[string]string{"SIDEBOX_DATABASE_URL": "postgres://h/db", "SIDEBOX_DATABASE_PREPARE": "sometimes"}, Database,
+			[]string{`SIDEBOX_DATABASE_PREPARE: must be auto, on or off, got "sometimes"`}},
+		{"listen database scheme", map[string]string{"SIDEBOX_LISTEN_DATABASE_URL": "mysql://u:" + secret + "@h/db"}, Relay,
+			[]string{`SIDEBOX_LISTEN_DATABASE_URL: has scheme "mysql"`}},
 		{"missing database", nil, Database,
 			[]string{`SIDEBOX_DATABASE_URL: must be set`}},
 		{"missing queue", nil, Consumer,

@@ -24,6 +24,7 @@ type Metrics struct {
 	Dead           *prometheus.GaugeVec     // table
 	BlockedKeys    *prometheus.GaugeVec     // table
 	OldestPending  *prometheus.GaugeVec     // table; seconds, database clock
+	WakeupsPolled  *prometheus.GaugeVec     // table; 1 while no notification can wake the relay
 
 	// Inbox.
 	InboxReceived      *prometheus.CounterVec   // queue
@@ -31,6 +32,8 @@ type Metrics struct {
 	InboxDuplicates    *prometheus.CounterVec   // queue
 	InboxRejected      *prometheus.CounterVec   // queue, reason
 	InboxBatchDuration *prometheus.HistogramVec // queue
+	InboxPrefetch      *prometheus.GaugeVec     // queue
+	InboxSeqRegressed  *prometheus.CounterVec   // queue
 	InboxUnprocessed   *prometheus.GaugeVec     // table
 	InboxDead          *prometheus.GaugeVec     // table
 	InboxPurged        *prometheus.CounterVec   // table
@@ -38,6 +41,8 @@ type Metrics struct {
 	// Process.
 	Up        *prometheus.GaugeVec // dependency: postgres, rabbitmq
 	BuildInfo *prometheus.GaugeVec // version, commit
+
+	RabbitMQBlocked *prometheus.GaugeVec // connection: publish, consume
 
 	names []string
 }
@@ -78,26 +83,32 @@ func New(reg prometheus.Registerer) *Metrics {
 		Dead:           gauge("sidebox_outbox_dead", "Outbox rows kept as dead.", "table"),
 		BlockedKeys:    gauge("sidebox_outbox_blocked_keys", "Ordering keys held up by a retrying or dead row.", "table"),
 		OldestPending:  gauge("sidebox_outbox_oldest_pending_age_seconds", "Age of the oldest row not yet published, on the database clock.", "table"),
+		WakeupsPolled:  gauge("sidebox_outbox_wakeups_polled", "1 while the relay polls for new rows because notifications do not reach it (LISTEN connection down, or through a transaction pooler), else 0.", "table"),
 
 		InboxReceived:      counter("sidebox_inbox_received_total", "Deliveries received from the inbox queue.", "queue"),
 		InboxStored:        counter("sidebox_inbox_stored_total", "Deliveries stored as new inbox rows.", "queue"),
 		InboxDuplicates:    counter("sidebox_inbox_duplicates_total", "Deliveries whose message id was already stored for the consumer.", "queue"),
 		InboxRejected:      counter("sidebox_inbox_rejected_total", "Deliveries rejected without requeue.", "queue", "reason"),
 		InboxBatchDuration: histogram("sidebox_inbox_batch_duration_seconds", "Time to store and acknowledge one batch of deliveries.", latency, "queue"),
+		InboxPrefetch:      gauge("sidebox_inbox_prefetch", "Prefetch count of the inbox consumer, lowered to hold at most SIDEBOX_INBOX_PREFETCH_BYTES of payloads.", "queue"),
+		InboxSeqRegressed:  counter("sidebox_inbox_seq_regressions_total", "Deliveries whose x-outbox-seq is lower than one delivered before for their ordering key (stored all the same).", "queue"),
 		InboxUnprocessed:   gauge("sidebox_inbox_unprocessed", "Inbox rows stored but not yet processed.", "table"),
 		InboxDead:          gauge("sidebox_inbox_dead", "Inbox rows kept as dead after failed processing.", "table"),
 		InboxPurged:        counter("sidebox_inbox_purged_total", "Processed inbox rows removed after the retention window.", "table"),
 
 		Up:        gauge("sidebox_up", "1 while the dependency is connected, else 0.", "dependency"),
 		BuildInfo: gauge("sidebox_build_info", "Always 1; labelled with the build's version and commit.", "version", "commit"),
+
+		RabbitMQBlocked: gauge("sidebox_rabbitmq_blocked", "1 while RabbitMQ blocks the connection (a memory or disk alarm), else 0.", "connection"),
 	}
 	m.names = names
 	reg.MustRegister(
 		m.Published, m.PublishLatency, m.BatchSize, m.Returned, m.Nacked, m.DeadTotal,
-		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending,
-		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration,
+		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending, m.WakeupsPolled,
+		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration, m.InboxPrefetch,
+		m.InboxSeqRegressed,
 		m.InboxUnprocessed, m.InboxDead, m.InboxPurged,
-		m.Up, m.BuildInfo,
+		m.Up, m.BuildInfo, m.RabbitMQBlocked,
 	)
 	return m
 }

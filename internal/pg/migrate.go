@@ -176,8 +176,17 @@ func (ms Migrations) inTx(ctx context.Context, db *sql.DB, t Table, fn func(*sql
 		return false, fmt.Errorf("take migration lock: %w", err)
 	}
 	if t.Schema != "" {
-		if _, err := tx.ExecContext(ctx, `CREATE SCHEMA IF NOT EXISTS `+t.Schema); err != nil {
-			return false, fmt.Errorf("create schema %s: %w", t.Schema, err)
+		// CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege on the database even
+		// when the schema exists, which a role that only owns its schema (managed
+		// PostgreSQL) lacks: create it only when it is missing.
+		var exists bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, t.Schema).Scan(&exists); err != nil {
+			return false, fmt.Errorf("look up schema %s: %w", t.Schema, err)
+		}
+		if !exists {
+			if _, err := tx.ExecContext(ctx, `CREATE SCHEMA IF NOT EXISTS `+t.Schema); err != nil {
+				return false, fmt.Errorf("create schema %s: %w", t.Schema, err)
+			}
 		}
 		if _, err := tx.ExecContext(ctx, `SET LOCAL search_path TO `+t.Schema); err != nil {
 			return false, fmt.Errorf("set search_path: %w", err)

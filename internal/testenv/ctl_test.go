@@ -5,14 +5,11 @@ import (
 	"testing"
 )
 
-// WithRabbitMQConf reaches the node's configuration and Ctl reaches the node.
-func TestRabbitMQConfAndCtl(t *testing.T) {
+// WithRabbitMQConf reaches the node's configuration.
+func TestRabbitMQConf(t *testing.T) {
 	t.Parallel()
 	rmq := StartRabbitMQ(t, WithRabbitMQConf("max_message_size = 1048576"))
-	out, err := rmq.Ctl("eval", "application:get_env(rabbit, max_message_size).")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := rmq.Ctl(t, "eval", "application:get_env(rabbit, max_message_size).")
 	if !strings.Contains(out, "1048576") {
 		t.Fatalf("max_message_size on %s: %q, want 1048576", rmq.Node(), out)
 	}

@@ -10,6 +10,8 @@
 // their own from the local binaries, on free ports with a temporary data directory,
 // that a test may stop, kill and start again; it is removed in t.Cleanup. [Proxy] puts
 // an in-process toxiproxy in front of any TCP address to cut or stall connections.
+// [StartPgBouncer] runs a private PgBouncer (Debian's pgbouncer) in transaction or
+// session mode in front of the test PostgreSQL, killed in t.Cleanup.
 //
 // A missing server or binary fails the test with a message saying to run `make test`,
 // whose setup (deploy/servers.sh up) installs and starts what is missing. Messages

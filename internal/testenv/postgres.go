@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,13 +27,24 @@ type Postgres struct {
 	port int                 // TCP port on 127.0.0.1
 	cred *syscall.Credential // user to run as; nil = the current one
 	proc *process            // the postmaster; nil before the first start
+	tls  *TLSFiles           // set by PostgresTLS: TLS only, with these files
+}
+
+// PostgresOption configures a private PostgreSQL server of [StartPostgres].
+type PostgresOption func(*Postgres)
+
+// PostgresTLS makes the server accept TLS connections only (ssl = on, non-TLS
+// connections rejected by pg_hba.conf), with the server certificate of files; [Postgres.URL]
+// then asks for sslmode=verify-full against files.CA.
+func PostgresTLS(files *TLSFiles) PostgresOption {
+	return func(p *Postgres) { p.tls = files }
 }
 
 // StartPostgres creates a cluster with initdb in a temporary directory and starts it
 // on a free port; it is stopped and removed in t.Cleanup. It runs as the current user,
 // or as the system user postgres when the test runs as root. fsync is off (a killed
 // server keeps what it committed; a crashed machine would not).
-func StartPostgres(t testing.TB) *Postgres {
+func StartPostgres(t testing.TB, opts ...PostgresOption) *Postgres {
 	t.Helper()
 	bin, err := postgresBin()
 	if err != nil {
@@ -47,6 +59,9 @@ func StartPostgres(t testing.TB) *Postgres {
 		t.Fatalf("testenv: %v", err)
 	}
 	p := &Postgres{bin: bin, dir: dir, cred: cred}
+	for _, o := range opts {
+		o(p)
+	}
 	t.Cleanup(func() { p.cleanup(t) })
 
 	if cred != nil { // initdb, running as postgres, creates data/ in it
@@ -64,8 +79,12 @@ func StartPostgres(t testing.TB) *Postgres {
 	return p
 }
 
-// URL returns the URL of the server's postgres database.
+// URL returns the URL of the server's postgres database: sslmode=disable, or with
+// [PostgresTLS] sslmode=verify-full and sslrootcert naming the CA.
 func (p *Postgres) URL() string {
+	if p.tls != nil {
+		return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=verify-full&sslrootcert=%s", p.port, url.QueryEscape(p.tls.CA))
+	}
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.port)
 }
 
@@ -155,6 +174,9 @@ full_page_writes = off
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("postgresql.conf: %w", err)
 	}
+	if p.tls != nil {
+		return p.configureTLS()
+	}
 	return nil
 }
 
@@ -224,4 +246,42 @@ func pgVersion(binDir string) int {
 func usable(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
+}
+
+// configureTLS copies the server's certificate and key into the data directory (the
+// key readable by the server's user only, as PostgreSQL demands), turns ssl on and
+// rejects connections without TLS.
+func (p *Postgres) configureTLS() error {
+	uid, gid := -1, -1
+	if p.cred != nil {
+		uid, gid = int(p.cred.Uid), int(p.cred.Gid)
+	}
+	if err := copyFile(p.tls.ServerCert, filepath.Join(p.dataDir(), "server.crt"), 0o644, uid, gid); err != nil {
+		return err
+	}
+	if err := copyFile(p.tls.ServerKey, filepath.Join(p.dataDir(), "server.key"), 0o600, uid, gid); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(p.dataDir(), "postgresql.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("postgresql.conf: %w", err)
+	}
+	if _, err := f.WriteString("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("postgresql.conf: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("postgresql.conf: %w", err)
+	}
+	hba := filepath.Join(p.dataDir(), "pg_hba.conf")
+	b, err := os.ReadFile(hba)
+	if err != nil {
+		return fmt.Errorf("pg_hba.conf: %w", err)
+	}
+	// The first matching line wins: no TLS, no entry.
+	b = append([]byte("hostnossl all all all reject\n"), b...)
+	if err := os.WriteFile(hba, b, 0o600); err != nil {
+		return fmt.Errorf("pg_hba.conf: %w", err)
+	}
+	return nil
 }

@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,10 +29,20 @@ type RabbitMQ struct {
 	conf     string   // extra rabbitmq.conf lines
 	epmdPort int      // port of the epmd the node registers with; 0 = the standard 4369
 	proc     *process // the Erlang VM; nil before the first start
+
+	tls     *TLSFiles // set by RabbitMQTLS
+	tlsPort int       // AMQPS port on 127.0.0.1 with RabbitMQTLS
 }
 
-// RabbitMQOption changes how [StartRabbitMQ] configures a node.
+// RabbitMQOption configures a private RabbitMQ node of [StartRabbitMQ].
 type RabbitMQOption func(*RabbitMQ)
+
+// RabbitMQTLS adds a TLS listener ([RabbitMQ.TLSURL]) with the server certificate of
+// files; it demands a client certificate signed by files.CA (mutual TLS). The plain
+// listener stays.
+func RabbitMQTLS(files *TLSFiles) RabbitMQOption {
+	return func(r *RabbitMQ) { r.tls = files }
+}
 
 // WithRabbitMQConf appends lines (new-style rabbitmq.conf, such as
 // "max_message_size = 20971520") to the node's configuration.
@@ -64,16 +73,21 @@ func newRabbitMQ(t testing.TB, node string, opts ...RabbitMQOption) *RabbitMQ {
 		t.Fatalf("testenv: %v", err)
 	}
 	r := &RabbitMQ{server: server, dir: dir, node: node}
-	t.Cleanup(func() { r.cleanup(t) })
 	for _, o := range opts {
 		o(r)
 	}
+	t.Cleanup(func() { r.cleanup(t) })
 
 	if r.port, err = freePort(); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 	for r.distPort == 0 || r.distPort == r.port {
 		if r.distPort, err = freePort(); err != nil {
+			t.Fatalf("testenv: %v", err)
+		}
+	}
+	for r.tls != nil && (r.tlsPort == 0 || r.tlsPort == r.port || r.tlsPort == r.distPort) {
+		if r.tlsPort, err = freePort(); err != nil {
 			t.Fatalf("testenv: %v", err)
 		}
 	}
@@ -86,6 +100,12 @@ func newRabbitMQ(t testing.TB, node string, opts ...RabbitMQOption) *RabbitMQ {
 // URL returns the node's AMQP URL (guest/guest, default vhost).
 func (r *RabbitMQ) URL() string {
 	return fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", r.port)
+}
+
+// TLSURL returns the node's AMQPS URL (guest/guest, default vhost); only with
+// [RabbitMQTLS].
+func (r *RabbitMQ) TLSURL() string {
+	return fmt.Sprintf("amqps://guest:guest@127.0.0.1:%d/", r.tlsPort)
 }
 
 // Addr returns the node's AMQP host:port.
@@ -151,48 +171,29 @@ func (r *RabbitMQ) halt(t testing.TB, sig syscall.Signal, grace time.Duration) {
 // Node returns the node's Erlang name.
 func (r *RabbitMQ) Node() string { return r.node }
 
-// Ctl runs `rabbitmqctl -n <node> args...` against the running node (for example
-// set_vm_memory_high_watermark) and returns its output; it gives up after 60 s.
-func (r *RabbitMQ) Ctl(args ...string) (string, error) {
-	return rabbitmqctl(r.env(), r.node, args...)
-}
-
-// rabbitmqctl runs rabbitmqctl with env against node.
-func rabbitmqctl(env []string, node string, args ...string) (string, error) {
-	ctl := filepath.Join(filepath.Dir(rabbitmqServerPath()), "rabbitmqctl")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, ctl, append([]string{"-n", node}, args...)...)
-	cmd.Env = env
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("rabbitmqctl %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
-// rabbitmqServerPath is the rabbitmq-server script, or its usual place when none is
-// found (the caller's command then fails with a clear error).
-func rabbitmqServerPath() string {
-	if s, err := rabbitmqServer(); err == nil {
-		return s
-	}
-	return "/usr/lib/rabbitmq/bin/rabbitmq-server"
-}
-
 func (r *RabbitMQ) running() bool { return r.proc != nil && !r.proc.exited() }
 
 // writeConfig writes the node's own configuration files, so that nothing from
 // /etc/rabbitmq (such as the shared node's listener) applies to it.
 func (r *RabbitMQ) writeConfig() error {
-	files := map[string]string{
-		"rabbitmq-env.conf": "",
-		"enabled_plugins":   "[].\n",
-		"rabbitmq.conf": fmt.Sprintf(`listeners.tcp.1 = 127.0.0.1:%d
+	conf := fmt.Sprintf(`listeners.tcp.1 = 127.0.0.1:%d
 log.console = true
 log.console.level = info
 log.file = false
-`, r.port) + r.conf,
+`, r.port) + r.conf
+	if r.tls != nil {
+		conf += fmt.Sprintf(`listeners.ssl.1 = 127.0.0.1:%d
+ssl_options.cacertfile = %s
+ssl_options.certfile = %s
+ssl_options.keyfile = %s
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+`, r.tlsPort, r.tls.CA, r.tls.ServerCert, r.tls.ServerKey)
+	}
+	files := map[string]string{
+		"rabbitmq-env.conf": "",
+		"enabled_plugins":   "[].\n",
+		"rabbitmq.conf":     conf,
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(content), 0o644); err != nil {

@@ -348,3 +348,53 @@ func assertMessage(t *testing.T, ch *amqp.Channel, queue, body string) {
 		t.Fatalf("get from %s = %q (ok %v), want %q", queue, msg.Body, ok, body)
 	}
 }
+
+// PgBouncer pools: in transaction mode one client connection's transactions run on
+// whichever server connection is free, in session mode always on the same one.
+func TestPgBouncerPoolModes(t *testing.T) {
+	dsn := DatabaseURL(t)
+	for _, mode := range []string{PoolTransaction, PoolSession} {
+		t.Run(mode, func(t *testing.T) {
+			b := StartPgBouncer(t, dsn, mode)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			db, err := sql.Open("postgres", b.URL(dsn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			pid := func(c *sql.Conn) int {
+				var p int
+				if err := c.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&p); err != nil {
+					t.Fatalf("through pgbouncer: %v\n%s", err, b.Log())
+				}
+				return p
+			}
+			c1, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c1.Close()
+			c2, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c2.Close()
+			first := pid(c2)
+			// c1 holds a server connection in a transaction; c2's next statement runs
+			// on another one, in transaction mode.
+			if _, err := c1.ExecContext(ctx, `BEGIN`); err != nil {
+				t.Fatal(err)
+			}
+			held := pid(c1)
+			second := pid(c2)
+			if _, err := c1.ExecContext(ctx, `COMMIT`); err != nil {
+				t.Fatal(err)
+			}
+			moved := held == first || second != first
+			if moved != (mode == PoolTransaction) {
+				t.Errorf("%s mode: client 2 ran on backends %d then %d while client 1 held %d", mode, first, second, held)
+			}
+		})
+	}
+}

@@ -52,10 +52,7 @@ func clusterNodesKilled(t *testing.T, ctx context.Context, srv *servers, sz size
 
 // connectionsOn describes the AMQP connections node i holds.
 func (r *rig) connectionsOn(cl *testenv.RabbitCluster, i int) string {
-	out, err := cl.Nodes[i].Ctl("list_connections", "port", "peer_port", "-q")
-	if err != nil {
-		return "list_connections failed: " + err.Error()
-	}
+	out := cl.Nodes[i].Ctl(r.t, "list_connections", "port", "peer_port", "-q")
 	port := strconv.Itoa(portOf(cl.Nodes[i].Addr()))
 	n := 0
 	for _, line := range strings.Split(out, "\n") {

@@ -202,10 +202,8 @@ func memoryAlarm(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 	r.relays = nil
 	depth, _ := r.queueDepth()
 
-	if out, err := srv.mq.Ctl("set_vm_memory_high_watermark", "0.0000001"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	defer func() { _, _ = srv.mq.Ctl("set_vm_memory_high_watermark", "0.4") }()
+	srv.mq.MemoryAlarm(t, true)
+	defer srv.mq.MemoryAlarm(t, false)
 	r.waitAlarm(true)
 
 	run := r.startInbox("run")
@@ -234,9 +232,7 @@ func memoryAlarm(t *testing.T, ctx context.Context, srv *servers, sz size) row {
 	} else {
 		r.note("publishing paused during the %s alarm without burning attempts", window)
 	}
-	if out, err := srv.mq.Ctl("set_vm_memory_high_watermark", "0.4"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	srv.mq.MemoryAlarm(t, false)
 	r.waitAlarm(false)
 	w2.wait()
 	r.settle(settleTime(sz))
@@ -248,12 +244,12 @@ func (r *rig) waitAlarm(on bool) {
 	r.t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		out, err := r.srv.mq.Ctl("eval", "rabbit_alarm:get_alarms().")
-		if err == nil && strings.Contains(out, "memory") == on {
+		out := r.srv.mq.Ctl(r.t, "eval", "rabbit_alarm:get_alarms().")
+		if strings.Contains(out, "memory") == on {
 			return
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("memory alarm not %v after a minute: %v %s", on, err, out)
+			r.t.Fatalf("memory alarm not %v after a minute: %s", on, out)
 		}
 		r.pause(200 * time.Millisecond)
 	}

@@ -1,0 +1,177 @@
+package inbox
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/metrics"
+)
+
+// memoryLimitKiB is the sidecar chart's default memory limit (charts/sidebox values).
+const memoryLimitKiB = 256 << 10
+
+// TestConsumerMemoryBoundedByBytes consumes large messages with the default settings in
+// a process of its own and checks its peak resident memory against the chart's limit.
+// The prefetch count alone would let the broker hand the consumer every message at once.
+func TestConsumerMemoryBoundedByBytes(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector multiplies memory use")
+	}
+	t.Parallel()
+	db, dbURL, _ := migrated(t, "inbox")
+	url, conn, queue := testQueue(t, "inbox_memory")
+	total, size := 80, 4<<20
+	// Other sizes and counts, for measurements.
+	if v, err := strconv.Atoi(os.Getenv("SIDEBOX_MEMORY_TEST_MIB")); err == nil {
+		total, size = max(320/v, 8), v<<20
+	}
+	if n, err := strconv.Atoi(os.Getenv("SIDEBOX_MEMORY_TEST_COUNT")); err == nil {
+		total = n
+	}
+	block := make([]byte, 1024)
+	for i := range block {
+		block[i] = byte(rand.IntN(256))
+	}
+	body := bytes.Repeat(block, size/len(block)) // compresses well: easy on the shared servers
+	for i := 0; i < total; i += 10 {
+		msgs := make([]amqp.Publishing, min(10, total-i))
+		for j := range msgs {
+			msgs[j] = amqp.Publishing{MessageId: strconv.Itoa(i + j), Body: body}
+		}
+		publish(t, conn, queue, msgs...)
+	}
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperMemoryProcess$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "SIDEBOX_INBOX_HELPER=memory", "HELPER_DB="+dbURL, "HELPER_AMQP="+url,
+		"HELPER_QUEUE="+queue, "HELPER_TOTAL="+strconv.Itoa(total))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper failed: %v\n%s", err, tail(out))
+	}
+	peak := -1
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if _, v, ok := strings.Cut(sc.Text(), "peak_rss_kib="); ok {
+			peak, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	if peak < 0 {
+		t.Fatalf("helper reported no peak:\n%s", tail(out))
+	}
+	t.Logf("consuming %d messages of %d MiB: peak RSS %d MiB", total, size>>20, peak>>10)
+	if peak > memoryLimitKiB {
+		t.Errorf("peak RSS %d MiB, above the chart's limit of %d MiB", peak>>10, memoryLimitKiB>>10)
+	}
+	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != total {
+		t.Errorf("inbox rows = %d, want %d", n, total)
+	}
+}
+
+// tail is the end of a helper's output, for a failure message.
+func tail(out []byte) string {
+	if len(out) > 4000 {
+		out = out[len(out)-4000:]
+	}
+	return string(out)
+}
+
+// TestHelperMemoryProcess is the process TestConsumerMemoryBoundedByBytes measures: it
+// runs a consumer with the default settings until HELPER_TOTAL rows are stored, then
+// prints its peak resident set size.
+func TestHelperMemoryProcess(t *testing.T) {
+	if os.Getenv("SIDEBOX_INBOX_HELPER") != "memory" {
+		t.Skip("helper process only")
+	}
+	total, _ := strconv.Atoi(os.Getenv("HELPER_TOTAL"))
+	db, err := openDB(os.Getenv("HELPER_DB"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zap.NewNop()
+	m := metrics.New(prometheus.NewRegistry())
+	b := startBroker(t, os.Getenv("HELPER_AMQP"), log)
+	queue := os.Getenv("HELPER_QUEUE")
+	cfg := ConsumerConfig{Queue: queue}
+	cfg.PrefetchBytes, _ = strconv.Atoi(os.Getenv("HELPER_PREFETCH_BYTES")) // 0: the default
+	c, err := NewConsumer(db, b, cfg, log, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	eventually(t, 3*time.Minute, "every message stored", func() bool {
+		return counterValue(m.InboxStored.WithLabelValues(queue)) >= total
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			fmt.Printf("peak_rss_kib=%s\n", strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+		}
+	}
+}
+
+// TestConsumerChangesPrefetchInOrder mixes small and large messages so that the
+// consumer lowers and raises its prefetch count (cancelling and consuming again) while
+// it works: every message is stored once, each key's rows in publish order.
+func TestConsumerChangesPrefetchInOrder(t *testing.T) {
+	t.Parallel()
+	db, _, tbl := migrated(t, "inbox")
+	url, conn, queue := testQueue(t, "inbox_window")
+	var msgs []amqp.Publishing
+	add := func(n, size int) {
+		for range n {
+			i := len(msgs)
+			msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprintf("m-%04d", i), Body: make([]byte, size),
+				Headers: amqp.Table{"x-ordering-key": "k" + strconv.Itoa(i%7)}})
+		}
+	}
+	add(300, 100)
+	add(6, 1<<20) // window 2 with PrefetchBytes 2 MiB
+	add(300, 100)
+	add(3, 3<<20) // above PrefetchBytes: window 1, stored alone
+	add(300, 100)
+	publish(t, conn, queue, msgs...)
+
+	var mu sync.Mutex
+	var counts []int
+	r := startConsumerWith(t, db, url, ConsumerConfig{Queue: queue, Table: tbl, PrefetchBytes: 2 << 20, BatchBytes: 1 << 20},
+		func(c *Consumer) {
+			c.prefetchChanged = func(n int) { mu.Lock(); counts = append(counts, n); mu.Unlock() }
+		})
+	eventually(t, 60*time.Second, "every message stored", func() bool { return r.stored() == len(msgs) })
+	r.stop(t)
+	if n := countRows(t, db, `SELECT count(*) FROM (SELECT message_id < lag(message_id) OVER (PARTITION BY ordering_key ORDER BY seq) AS back FROM inbox) x WHERE back`); n != 0 {
+		t.Errorf("%d rows stored after a later message of their key", n)
+	}
+	if n := depth(t, conn, queue); n != 0 {
+		t.Errorf("queue holds %d messages, want 0", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(counts, DefaultPrefetch) || !slices.Contains(counts, 2) || !slices.Contains(counts, 1) {
+		t.Errorf("prefetch counts %v; want it raised to %d and lowered to 2 and 1", counts, DefaultPrefetch)
+	}
+}
