@@ -268,6 +268,24 @@ func (r *rig) collectInboxCounters(p *testenv.Sidebox) {
 	r.rejects += rj
 }
 
+// killInbox SIGKILLs inbox process p (its duplicates read just before) and starts
+// another in its place.
+func (r *rig) killInbox(p *testenv.Sidebox) {
+	r.t.Helper()
+	r.collectInboxCounters(p)
+	p.Kill(r.t)
+	r.crashed = true
+	r.mu.Lock()
+	for i, q := range r.inboxes {
+		if q == p {
+			r.inboxes = append(r.inboxes[:i], r.inboxes[i+1:]...)
+			break
+		}
+	}
+	r.mu.Unlock()
+	r.startInbox("inbox")
+}
+
 // killRelay SIGKILLs relay i and starts another in its place (not waiting for it).
 func (r *rig) killRelay(i int) {
 	r.t.Helper()
@@ -567,10 +585,8 @@ func (r *rig) note(format string, args ...any) {
 // case when its fix is merged.
 func knownDefect(check string) string {
 	switch check {
-	case "alarm-drain": // sidebox run: relay and inbox share the connection the alarm blocks
-		return "broker"
-	case "order": // two inbox consumers store one key's messages out of order
-		return "inbox"
+	// None today. Merged since the suite was written: the memory alarm no longer
+	// stops the inbox of `sidebox run` (branch broker).
 	}
 	return ""
 }
