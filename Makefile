@@ -12,14 +12,14 @@ SERVERS       := deploy/servers.sh
 # Evaluated in the same shell as the command that needs the servers.
 WITH_SERVERS  := servers="$$($(SERVERS) up)" && eval "$$servers" &&
 
-.PHONY: all build test test-go test-charts lint demo bench chaos servers-up servers-down clean
+.PHONY: all build test test-go test-charts test-embed lint demo bench chaos servers-up servers-down clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sidebox ./cmd/sidebox
 
-test: lint test-go test-charts
+test: lint test-go test-charts test-embed
 
 # Includes the short form of the fault suite (test/chaos, about four minutes).
 test-go:
@@ -28,12 +28,17 @@ test-go:
 test-charts:
 	cd test/charts && $(GO) test -count=1 -timeout 8m ./...
 
+# The public Go API, used from a module outside this one (see test/embed/doc.go).
+test-embed:
+	$(WITH_SERVERS) cd test/embed && $(GO) test -count=1 -timeout 5m ./...
+
 lint:
 	@out="$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))"; \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	cd test/charts && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd test/embed && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 
 demo: build
 	$(WITH_SERVERS) $(GO) run ./examples/demo
@@ -46,7 +51,7 @@ chaos:
 	  status=$$?; cat test/chaos/results/latest.md 2>/dev/null; exit $$status
 
 bench:
-	$(WITH_SERVERS) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./bench/
+	$(WITH_SERVERS) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./bench/
 
 servers-up:
 	@$(SERVERS) up

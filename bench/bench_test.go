@@ -49,3 +49,27 @@ func BenchmarkInboxIngest(b *testing.B) {
 		fmt.Print(benchInbox(b))
 	}
 }
+
+// BenchmarkRelayBacklog: the relay draining backlogs of 10,000, 1,000,000 and 5,000,000
+// rows (SIDEBOX_BENCH_BACKLOGS), with the claim times over each drain.
+func BenchmarkRelayBacklog(b *testing.B) {
+	for range b.N {
+		fmt.Print(benchBacklog(b))
+	}
+}
+
+// BenchmarkRelayCatchUp: the relay started after an outage of 5 minutes
+// (SIDEBOX_BENCH_OUTAGE) during which a writer committed 1,000 msg/s, and still does.
+func BenchmarkRelayCatchUp(b *testing.B) {
+	for range b.N {
+		fmt.Print(benchCatchUp(b))
+	}
+}
+
+// BenchmarkRelayMemory: the peak resident memory of `sidebox relay` draining rows of
+// 1 MiB, with and without its byte budget.
+func BenchmarkRelayMemory(b *testing.B) {
+	for range b.N {
+		fmt.Print(benchMemory(b))
+	}
+}

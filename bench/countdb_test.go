@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/lib/pq"
 
@@ -27,6 +28,10 @@ type stmtCounter struct {
 	stmts map[string]int
 	txs   int
 	short map[string]string // statement text → its key in stmts (normalising is not free)
+
+	// timed, when set, is told how long each query took, from sending it until its
+	// rows were read and closed.
+	timed func(query string, start time.Time, took time.Duration)
 }
 
 // countingPool is env.sidecarPool with a stmtCounter between database/sql and lib/pq.
@@ -181,7 +186,35 @@ func (cn *countingConn) QueryContext(ctx context.Context, query string, args []d
 		return nil, driver.ErrSkip
 	}
 	cn.c.stmt(query)
-	return q.QueryContext(ctx, query, args)
+	return cn.c.time(query, func() (driver.Rows, error) { return q.QueryContext(ctx, query, args) })
+}
+
+// time runs query through run and, when timing, wraps its rows to report at Close.
+func (c *stmtCounter) time(query string, run func() (driver.Rows, error)) (driver.Rows, error) {
+	if c.timed == nil {
+		return run()
+	}
+	start := time.Now()
+	rows, err := run()
+	if err != nil {
+		return nil, err
+	}
+	return &timedRows{Rows: rows, done: func() { c.timed(query, start, time.Since(start)) }}, nil
+}
+
+// timedRows calls done when closed.
+type timedRows struct {
+	driver.Rows
+	done func()
+}
+
+func (r *timedRows) Close() error {
+	err := r.Rows.Close()
+	if r.done != nil {
+		r.done()
+		r.done = nil
+	}
+	return err
 }
 
 func (cn *countingConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -245,5 +278,5 @@ func (st *countingStmt) QueryContext(ctx context.Context, args []driver.NamedVal
 		return nil, fmt.Errorf("counting driver: %T has no QueryContext", st.Stmt)
 	}
 	st.c.stmt(st.query)
-	return q.QueryContext(ctx, args)
+	return st.c.time(st.query, func() (driver.Rows, error) { return q.QueryContext(ctx, args) })
 }

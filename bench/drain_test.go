@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sidebox/sidebox/internal/broker"
-	"github.com/sidebox/sidebox/internal/metrics"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/outbox"
 	"github.com/sidebox/sidebox/relay"
@@ -31,17 +31,17 @@ func benchDrain(b *testing.B) *report {
 	defer cancel()
 
 	table := pg.Table{Name: "outbox"}
-	if _, err := outbox.Migrations().Up(ctx, e.db, table); err != nil {
+	if err := outbox.Migrate(ctx, e.db, table.String()); err != nil {
 		b.Fatalf("migrate outbox: %v", err)
 	}
-	m, _ := newMetrics()
+	m, reg := newMetrics()
 	brk := e.startBroker(m)
 	pub := e.dial("publisher")
 	cons := e.dial("consumer")
 	queue := e.queue(pub, "bench_drain")
 	relayDB := e.sidecarPool()
 
-	d := &drainer{e: e, table: table, queue: queue, pub: pub, cons: cons, relayDB: relayDB, brk: brk, m: m}
+	d := &drainer{e: e, table: table, queue: queue, pub: pub, cons: cons, relayDB: relayDB, brk: brk, reg: reg}
 	var raw, sb []float64
 	runRaw := func() {
 		v, err := d.raw(ctx)
@@ -91,7 +91,7 @@ type drainer struct {
 	pub, cons *amqp.Connection
 	relayDB   *sql.DB
 	brk       *broker.Broker
-	m         *metrics.Metrics
+	reg       prometheus.Registerer
 
 	leftover   int // messages found in the queue before a run (purged)
 	duplicates int // deliveries beyond the distinct IDs
@@ -156,7 +156,8 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 	if err != nil {
 		return 0, err
 	}
-	rl, err := relay.New(d.relayDB, d.e.dbURL, d.brk, cfg, d.e.log, d.m)
+	cfg.ListenDatabaseURL = d.e.dbURL
+	rl, err := relay.New(d.relayDB, cfg, relay.WithConnection(d.brk), relay.WithLogger(d.e.log), relay.WithRegisterer(d.reg))
 	if err != nil {
 		return 0, fmt.Errorf("relay: %w", err)
 	}
@@ -189,5 +190,5 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 // defaultRelayConfig is the relay's configuration for table as `sidebox relay` runs it
 // without tuning variables: zero values take the defaults.
 func defaultRelayConfig(table pg.Table) relay.Config {
-	return relay.Config{Table: table}
+	return relay.Config{Table: table.String()}
 }

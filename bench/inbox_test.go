@@ -48,7 +48,7 @@ func benchInbox(b *testing.B) *report {
 	defer cancel()
 
 	table := pg.Table{Name: "inbox"}
-	if _, err := inbox.Migrations().Up(ctx, e.db, table); err != nil {
+	if err := inbox.Migrate(ctx, e.db, table.String()); err != nil {
 		b.Fatalf("migrate inbox: %v", err)
 	}
 	m, reg := newMetrics()
@@ -83,7 +83,7 @@ func benchInbox(b *testing.B) *report {
 		if err != nil {
 			b.Fatal(err)
 		}
-		elapsed, err := ingest(ctx, sidecarDB, brk, e.log, reg, m, inbox.ConsumerConfig{Queue: queue, Table: table})
+		elapsed, err := ingest(ctx, sidecarDB, brk, e.log, reg, m, inbox.ConsumerConfig{Queue: queue, Table: table.String()})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -139,7 +139,7 @@ func benchInbox(b *testing.B) *report {
 // stops it and returns the time it took.
 func ingest(ctx context.Context, db *sql.DB, brk *broker.Broker, log *zap.Logger, reg *prometheus.Registry, m *metrics.Metrics, cfg inbox.ConsumerConfig) (time.Duration, error) {
 	queue := cfg.Queue
-	c, err := inbox.NewConsumer(db, brk, cfg, log, m)
+	c, err := inbox.NewConsumer(db, cfg, inbox.WithConnection(brk), inbox.WithLogger(log), inbox.WithRegisterer(reg))
 	if err != nil {
 		return 0, fmt.Errorf("inbox consumer: %w", err)
 	}

@@ -34,17 +34,19 @@ func benchLatency(b *testing.B) *report {
 	defer cancel()
 
 	table := pg.Table{Name: "outbox"}
-	if _, err := outbox.Migrations().Up(ctx, e.db, table); err != nil {
+	if err := outbox.Migrate(ctx, e.db, table.String()); err != nil {
 		b.Fatalf("migrate outbox: %v", err)
 	}
-	m, _ := newMetrics()
+	m, reg := newMetrics()
 	brk := e.startBroker(m)
 	cons := e.dial("consumer")
 	queue := e.queue(cons, "bench_latency")
 	relayDB, counter := e.countingPool()
 
 	poll := relay.DefaultPollInterval
-	rl, err := relay.New(relayDB, e.dbURL, brk, defaultRelayConfig(table), e.log, m)
+	cfg := defaultRelayConfig(table)
+	cfg.ListenDatabaseURL = e.dbURL
+	rl, err := relay.New(relayDB, cfg, relay.WithConnection(brk), relay.WithLogger(e.log), relay.WithRegisterer(reg))
 	if err != nil {
 		b.Fatalf("relay: %v", err)
 	}

@@ -75,7 +75,7 @@ func latencyThrough(b *testing.B, p pooledPath) (pooledResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	table := pg.Table{Name: "outbox"}
-	if _, err := outbox.Migrations().Up(ctx, e.db, table); err != nil {
+	if err := outbox.Migrate(ctx, e.db, table.String()); err != nil {
 		return pooledResult{}, fmt.Errorf("migrate outbox: %w", err)
 	}
 	dsn, listen := e.dbURL, e.dbURL
@@ -92,11 +92,13 @@ func latencyThrough(b *testing.B, p pooledPath) (pooledResult, error) {
 	defer relayDB.Close()
 	pg.TunePool(relayDB, pg.SidecarIdleConns(relay.DefaultWorkers, inbox.DefaultWorkers))
 
-	m, _ := newMetrics()
+	m, reg := newMetrics()
 	brk := e.startBroker(m)
 	cons := e.dial("consumer")
 	queue := e.queue(cons, "bench_pooled")
-	rl, err := relay.New(relayDB, listen, brk, defaultRelayConfig(table), e.log, m)
+	cfg := defaultRelayConfig(table)
+	cfg.ListenDatabaseURL = listen
+	rl, err := relay.New(relayDB, cfg, relay.WithConnection(brk), relay.WithLogger(e.log), relay.WithRegisterer(reg))
 	if err != nil {
 		return pooledResult{}, err
 	}

@@ -81,7 +81,7 @@ func benchWakeup(b *testing.B) *report {
 	variants := wakeupVariants()
 	notified := make([]*atomic.Int64, len(variants))
 	for i, v := range variants {
-		if _, err := outbox.Migrations().Up(ctx, e.db, v.table); err != nil {
+		if err := outbox.Migrate(ctx, e.db, v.table.String()); err != nil {
 			b.Fatalf("migrate %s: %v", v.table, err)
 		}
 		for _, s := range v.setup {

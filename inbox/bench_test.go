@@ -12,7 +12,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
 
@@ -103,7 +102,7 @@ func BenchmarkIngest(b *testing.B) {
 	b.Run("inbox", func(b *testing.B) {
 		url := testenv.AMQPURL(b)
 		db, _ := testenv.DB(b)
-		if _, err := Migrations().Up(context.Background(), db, pg.Table{Name: DefaultTable}); err != nil {
+		if err := Migrate(context.Background(), db, DefaultTable); err != nil {
 			b.Fatal(err)
 		}
 		conn := amqpConn(b, url)

@@ -1,11 +1,12 @@
 package inbox
 
 import (
+	"crypto/tls"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/sidebox/sidebox/internal/backoff"
+	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -38,6 +39,12 @@ func (k *check) positive(field string, d time.Duration) {
 	k.fail(d <= 0, field, "must be positive, got %s", d)
 }
 
+// table checks a table name: "name" or "schema.name".
+func (k *check) table(v string) {
+	_, err := pg.ParseTable(v)
+	k.fail(err != nil, "Table", "%v", err)
+}
+
 // result is the first problem, or nil.
 func (k *check) result() error {
 	if k.err == nil {
@@ -62,13 +69,26 @@ const (
 // ConsumerConfig configures the sidecar's inbox consumer. Zero values take the defaults
 // (SetDefaults); only Queue is required.
 type ConsumerConfig struct {
-	Queue     string        // queue to consume; required
-	Table     pg.Table      // default "inbox"
+	Queue string // queue to consume; required
+	// Table is the inbox table, "name" or "schema.name" (lower-case SQL identifiers);
+	// default "inbox".
+	Table     string
 	Consumer  string        // consumer name stored with each row; default Queue
 	Prefetch  int           // unacknowledged deliveries held at most (fewer for large messages, see PrefetchBytes); default 512 (room for the batches being stored and the next ones), at most 65535
 	BatchSize int           // deliveries stored per transaction; default 128, at most Prefetch
 	BatchWait time.Duration // longest wait to fill a batch once it has a delivery; default 5ms
 	Workers   int           // batches stored concurrently (each its own connection); default 2
+
+	// AMQPURLs are the RabbitMQ URLs (amqp:// or amqps://), tried in turn, on which the
+	// consumer keeps its own connection while it runs. Required unless a connection is
+	// given with WithConnection.
+	AMQPURLs []string
+	// AMQPTLS configures the consumer's own amqps:// connections; nil: the system's
+	// roots, no client certificate.
+	AMQPTLS *tls.Config
+	// ConnectionName is shown in the RabbitMQ management UI for the consumer's own
+	// connection; default "sidebox inbox".
+	ConnectionName string
 
 	// BatchBytes bounds the payload bytes of one batch; a larger message is stored alone.
 	// Default 4 MiB, at most 256 MiB.
@@ -91,18 +111,23 @@ type ConsumerConfig struct {
 	// DrainTimeout bounds the storing of the last batch after ctx is cancelled; default 10s.
 	DrainTimeout time.Duration
 
-	// Backoff paces retries of the database and of the broker channel; default 100ms..5s.
-	Backoff backoff.Policy
+	// Backoff and BackoffMax pace retries of the database and of the broker channel: the
+	// first delay and its cap; default 100ms and 5s.
+	Backoff    time.Duration
+	BackoffMax time.Duration
 
-	// Prepare says whether the insert is a prepared statement; default pg.PrepareAuto
-	// (unless the connection is pooled per transaction).
-	Prepare pg.PrepareMode
+	// Prepare says whether the insert is a prepared statement: "auto" (default: unless
+	// the connection is pooled per transaction), "on" or "off".
+	Prepare string
 }
 
 // SetDefaults fills zero fields with their defaults.
 func (c *ConsumerConfig) SetDefaults() {
-	if c.Table.Name == "" {
-		c.Table = pg.Table{Name: DefaultTable}
+	if c.Table == "" {
+		c.Table = DefaultTable
+	}
+	if c.ConnectionName == "" {
+		c.ConnectionName = "sidebox inbox"
 	}
 	if c.Consumer == "" {
 		c.Consumer = c.Queue
@@ -131,11 +156,14 @@ func (c *ConsumerConfig) SetDefaults() {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
-	if c.Backoff.Base == 0 {
-		c.Backoff = backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second}
+	if c.Backoff == 0 {
+		c.Backoff = 100 * time.Millisecond
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = max(5*time.Second, c.Backoff)
 	}
 	if c.Prepare == "" {
-		c.Prepare = pg.PrepareAuto
+		c.Prepare = string(pg.PrepareAuto)
 	}
 }
 
@@ -144,8 +172,12 @@ func (c *ConsumerConfig) Validate() error {
 	var k check
 	k.required("Queue", c.Queue)
 	k.fail(len(c.Queue) > 255, "Queue", "must be at most 255 bytes")
-	k.required("Table", c.Table.Name)
+	k.table(c.Table)
 	k.required("Consumer", c.Consumer)
+	for _, u := range c.AMQPURLs {
+		problem := broker.CheckURL(u)
+		k.fail(problem != "", "AMQPURLs", "a URL %s", problem)
+	}
 	k.between("Prefetch", c.Prefetch, 1, 65535)
 	k.fail(c.BatchSize < 1 || c.BatchSize > c.Prefetch, "BatchSize", "must be between 1 and the prefetch (%d), got %d", c.Prefetch, c.BatchSize)
 	k.fail(c.BatchWait < 0 || c.BatchWait > 10*time.Second, "BatchWait", "must be between 0 and 10s, got %s", c.BatchWait)
@@ -153,8 +185,9 @@ func (c *ConsumerConfig) Validate() error {
 	k.between("BatchBytes", c.BatchBytes, 1, MaxBatchBytes)
 	k.fail(c.PrefetchBytes < 1, "PrefetchBytes", "must be positive, got %d", c.PrefetchBytes)
 	k.fail(c.DrainTimeout < 0, "DrainTimeout", "must not be negative, got %s", c.DrainTimeout)
-	k.fail(c.Backoff.Base <= 0 || c.Backoff.Max < c.Backoff.Base, "Backoff", "base must be positive and at most max")
-	_, err := pg.ParsePrepareMode(string(c.Prepare))
+	k.positive("Backoff", c.Backoff)
+	k.fail(c.BackoffMax < c.Backoff, "BackoffMax", "must be at least Backoff (%s), got %s", c.Backoff, c.BackoffMax)
+	_, err := pg.ParsePrepareMode(c.Prepare)
 	k.fail(err != nil, "Prepare", "must be auto, on or off, got %q", c.Prepare)
 	for _, b := range c.Bindings {
 		k.fail(b.Exchange == "", "Bindings", "the default exchange cannot be bound")
@@ -211,7 +244,7 @@ const (
 // ProcessorConfig configures a Processor. Zero values take the defaults; Consumer is
 // required.
 type ProcessorConfig struct {
-	Table        pg.Table      // default "inbox"
+	Table        string        // "name" or "schema.name"; default "inbox"
 	Consumer     string        // whose rows to process; required
 	BatchSize    int           // rows claimed per transaction; default 10, at most 64
 	PollInterval time.Duration // idle polling period; default 1s
@@ -228,8 +261,8 @@ type ProcessorConfig struct {
 
 // SetDefaults fills zero fields with their defaults.
 func (c *ProcessorConfig) SetDefaults() {
-	if c.Table.Name == "" {
-		c.Table = pg.Table{Name: DefaultTable}
+	if c.Table == "" {
+		c.Table = DefaultTable
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultProcessorBatchSize
@@ -251,7 +284,7 @@ func (c *ProcessorConfig) SetDefaults() {
 // Validate checks a config after SetDefaults.
 func (c *ProcessorConfig) Validate() error {
 	var k check
-	k.required("Table", c.Table.Name)
+	k.table(c.Table)
 	k.required("Consumer", c.Consumer)
 	k.between("BatchSize", c.BatchSize, 1, maxProcessorBatch)
 	k.positive("PollInterval", c.PollInterval)
@@ -270,7 +303,7 @@ const (
 
 // PurgerConfig configures the retention Purger. Zero values take the defaults.
 type PurgerConfig struct {
-	Table     pg.Table      // default "inbox"
+	Table     string        // "name" or "schema.name"; default "inbox"
 	Retention time.Duration // processed rows older than this are deleted; default 168h
 	BatchSize int           // rows deleted per statement; default 1000
 	Interval  time.Duration // pause between purge rounds; default 1m
@@ -278,8 +311,8 @@ type PurgerConfig struct {
 
 // SetDefaults fills zero fields with their defaults.
 func (c *PurgerConfig) SetDefaults() {
-	if c.Table.Name == "" {
-		c.Table = pg.Table{Name: DefaultTable}
+	if c.Table == "" {
+		c.Table = DefaultTable
 	}
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention
@@ -295,7 +328,7 @@ func (c *PurgerConfig) SetDefaults() {
 // Validate checks a config after SetDefaults.
 func (c *PurgerConfig) Validate() error {
 	var k check
-	k.required("Table", c.Table.Name)
+	k.table(c.Table)
 	k.fail(c.Retention < time.Minute, "Retention", "must be at least 1m, got %s", c.Retention)
 	k.between("BatchSize", c.BatchSize, 1, 100000)
 	k.positive("Interval", c.Interval)

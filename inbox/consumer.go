@@ -19,8 +19,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
+	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
-	"github.com/sidebox/sidebox/internal/metrics"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 )
@@ -45,10 +45,12 @@ const (
 // rows first), so that rows of one key get their seq, and become visible, in delivery
 // order.
 type Consumer struct {
-	db     *sql.DB
-	broker *broker.Broker
-	cfg    ConsumerConfig
-	log    *zap.Logger
+	db      *sql.DB
+	broker  Connection
+	owned   *broker.Broker // the consumer's own connection, run by Run; nil with WithConnection
+	cfg     ConsumerConfig
+	log     *zap.Logger
+	backoff backoff.Policy // of the database and the broker channel
 
 	insertSQL string
 	stmts     *pg.Statements // the insert, prepared lazily (the database may be down at start) where that is safe
@@ -76,25 +78,44 @@ type Consumer struct {
 	afterCommit func()
 }
 
-// NewConsumer returns a Consumer. cfg is completed with defaults and validated; the
-// broker b is shared with the rest of the process and run by the caller. m may be nil.
-func NewConsumer(db *sql.DB, b *broker.Broker, cfg ConsumerConfig, log *zap.Logger, m *metrics.Metrics) (*Consumer, error) {
+// NewConsumer returns a Consumer. cfg is completed with defaults and validated. The
+// consumer keeps its own connection to cfg.AMQPURLs, or consumes on the one given with
+// WithConnection. Without WithRegisterer its metrics go to a private registry.
+func NewConsumer(db *sql.DB, cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
+	o := newOptions(opts)
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("inbox consumer: %w", err)
 	}
-	if m == nil {
-		m = metrics.New(prometheus.NewRegistry())
+	switch {
+	case db == nil:
+		return nil, errors.New("inbox consumer: a database is required")
+	case o.conn == nil && len(cfg.AMQPURLs) == 0:
+		return nil, errors.New("inbox consumer: AMQPURLs or WithConnection is required")
+	case o.conn != nil && len(cfg.AMQPURLs) > 0:
+		return nil, errors.New("inbox consumer: give AMQPURLs or WithConnection, not both")
+	}
+	m, err := o.metrics()
+	if err != nil {
+		return nil, fmt.Errorf("inbox consumer: %w", err)
+	}
+	prepare, _ := pg.ParsePrepareMode(cfg.Prepare) // validated
+	conn, owned := o.conn, (*broker.Broker)(nil)
+	if conn == nil {
+		owned = broker.New(cfg.AMQPURLs, broker.Config{Name: cfg.ConnectionName, Role: broker.RoleConsume, TLS: cfg.AMQPTLS}, o.log, m)
+		conn = owned
 	}
 	q := cfg.Queue
-	log = log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table.String()), zap.String("consumer", cfg.Consumer))
+	log := o.log.With(zap.String("queue", cfg.Queue), zap.String("table", cfg.Table), zap.String("consumer", cfg.Consumer))
 	return &Consumer{
 		db:            db,
-		broker:        b,
+		broker:        conn,
+		owned:         owned,
 		cfg:           cfg,
 		log:           log,
-		insertSQL:     insertSQL(cfg.Table.String()),
-		stmts:         pg.NewStatements(db, cfg.Prepare, log),
+		backoff:       backoff.Policy{Base: cfg.Backoff, Max: cfg.BackoffMax},
+		insertSQL:     insertSQL(cfg.Table),
+		stmts:         pg.NewStatements(db, prepare, log),
 		received:      m.InboxReceived.WithLabelValues(q),
 		stored:        m.InboxStored.WithLabelValues(q),
 		duplicates:    m.InboxDuplicates.WithLabelValues(q),
@@ -142,6 +163,19 @@ var errChannelClosed = errors.New("AMQP channel closed")
 func (c *Consumer) Run(ctx context.Context) error {
 	defer c.consuming.Store(false)
 	defer c.stmts.Close()
+	if c.owned != nil {
+		// The consumer's own connection outlives ctx: the batches in hand when it is
+		// cancelled are still stored and acknowledged.
+		bctx, stopBroker := context.WithCancel(context.WithoutCancel(ctx))
+		var bwg sync.WaitGroup
+		bwg.Go(func() { c.owned.Run(bctx) })
+		stopDrain := context.AfterFunc(ctx, c.owned.Drain)
+		defer func() {
+			stopDrain()
+			stopBroker()
+			bwg.Wait()
+		}()
+	}
 	// work outlives ctx by DrainTimeout, so that the last batches can still be stored.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -160,7 +194,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		failures++
 		c.log.Warn("inbox consumer interrupted; retrying", zap.Int("failures", failures), zap.String("error", redact.Text(err.Error())))
-		if !c.cfg.Backoff.Sleep(ctx, failures) {
+		if !c.backoff.Sleep(ctx, failures) {
 			break
 		}
 	}
@@ -775,7 +809,7 @@ func (c *Consumer) store(ctx context.Context, ch *amqp.Channel, closed <-chan *a
 		c.dbOK.Store(false)
 		c.log.Warn("cannot store inbox batch; retrying", zap.Int("attempt", attempt), zap.Int("rows", len(r.ids)),
 			zap.String("error", redact.Text(err.Error())))
-		t := time.NewTimer(c.cfg.Backoff.Delay(attempt))
+		t := time.NewTimer(c.backoff.Delay(attempt))
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -7,16 +7,14 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
-	"github.com/sidebox/sidebox/internal/metrics"
-	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
 
@@ -219,8 +217,8 @@ func TestHelperConsumerProcess(t *testing.T) {
 	}
 	log := zap.NewNop()
 	b := startBroker(t, os.Getenv("HELPER_AMQP"), log)
-	c, err := NewConsumer(db, b, ConsumerConfig{Queue: os.Getenv("HELPER_QUEUE"), Prefetch: 100, BatchSize: 50, BatchWait: time.Second},
-		log, metrics.New(prometheus.NewRegistry()))
+	c, err := NewConsumer(db, ConsumerConfig{Queue: os.Getenv("HELPER_QUEUE"), Prefetch: 100, BatchSize: 50, BatchWait: time.Second},
+		WithConnection(b), WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,8 +265,23 @@ func TestConsumerDeclaresQueueAndBindings(t *testing.T) {
 	if keys != "order.created,invoice.paid" {
 		t.Errorf("stored routing keys %q, want order.created,invoice.paid", keys)
 	}
-	if _, err := NewConsumer(db, nil, ConsumerConfig{Queue: queue, Table: pg.Table{Name: "inbox"}, Prefetch: 10, BatchSize: 20}, zap.NewNop(), nil); err == nil {
+	if _, err := NewConsumer(db, ConsumerConfig{Queue: queue, AMQPURLs: []string{url}, Prefetch: 10, BatchSize: 20}); err == nil {
 		t.Error("NewConsumer accepted a batch size above the prefetch")
+	}
+	for _, c := range []struct {
+		cfg  ConsumerConfig
+		opts []Option
+		want string
+	}{
+		{ConsumerConfig{Queue: queue}, nil, "AMQPURLs or WithConnection"},
+		{ConsumerConfig{Queue: queue, AMQPURLs: []string{url}}, []Option{WithConnection(startBroker(t, url, zap.NewNop()))}, "not both"},
+		{ConsumerConfig{Queue: queue, AMQPURLs: []string{"http://u:secret@h/"}}, nil, "AMQPURLs"},
+		{ConsumerConfig{Queue: queue, AMQPURLs: []string{url}, Table: "App.Inbox"}, nil, "Table"},
+	} {
+		_, err := NewConsumer(db, c.cfg, c.opts...)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("NewConsumer(%+v): err = %v, want one about %s, without the password", c.cfg, err, c.want)
+		}
 	}
 }
 

@@ -20,19 +20,17 @@ import (
 
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
-	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 // migrated opens a fresh database with the inbox table t migrated.
-func migrated(t *testing.T, table string) (*sql.DB, string, pg.Table) {
+func migrated(t *testing.T, table string) (*sql.DB, string, string) {
 	t.Helper()
 	db, url := testenv.DB(t)
-	tbl := pg.MustParseTable(table)
-	if _, err := Migrations().Up(context.Background(), db, tbl); err != nil {
+	if err := Migrate(context.Background(), db, table); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	return db, url, tbl
+	return db, url, table
 }
 
 // amqpConn dials the test broker for the test's own declarations and publishes.
@@ -174,9 +172,10 @@ func startConsumer(t testing.TB, db *sql.DB, amqpURL string, cfg ConsumerConfig)
 func startConsumerWith(t testing.TB, db *sql.DB, amqpURL string, cfg ConsumerConfig, setup func(*Consumer)) *running {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
-	m := metrics.New(prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
 	b := startBroker(t, amqpURL, log)
-	c, err := NewConsumer(db, b, cfg, log, m)
+	c, err := NewConsumer(db, cfg, WithConnection(b), WithLogger(log), WithRegisterer(reg))
 	if err != nil {
 		t.Fatalf("NewConsumer: %v", err)
 	}

@@ -16,11 +16,13 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 	"unicode/utf8"
 
@@ -33,13 +35,35 @@ var migrationFiles embed.FS
 // DefaultTable is the inbox table's default name.
 const DefaultTable = "inbox"
 
-// Migrations returns the inbox table's migrations, written for the table name "inbox".
-func Migrations() pg.Migrations {
-	ms, err := pg.LoadMigrations(migrationFiles, "migrations", DefaultTable)
+// MigrationFiles returns the inbox table's SQL snippet files, NNNN_name.up.sql and
+// NNNN_name.down.sql, written for the table named "inbox", for a migration tool of the
+// service's own. `sidebox migrate print` prints them.
+func MigrationFiles() fs.FS {
+	sub, err := fs.Sub(migrationFiles, "migrations")
 	if err != nil {
 		panic(fmt.Sprintf("embedded inbox migrations are broken: %v", err)) // a build defect, caught by tests
 	}
-	return ms
+	return sub
+}
+
+// Migrate creates or updates the inbox table named table ("name" or "schema.name",
+// default "inbox" when empty), creating its schema when missing: it applies the
+// migrations not yet recorded for it in the schema's sidebox_migrations ledger, oldest
+// first, each in its own transaction. It is what `sidebox migrate up` does for the
+// inbox; concurrent callers wait for each other.
+func Migrate(ctx context.Context, db *sql.DB, table string) error {
+	t, err := pg.ParseTable(cmp.Or(table, DefaultTable))
+	if err != nil {
+		return fmt.Errorf("inbox table: %w", err)
+	}
+	ms, err := pg.LoadMigrations(MigrationFiles(), ".", DefaultTable)
+	if err != nil {
+		return fmt.Errorf("embedded inbox migrations: %w", err)
+	}
+	if _, err := ms.Up(ctx, db, t); err != nil {
+		return fmt.Errorf("migrate inbox table %s: %w", t, err)
+	}
+	return nil
 }
 
 // Execer is what Claim needs: a *sql.Tx, or a *sql.Conn inside a transaction.

@@ -17,10 +17,7 @@ import (
 )
 
 func TestMigrationsNameEveryObjectAfterTheTable(t *testing.T) {
-	ms := Migrations()
-	if ms.Base != "inbox" || len(ms.Steps) == 0 {
-		t.Fatalf("Migrations() = base %q, %d steps", ms.Base, len(ms.Steps))
-	}
+	ms := migrations(t)
 	created := regexp.MustCompile(`(?i)CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|SEQUENCE|FUNCTION|TRIGGER|CONSTRAINT TRIGGER)\s+(\w+)|CONSTRAINT\s+(\w+)`)
 	for _, s := range ms.Steps {
 		for _, m := range created.FindAllStringSubmatch(s.Up, -1) {
@@ -37,7 +34,7 @@ func TestMigrationsUpDownOnCustomTable(t *testing.T) {
 	db, _ := testenv.DB(t)
 	ctx := context.Background()
 	tbl := pg.MustParseTable("app.orders_inbox")
-	if _, err := Migrations().Up(ctx, db, tbl); err != nil {
+	if _, err := migrations(t).Up(ctx, db, tbl); err != nil {
 		t.Fatal(err)
 	}
 	var names string
@@ -50,10 +47,10 @@ func TestMigrationsUpDownOnCustomTable(t *testing.T) {
 			t.Errorf("object %q is not named after the table", n)
 		}
 	}
-	if again, err := Migrations().Up(ctx, db, tbl); err != nil || len(again) != 0 {
+	if again, err := migrations(t).Up(ctx, db, tbl); err != nil || len(again) != 0 {
 		t.Errorf("second Up applied %v, %v", again, err)
 	}
-	if _, err := Migrations().Down(ctx, db, tbl); err != nil {
+	if _, err := migrations(t).Down(ctx, db, tbl); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := pg.TableExists(ctx, db, tbl); err != nil || ok {
@@ -91,7 +88,7 @@ func TestConsumerConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Consumer != "orders" || c.Table.Name != "inbox" || c.Prefetch != 512 || c.BatchSize != 128 || c.BatchWait != 5*time.Millisecond {
+	if c.Consumer != "orders" || c.Table != "inbox" || c.Prefetch != 512 || c.BatchSize != 128 || c.BatchWait != 5*time.Millisecond {
 		t.Errorf("defaults %+v", c)
 	}
 	small := ConsumerConfig{Queue: "q", Prefetch: 10}
@@ -100,11 +97,14 @@ func TestConsumerConfig(t *testing.T) {
 		t.Errorf("batch size default with prefetch 10 = %d, want 10", small.BatchSize)
 	}
 	for field, cfg := range map[string]ConsumerConfig{
-		"Queue":     {},
-		"Prefetch":  {Queue: "q", Prefetch: 70000},
-		"BatchSize": {Queue: "q", Prefetch: 5, BatchSize: 6},
-		"BatchWait": {Queue: "q", BatchWait: -time.Second},
-		"Bindings":  {Queue: "q", Bindings: []Binding{{"", "k"}}},
+		"Queue":      {},
+		"Prefetch":   {Queue: "q", Prefetch: 70000},
+		"BatchSize":  {Queue: "q", Prefetch: 5, BatchSize: 6},
+		"BatchWait":  {Queue: "q", BatchWait: -time.Second},
+		"Bindings":   {Queue: "q", Bindings: []Binding{{"", "k"}}},
+		"Table":      {Queue: "q", Table: "Inbox"},
+		"AMQPURLs":   {Queue: "q", AMQPURLs: []string{"amqp://"}},
+		"BackoffMax": {Queue: "q", Backoff: time.Minute, BackoffMax: time.Second},
 	} {
 		cfg.SetDefaults()
 		var ce *ConfigError
@@ -120,6 +120,7 @@ func TestProcessorConfig(t *testing.T) {
 		"BatchSize":       {Consumer: "c", BatchSize: 65},
 		"MaxAttempts":     {Consumer: "c", MaxAttempts: -1},
 		"RetryBackoffMax": {Consumer: "c", RetryBackoff: time.Minute, RetryBackoffMax: time.Second},
+		"Table":           {Consumer: "c", Table: "a.b.c"},
 	} {
 		cfg.SetDefaults()
 		var ce *ConfigError
@@ -156,4 +157,14 @@ func TestHeadersJSON(t *testing.T) {
 	if _, err := HeadersJSON(amqp.Table{"ch": make(chan int)}); err == nil {
 		t.Error("an unsupported type was accepted")
 	}
+}
+
+// migrations loads the embedded migrations as the CLI does.
+func migrations(t *testing.T) pg.Migrations {
+	t.Helper()
+	ms, err := pg.LoadMigrations(MigrationFiles(), ".", DefaultTable)
+	if err != nil || ms.Base != "inbox" || len(ms.Steps) == 0 {
+		t.Fatalf("embedded migrations: %v (%d steps)", err, len(ms.Steps))
+	}
+	return ms
 }

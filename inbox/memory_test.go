@@ -103,12 +103,13 @@ func TestHelperMemoryProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := zap.NewNop()
-	m := metrics.New(prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
 	b := startBroker(t, os.Getenv("HELPER_AMQP"), log)
 	queue := os.Getenv("HELPER_QUEUE")
 	cfg := ConsumerConfig{Queue: queue}
 	cfg.PrefetchBytes, _ = strconv.Atoi(os.Getenv("HELPER_PREFETCH_BYTES")) // 0: the default
-	c, err := NewConsumer(db, b, cfg, log, m)
+	c, err := NewConsumer(db, cfg, WithConnection(b), WithLogger(log), WithRegisterer(reg))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
 
@@ -18,11 +17,11 @@ func TestConsumerThroughPgBouncer(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		name, mode string
-		prepare    pg.PrepareMode
+		prepare    string
 	}{
-		{"transaction", testenv.PoolTransaction, pg.PrepareAuto},
-		{"session", testenv.PoolSession, pg.PrepareAuto},
-		{"transaction forced prepare", testenv.PoolTransaction, pg.PrepareOn},
+		{"transaction", testenv.PoolTransaction, "auto"},
+		{"session", testenv.PoolSession, "auto"},
+		{"transaction forced prepare", testenv.PoolTransaction, "on"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -33,8 +32,8 @@ func TestConsumerThroughPgBouncer(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = db.Close() })
-			table := pg.MustParseTable("inbox")
-			if _, err := Migrations().Up(context.Background(), db, table); err != nil {
+			table := "inbox"
+			if err := Migrate(context.Background(), db, table); err != nil {
 				t.Fatalf("migrate through pgbouncer: %v", err)
 			}
 			url, conn, queue := testQueue(t, "inbox_pgbouncer")
@@ -53,7 +52,7 @@ func TestConsumerThroughPgBouncer(t *testing.T) {
 				t.Errorf("%s: stored %d, duplicates %d; want %d, 200", c.name, r.stored(), r.duplicates(), n)
 			}
 			prepared := r.c.stmts.Prepared()
-			if c.prepare == pg.PrepareAuto && prepared != (c.mode == testenv.PoolSession) {
+			if c.prepare == "auto" && prepared != (c.mode == testenv.PoolSession) {
 				t.Errorf("%s: insert prepared = %v", c.name, prepared)
 			}
 		})

@@ -55,8 +55,13 @@ type Processor struct {
 }
 
 // NewProcessor returns a Processor calling handler for each unprocessed row of
-// cfg.Consumer. cfg is completed with defaults and validated.
-func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, log *zap.Logger) (*Processor, error) {
+// cfg.Consumer. cfg is completed with defaults and validated. Of the options it takes
+// WithLogger.
+func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, opts ...Option) (*Processor, error) {
+	o := newOptions(opts)
+	if o.conn != nil {
+		return nil, errors.New("inbox processor: WithConnection applies to a Consumer only")
+	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("inbox processor: %w", err)
@@ -64,7 +69,7 @@ func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, log *zap.Log
 	if handler == nil {
 		return nil, errors.New("inbox processor: handler is nil")
 	}
-	t := cfg.Table.String()
+	t := cfg.Table
 	head := ""
 	if cfg.Ordered {
 		// Head of its key: no earlier row of the key is unprocessed (retrying and dead
@@ -79,7 +84,7 @@ func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, log *zap.Log
 		db:      db,
 		cfg:     cfg,
 		handler: handler,
-		log:     log.With(zap.String("table", t), zap.String("consumer", cfg.Consumer)),
+		log:     o.log.With(zap.String("table", t), zap.String("consumer", cfg.Consumer)),
 		retry:   backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
 		claimSQL: `SELECT i.message_id, i.exchange, i.routing_key, coalesce(i.message_type, ''), coalesce(i.content_type, ''),
   i.headers, i.payload, coalesce(i.ordering_key, ''), i.received_at, i.attempts
@@ -139,6 +144,10 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("begin inbox batch: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	// Before the claim is planned: no JIT for a statement that runs in milliseconds.
+	if _, err := tx.ExecContext(ctx, `SET LOCAL jit = off`); err != nil {
+		return 0, fmt.Errorf("begin inbox batch: %w", err)
+	}
 
 	msgs, err := p.claim(ctx, tx)
 	if err != nil || len(msgs) == 0 {

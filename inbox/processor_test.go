@@ -41,7 +41,7 @@ func recordEffect(ctx context.Context, tx *sql.Tx, msg Message) error {
 
 func newProcessor(t *testing.T, db *sql.DB, cfg ProcessorConfig, h Handler) *Processor {
 	t.Helper()
-	p, err := NewProcessor(db, cfg, h, zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel)))
+	p, err := NewProcessor(db, cfg, h, WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func TestHelperProcessorProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := NewProcessor(db, ProcessorConfig{Consumer: "svc"}, recordEffect, zap.NewNop())
+	p, err := NewProcessor(db, ProcessorConfig{Consumer: "svc"}, recordEffect)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,5 +353,23 @@ func TestClaimRefusesUnstorableIDs(t *testing.T) {
 	}
 	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != 2 {
 		t.Errorf("inbox rows = %d, want the 2 valid claims", n)
+	}
+}
+
+// The processor's claim runs without JIT: the setting is made in the batch's
+// transaction before the claim, whatever the session's default.
+func TestProcessorClaimsWithoutJIT(t *testing.T) {
+	t.Parallel()
+	db, _, _ := migrated(t, "inbox")
+	storeRows(t, db, "svc", "a")
+	var jit string
+	p := newProcessor(t, db, ProcessorConfig{Consumer: "svc"}, func(ctx context.Context, tx *sql.Tx, msg Message) error {
+		return tx.QueryRowContext(ctx, `SHOW jit`).Scan(&jit)
+	})
+	if n, err := p.ProcessOnce(context.Background()); n != 1 || err != nil {
+		t.Fatalf("ProcessOnce = %d, %v; want 1 row", n, err)
+	}
+	if jit != "off" {
+		t.Errorf("jit = %q in the processor's transaction, want off", jit)
 	}
 }

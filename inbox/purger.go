@@ -3,13 +3,14 @@ package inbox
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/sidebox/sidebox/internal/metrics"
 	"github.com/sidebox/sidebox/internal/redact"
 )
 
@@ -24,26 +25,34 @@ type Purger struct {
 	sql    string
 }
 
-// NewPurger returns a Purger; cfg is completed with defaults and validated. m may be nil.
-func NewPurger(db *sql.DB, cfg PurgerConfig, log *zap.Logger, m *metrics.Metrics) (*Purger, error) {
+// NewPurger returns a Purger; cfg is completed with defaults and validated. Of the
+// options it takes WithLogger and WithRegisterer (sidebox_inbox_purged_total).
+func NewPurger(db *sql.DB, cfg PurgerConfig, opts ...Option) (*Purger, error) {
+	o := newOptions(opts)
+	if o.conn != nil {
+		return nil, errors.New("inbox purger: WithConnection applies to a Consumer only")
+	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("inbox purger: %w", err)
 	}
-	if m == nil {
-		m = metrics.New(prometheus.NewRegistry())
+	m, err := o.metrics()
+	if err != nil {
+		return nil, fmt.Errorf("inbox purger: %w", err)
 	}
-	t := cfg.Table.String()
+	t := cfg.Table
 	return &Purger{
 		db:     db,
 		cfg:    cfg,
-		log:    log.With(zap.String("table", t)),
+		log:    o.log.With(zap.String("table", t)),
 		purged: m.InboxPurged.WithLabelValues(t),
 		// SKIP LOCKED: a row some transaction is touching is left for the next round.
-		sql: `DELETE FROM ` + t + ` WHERE (consumer, message_id) IN (
+		// One round trip in one implicit transaction, without JIT: the statement's
+		// estimate grows with the table. The values are numbers, safe as literals.
+		sql: `SET LOCAL jit = off; DELETE FROM ` + t + ` WHERE (consumer, message_id) IN (
   SELECT consumer, message_id FROM ` + t + `
-  WHERE processed_at < now() - $1 * interval '1 second'
-  LIMIT $2
+  WHERE processed_at < now() - ` + strconv.FormatFloat(cfg.Retention.Seconds(), 'f', -1, 64) + ` * interval '1 second'
+  LIMIT ` + strconv.Itoa(cfg.BatchSize) + `
   FOR UPDATE SKIP LOCKED)`,
 	}, nil
 }
@@ -77,7 +86,7 @@ func (p *Purger) Run(ctx context.Context) error {
 func (p *Purger) PurgeOnce(ctx context.Context) (int64, error) {
 	var total int64
 	for {
-		res, err := p.db.ExecContext(ctx, p.sql, p.cfg.Retention.Seconds(), p.cfg.BatchSize)
+		res, err := p.db.ExecContext(ctx, p.sql)
 		if err != nil {
 			return total, fmt.Errorf("purge inbox rows: %w", err)
 		}

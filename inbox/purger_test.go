@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/metrics"
 )
@@ -24,8 +23,9 @@ func TestPurgerRemovesOnlyExpiredProcessedRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := metrics.New(prometheus.NewRegistry())
-	p, err := NewPurger(db, PurgerConfig{Table: tbl, BatchSize: 2}, zap.NewNop(), m)
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	p, err := NewPurger(db, PurgerConfig{Table: tbl, BatchSize: 2}, WithRegisterer(reg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,12 +56,12 @@ func TestPurgerRemovesOnlyExpiredProcessedRows(t *testing.T) {
 }
 
 func TestPurgerConfig(t *testing.T) {
-	if _, err := NewPurger(nil, PurgerConfig{Retention: time.Second}, zap.NewNop(), nil); err == nil {
+	if _, err := NewPurger(nil, PurgerConfig{Retention: time.Second}); err == nil {
 		t.Error("a retention of 1s was accepted")
 	}
 	c := PurgerConfig{}
 	c.SetDefaults()
-	if c.Retention != 168*time.Hour || c.Table.Name != "inbox" {
+	if c.Retention != 168*time.Hour || c.Table != "inbox" {
 		t.Errorf("defaults %+v", c)
 	}
 }

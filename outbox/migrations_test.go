@@ -65,12 +65,12 @@ func TestMigrationsUpDownUp(t *testing.T) {
 		t.Run(tc.table, func(t *testing.T) {
 			db, dsn := testenv.DB(t)
 			table := pg.MustParseTable(tc.table)
-			ms := outbox.Migrations()
+			ms := migrations(t)
 			ctx := context.Background()
 			n := tc.name
 			want := []string{
 				"S:" + n + "_seq_seq", "S:" + n + "_wakeup", "f:" + n + "_wakeup",
-				"i:" + n + "_available_idx", "i:" + n + "_dead_idx", "i:" + n + "_ordering_idx", "i:" + n + "_pkey", "i:" + n + "_unkeyed_idx",
+				"i:" + n + "_available_idx", "i:" + n + "_dead_idx", "i:" + n + "_ordering_idx", "i:" + n + "_pkey", "i:" + n + "_retrying_idx", "i:" + n + "_unkeyed_idx",
 				"r:" + n, "t:" + n + "_wakeup",
 			}
 			sort.Strings(want)
@@ -192,7 +192,7 @@ func assertWakeup(t *testing.T, db *sql.DB, dsn string, table pg.Table) {
 // Rewriting the snippets for another table leaves no name of the default table behind
 // and renames every derived object, including the notification channel.
 func TestMigrationsRewriteEveryName(t *testing.T) {
-	ms := outbox.Migrations()
+	ms := migrations(t)
 	table := pg.MustParseTable("billing.orders_outbox")
 	bare := regexp.MustCompile(`\boutbox`)
 	for _, step := range ms.Steps {
@@ -236,8 +236,7 @@ func TestMigrationsConcurrentUp(t *testing.T) {
 	errs := make(chan error, 4)
 	for range 4 {
 		wg.Go(func() {
-			_, err := outbox.Migrations().Up(context.Background(), db, table)
-			errs <- err
+			errs <- outbox.Migrate(context.Background(), db, table.String())
 		})
 	}
 	wg.Wait()
@@ -250,4 +249,14 @@ func TestMigrationsConcurrentUp(t *testing.T) {
 	if exists, err := pg.TableExists(context.Background(), db, table); err != nil || !exists {
 		t.Errorf("table after concurrent up: %v, %v", exists, err)
 	}
+}
+
+// migrations loads the embedded migrations as the CLI does.
+func migrations(t *testing.T) pg.Migrations {
+	t.Helper()
+	ms, err := pg.LoadMigrations(outbox.MigrationFiles(), ".", outbox.DefaultTable)
+	if err != nil || ms.Base != "outbox" || len(ms.Steps) == 0 {
+		t.Fatalf("embedded migrations: %v (%d steps)", err, len(ms.Steps))
+	}
+	return ms
 }

@@ -6,12 +6,14 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"slices"
 	"strconv"
@@ -24,16 +26,41 @@ import (
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
+// DefaultTable is the outbox table's default name.
+const DefaultTable = "outbox"
+
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// Migrations returns the outbox table's migrations, written for the table name "outbox".
-func Migrations() pg.Migrations {
-	ms, err := pg.LoadMigrations(migrationFiles, "migrations", "outbox")
+// MigrationFiles returns the outbox table's SQL snippet files, NNNN_name.up.sql and
+// NNNN_name.down.sql, written for the table named "outbox", for a migration tool of the
+// service's own. `sidebox migrate print` prints them.
+func MigrationFiles() fs.FS {
+	sub, err := fs.Sub(migrationFiles, "migrations")
 	if err != nil {
 		panic(fmt.Sprintf("embedded outbox migrations are broken: %v", err)) // a build defect, caught by tests
 	}
-	return ms
+	return sub
+}
+
+// Migrate creates or updates the outbox table named table ("name" or "schema.name",
+// default "outbox" when empty), creating its schema when missing: it applies the
+// migrations not yet recorded for it in the schema's sidebox_migrations ledger, oldest
+// first, each in its own transaction. It is what `sidebox migrate up` does for the
+// outbox; concurrent callers wait for each other.
+func Migrate(ctx context.Context, db *sql.DB, table string) error {
+	t, err := pg.ParseTable(cmp.Or(table, DefaultTable))
+	if err != nil {
+		return fmt.Errorf("outbox table: %w", err)
+	}
+	ms, err := pg.LoadMigrations(MigrationFiles(), ".", DefaultTable)
+	if err != nil {
+		return fmt.Errorf("embedded outbox migrations: %w", err)
+	}
+	if _, err := ms.Up(ctx, db, t); err != nil {
+		return fmt.Errorf("migrate outbox table %s: %w", t, err)
+	}
+	return nil
 }
 
 // Execer is what Write needs: a *sql.Tx, or a *sql.Conn inside a transaction.
@@ -81,8 +108,8 @@ func Write(ctx context.Context, tx Execer, msg Message) (uuid.UUID, error) {
 // The headers the relay stamps on every message; they replace headers of the same
 // name in Message.Headers.
 const (
-	OrderingKeyHeader = amqpmap.OrderingKeyHeader // "x-ordering-key": Message.OrderingKey, absent when ""
-	SeqHeader         = amqpmap.SeqHeader         // "x-outbox-seq": the row's seq, a 64-bit integer
+	OrderingKeyHeader = "x-ordering-key" // Message.OrderingKey, absent when ""
+	SeqHeader         = "x-outbox-seq"   // the row's seq, a 64-bit integer
 )
 
 // ErrNoPayload is returned for a message without a body.

@@ -14,7 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/amqpmap"
 	"github.com/sidebox/sidebox/internal/testenv"
 	"github.com/sidebox/sidebox/outbox"
 )
@@ -22,7 +22,7 @@ import (
 func migrated(t *testing.T, table string) *sql.DB {
 	t.Helper()
 	db, _ := testenv.DB(t)
-	if _, err := outbox.Migrations().Up(context.Background(), db, pg.MustParseTable(table)); err != nil {
+	if err := outbox.Migrate(context.Background(), db, table); err != nil {
 		t.Fatalf("migrate %s: %v", table, err)
 	}
 	return db
@@ -246,5 +246,13 @@ func TestWriteKeepsFloatsFloats(t *testing.T) {
 	}
 	if want := `{"i": 5, "l": [2.0], "w": 5.0, "big": 1000000000000000000000.0, "f32": 0.5}`; got != want {
 		t.Errorf("stored headers %s, want %s", got, want)
+	}
+}
+
+// The header names in the public API are the ones the relay stamps.
+func TestHeaderNamesAreTheRelays(t *testing.T) {
+	if outbox.OrderingKeyHeader != amqpmap.OrderingKeyHeader || outbox.SeqHeader != amqpmap.SeqHeader {
+		t.Errorf("outbox headers %q, %q; the relay stamps %q, %q",
+			outbox.OrderingKeyHeader, outbox.SeqHeader, amqpmap.OrderingKeyHeader, amqpmap.SeqHeader)
 	}
 }

@@ -67,7 +67,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 	for _, keyedFirst := range []bool{true, false} {
 		for _, cur := range []*string{nil, &cursor} {
 			name := fmt.Sprintf("keyedFirst=%v cursor=%v", keyedFirst, cur != nil)
-			sql := q.claimSQL[b2i(keyedFirst)][b2i(cur != nil)]
+			sql := q.claimSQL[b2i(keyedFirst)][b2i(cur != nil)][0]
 			var arg any
 			if cur != nil {
 				arg = *cur
@@ -81,7 +81,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 				}
 				var raw []byte
 				if !generic {
-					err = tx.QueryRow(`EXPLAIN (ANALYZE, FORMAT JSON) `+sql, batch, arg, 4*batch+16).Scan(&raw)
+					err = tx.QueryRow(`EXPLAIN (ANALYZE, FORMAT JSON) `+sql, batch, arg, 4*batch+16, DefaultBatchBytes, nil, nil).Scan(&raw)
 				} else {
 					cursorLit := "NULL"
 					if cur != nil {
@@ -90,10 +90,10 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 					if _, err := tx.Exec(`SET LOCAL plan_cache_mode = force_generic_plan`); err != nil {
 						t.Fatal(err)
 					}
-					if _, err := tx.Exec(`PREPARE claim_plan (int, text, int) AS ` + sql); err != nil {
+					if _, err := tx.Exec(`PREPARE claim_plan (int, text, int, bigint, timestamptz, bigint) AS ` + sql); err != nil {
 						t.Fatal(err)
 					}
-					err = tx.QueryRow(fmt.Sprintf(`EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_plan(%d, %s, %d)`, batch, cursorLit, 4*batch+16)).Scan(&raw)
+					err = tx.QueryRow(fmt.Sprintf(`EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_plan(%d, %s, %d, %d, NULL, NULL)`, batch, cursorLit, 4*batch+16, DefaultBatchBytes)).Scan(&raw)
 				}
 				if err != nil {
 					t.Fatalf("%s: explain: %v", name, err)
@@ -131,7 +131,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := q.claim(context.Background(), newStatements(db, pg.PrepareOn, zap.NewNop()), tx, batch, keyedFirst, cur, 4*batch+16)
+			c, err := q.claim(context.Background(), newStatements(db, pg.PrepareOn, zap.NewNop()), tx, claimConfig(batch), keyedFirst, cur, 4*batch+16, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -185,7 +185,7 @@ func TestConcurrentClaimsTakeDisjointRows(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { _ = tx.Rollback() }()
-		c, err := q.claim(ctx, st, tx, 50, keyedFirst, nil, 216)
+		c, err := q.claim(ctx, st, tx, claimConfig(50), keyedFirst, nil, 216, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +205,7 @@ func TestConcurrentClaimsTakeDisjointRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	c, err := q.claim(ctx, st, tx, 500, true, nil, 216)
+	c, err := q.claim(ctx, st, tx, claimConfig(500), true, nil, 216, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestClaimFallsBackToPlainQueries(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { _ = tx.Rollback() }()
-		return q.claim(ctx, st, tx, 10, true, nil, 56)
+		return q.claim(ctx, st, tx, claimConfig(10), true, nil, 56, nil)
 	}
 	if c, err := claim(); err != nil || len(c.rows) != 1 {
 		t.Fatalf("prepared claim: %d rows, %v", len(c.rows), err)

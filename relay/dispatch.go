@@ -18,6 +18,9 @@ import (
 type batch struct {
 	tx   *sql.Tx
 	rows []row
+	// overlocked: the claim locked rows it left out (past the byte budget); they
+	// become claimable when the batch commits.
+	overlocked bool
 }
 
 // dispatcher claims batches and hands them to free workers. It alone claims, so the
@@ -49,6 +52,13 @@ type dispatcher struct {
 	keyedFirst bool      // which part of the claim goes first; alternates
 	cursor     *string
 	failures   int // consecutive database errors
+	rowLimit   int // rows the next claim may lock: the batch size, or fewer when rows are large
+	// unkeyedFrom is where the next claim's unkeyed part starts; nil: at the start.
+	// It follows a drain and goes back to the start when a claim comes back short,
+	// and every rescanAfter, for rows it passed while they were locked (in
+	// flight, or by another relay) or not yet committed.
+	unkeyedFrom *unkeyedCursor
+	fromStart   time.Time // when the unkeyed part last started at the start
 
 	pollGap time.Duration // polled wake-ups: the last sleep after an empty claim
 	foundAt time.Time     // when the last claim that found rows ran
@@ -104,6 +114,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		// Signals that came before this claim are answered by it.
 		d.drainSignals()
 		claimStart := time.Now()
+		limit := d.limit()
 		c, tx, err := d.claim(ctx)
 		if err != nil {
 			d.idle <- w
@@ -129,14 +140,15 @@ func (d *dispatcher) run(ctx context.Context) {
 		if len(c.rows) > 0 {
 			d.foundAt = claimStart
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
-			full := len(c.rows) >= r.cfg.BatchSize || walkStopped
+			// Full: the batch or its byte budget is used up, or the walk has keys left.
+			full := len(c.rows) >= limit || c.bytes >= r.cfg.BatchBytes || c.locked > len(c.rows) || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
 			if d.flagSet && (full || busy) {
 				// Behind: drain without notifications.
 				r.flag.clear(context.WithoutCancel(ctx), r.log)
 				d.flagSet = false
 			}
-			w.in <- &batch{tx: tx, rows: c.rows}
+			w.in <- &batch{tx: tx, rows: c.rows, overlocked: c.locked > len(c.rows)}
 			switch {
 			case full, !busy && !d.flagSet:
 				wait = 0 // draining, and a worker is free (or will be: acquire waits)
@@ -217,6 +229,19 @@ func (d *dispatcher) dbFailed(msg string, err error) time.Duration {
 	return r.reconnect.Delay(d.failures)
 }
 
+// rescanAfter bounds how long claims start their unkeyed part at the cursor before one
+// starts at the start again. That claim reads the index entries of every row deleted
+// since the last vacuum, so it is made rarely.
+const rescanAfter = 10 * time.Second
+
+// limit is the row limit of the next claim.
+func (d *dispatcher) limit() int {
+	if d.rowLimit == 0 {
+		return d.r.cfg.BatchSize
+	}
+	return d.rowLimit
+}
+
 // maxVisits bounds the keys one claim's walk visits, so that many blocked keys cannot
 // make every claim slow.
 func (d *dispatcher) maxVisits() int { return 4*d.r.cfg.BatchSize + 16 }
@@ -238,24 +263,54 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 	r.claims.Add(1)
 	qctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
-	c, err := r.q.claim(qctx, r.stmts, tx, r.cfg.BatchSize, d.keyedFirst, d.cursor, d.maxVisits())
-	if err != nil {
+	if _, err := tx.ExecContext(qctx, r.txSettings); err != nil {
 		_ = tx.Rollback()
-		return claimed{}, nil, err
+		return claimed{}, nil, fmt.Errorf("set up the claim's transaction: %w", err)
 	}
-	// Move the walk's cursor: after the last key visited, or back to the start when
-	// the walk reached the end of the keys.
-	keyedLimit := r.cfg.BatchSize
-	if !d.keyedFirst {
-		keyedLimit -= c.unkeyed
+	cfg := r.cfg
+	cfg.BatchSize = d.limit()
+	if time.Since(d.fromStart) > rescanAfter {
+		d.unkeyedFrom = nil
 	}
-	switch {
-	case keyedLimit <= 0:
-	case c.found < keyedLimit && c.visited < d.maxVisits():
-		d.cursor = nil
-	case c.last.Valid:
-		last := c.last.String
-		d.cursor = &last
+	var c claimed
+	for {
+		from := d.unkeyedFrom
+		if from == nil {
+			d.fromStart = time.Now()
+		}
+		c, err = r.q.claim(qctx, r.stmts, tx, cfg, d.keyedFirst, d.cursor, d.maxVisits(), from)
+		if err != nil {
+			_ = tx.Rollback()
+			return claimed{}, nil, err
+		}
+		switch {
+		case len(c.rows) < cfg.BatchSize && c.locked <= len(c.rows) && c.bytes < cfg.BatchBytes:
+			d.unkeyedFrom = nil // short: caught up, start at the start next time
+		case c.unkeyed > 0:
+			last := c.unkeyedLast
+			d.unkeyedFrom = &last
+		}
+		// Move the walk's cursor: after the last key visited, or back to the start
+		// when the walk reached the end of the keys. A walk that had no room (the
+		// other part took the whole batch) visited nothing and leaves it.
+		switch {
+		case c.walkEnded:
+			d.cursor = nil
+		case c.last.Valid:
+			last := c.last.String
+			d.cursor = &last
+		}
+		// Nothing after the cursor: look once more from the start, in the same
+		// transaction (the empty claim locked nothing).
+		if len(c.rows) > 0 || from == nil {
+			break
+		}
+	}
+	if len(c.rows) > 0 {
+		// Rows the budget holds at the size of these, plus one: a claim locks few
+		// rows that it then leaves out.
+		avg := max(c.bytes/len(c.rows), 1)
+		d.rowLimit = min(max(r.cfg.BatchBytes/avg+1, 1), r.cfg.BatchSize)
 	}
 	return c, tx, nil
 }

@@ -105,7 +105,8 @@ func TestHelperRelayProcess(t *testing.T) {
 	cfg := testConfig(pg.MustParseTable("outbox"))
 	cfg.BatchSize, _ = strconv.Atoi(os.Getenv(helperBatchSize))
 	cfg.Workers, _ = strconv.Atoi(os.Getenv(helperWorkers))
-	r, err := New(db, os.Getenv(helperDSN), b, cfg, log, nil)
+	cfg.ListenDatabaseURL = os.Getenv(helperDSN)
+	r, err := New(db, cfg, WithConnection(b), WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ import (
 // migrate creates the outbox table t.
 func migrate(t *testing.T, db *sql.DB, table pg.Table) {
 	t.Helper()
-	if _, err := outbox.Migrations().Up(context.Background(), db, table); err != nil {
+	if err := outbox.Migrate(context.Background(), db, table.String()); err != nil {
 		t.Fatalf("migrate %s: %v", table, err)
 	}
 }
@@ -246,13 +246,15 @@ type running struct {
 func startRelay(t *testing.T, db *sql.DB, dsn, amqpURL string, cfg Config, options ...func(*Relay)) *running {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	m := metrics.New(prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
 	b := broker.New([]string{amqpURL}, broker.Config{Name: "sidebox-relay-test", Backoff: fastBackoff()}, log, m)
 	bctx, bcancel := context.WithCancel(context.Background())
 	var bwg sync.WaitGroup
 	bwg.Go(func() { b.Run(bctx) })
 
-	r, err := New(db, dsn, b, cfg, log, m)
+	cfg.ListenDatabaseURL = dsn
+	r, err := New(db, cfg, WithConnection(b), WithLogger(log), WithRegisterer(reg))
 	if err != nil {
 		bcancel()
 		t.Fatalf("relay.New: %v", err)
@@ -359,7 +361,7 @@ func backlog(t *testing.T, db *sql.DB, table pg.Table, exchange, key string, n i
 // testConfig is a relay configuration for fast tests.
 func testConfig(table pg.Table) Config {
 	return Config{
-		Table:           table,
+		Table:           table.String(),
 		PollInterval:    time.Second,
 		RetryBackoff:    50 * time.Millisecond,
 		RetryBackoffMax: 200 * time.Millisecond,

@@ -30,9 +30,14 @@ import (
 // itself through its pool and waits up to probeTimeout for its own notification.
 // Until one arrives, and for as long as the connection is down, wake-ups are polled
 // (see the dispatcher); a probe that times out is logged once, with what to do.
+// Without a LISTEN URL wake-ups are polled throughout.
 func (r *Relay) listen(wake chan<- struct{}) (stop func()) {
-	channel := r.cfg.Table.Channel()
-	r.setPolled(true, "")            // until a probe shows that notifications arrive
+	channel := r.table.Channel()
+	r.setPolled(true, "") // until a probe shows that notifications arrive
+	if r.dsn == "" {
+		r.log.Info("no LISTEN connection configured (Config.ListenDatabaseURL); polling for new rows, every few milliseconds while rows come and every poll interval while idle")
+		return func() {}
+	}
 	probes := make(chan struct{}, 1) // the connection is (re)established: probe it
 	askProbe := func() {
 		select {
@@ -181,14 +186,14 @@ func (r *Relay) setPolled(polled bool, warning string) {
 	r.m.WakeupsPolled.WithLabelValues(r.q.tableName).Set(v)
 	switch {
 	case polled && warning != "" && !r.probeFailed.Swap(true):
-		r.log.Warn(warning, zap.String("channel", r.cfg.Table.Channel()),
+		r.log.Warn(warning, zap.String("channel", r.table.Channel()),
 			zap.String("hint", "set SIDEBOX_LISTEN_DATABASE_URL to a direct connection to the database (not through the pooler) for wake-ups within milliseconds; "+
 				"meanwhile a message written after an idle spell waits up to SIDEBOX_POLL_INTERVAL"))
 	case !polled && was:
 		if r.probeFailed.Swap(false) {
 			r.log.Info("notifications arrive on the LISTEN connection again; wake-ups by notification")
 		} else {
-			r.log.Info("listening for outbox notifications", zap.String("channel", r.cfg.Table.Channel()))
+			r.log.Info("listening for outbox notifications", zap.String("channel", r.table.Channel()))
 		}
 	}
 }

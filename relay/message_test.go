@@ -1,14 +1,16 @@
 package relay
 
 import (
+	"database/sql"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
 
-	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/broker"
 )
 
 func TestPublishingRefusesWhatAMQPCannotCarry(t *testing.T) {
@@ -98,21 +100,24 @@ func TestPublishingStampsOrderingHeaders(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 func TestConfigDefaultsAndValidation(t *testing.T) {
-	c := Config{Table: pg.MustParseTable("outbox")}
+	var c Config
 	c.setDefaults()
 	if err := c.Validate(); err != nil {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
-	want := Config{Table: c.Table, BatchSize: 500, PollInterval: time.Second, RetryBackoff: time.Second,
-		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2, Prepare: pg.PrepareAuto}
-	if c != want {
+	want := Config{Table: "outbox", ConnectionName: "sidebox relay", BatchSize: 500, PollInterval: time.Second, RetryBackoff: time.Second,
+		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2, Prepare: "auto", BatchBytes: 8 << 20}
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults = %+v, want %+v", c, want)
 	}
 	for _, tc := range []struct {
 		change func(*Config)
 		err    string
 	}{
-		{func(c *Config) { c.Table = pg.Table{} }, "Table"},
+		{func(c *Config) { c.Table = "" }, "Table"},
+		{func(c *Config) { c.Table = "App.Outbox" }, "Table"},
+		{func(c *Config) { c.Table = "a.b.c" }, "Table"},
+		{func(c *Config) { c.AMQPURLs = []string{"http://u:secret@h/"} }, "AMQPURLs"},
 		{func(c *Config) { c.BatchSize = 10001 }, "BatchSize"},
 		{func(c *Config) { c.BatchSize = -1 }, "BatchSize"},
 		{func(c *Config) { c.PollInterval = -time.Second }, "PollInterval"},
@@ -121,15 +126,27 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{func(c *Config) { c.MaxAttempts = -1 }, "MaxAttempts"},
 		{func(c *Config) { c.Workers = 65 }, "Workers"},
 		{func(c *Config) { c.Prepare = "sometimes" }, "Prepare"},
+		{func(c *Config) { c.BatchBytes = 1000 }, "BatchBytes"},
 	} {
 		c := want
 		tc.change(&c)
-		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.err) {
-			t.Errorf("Validate() = %v, want an error about %s", err, tc.err)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.err) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("Validate() = %v, want an error about %s, without the password", err, tc.err)
 		}
 	}
-	if _, err := New(nil, "", nil, Config{}, nil, nil); err == nil {
-		t.Error("New accepted a config without a table")
+	db, err := sql.Open("postgres", "postgres://127.0.0.1:1/none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := New(nil, Config{AMQPURLs: []string{"amqp://h/"}}); err == nil {
+		t.Error("New accepted no database")
+	}
+	if _, err := New(db, Config{}); err == nil || !strings.Contains(err.Error(), "AMQPURLs or WithConnection") {
+		t.Errorf("New without a broker: err = %v", err)
+	}
+	if _, err := New(db, Config{AMQPURLs: []string{"amqp://h/"}}, WithConnection(broker.New([]string{"amqp://h/"}, broker.Config{}, zap.NewNop(), nil))); err == nil {
+		t.Error("New accepted both AMQPURLs and WithConnection")
 	}
 }
 

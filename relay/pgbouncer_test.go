@@ -94,7 +94,7 @@ func TestForcedPrepareBehindTransactionPooler(t *testing.T) {
 	t.Parallel()
 	db, dsn, table, url, exchange, s := pooledSetup(t, testenv.PoolTransaction)
 	cfg := testConfig(table)
-	cfg.Workers, cfg.BatchSize, cfg.Prepare = 4, 20, pg.PrepareOn
+	cfg.Workers, cfg.BatchSize, cfg.Prepare = 4, 20, string(pg.PrepareOn)
 	r := startRelay(t, db, dsn, url, cfg)
 	ids := writeConcurrently(t, db, table, exchange, 800)
 	s.waitDistinct(t, len(ids), 60*time.Second)

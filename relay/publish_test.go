@@ -134,7 +134,7 @@ func TestOrderingKeyAndSeqReachTheInbox(t *testing.T) {
 	table := pg.MustParseTable("outbox")
 	migrate(t, db, table)
 	inboxTable := pg.MustParseTable("inbox")
-	if _, err := inbox.Migrations().Up(context.Background(), db, inboxTable); err != nil {
+	if err := inbox.Migrate(context.Background(), db, inboxTable.String()); err != nil {
 		t.Fatal(err)
 	}
 	url := testenv.AMQPURL(t)
@@ -163,7 +163,8 @@ func TestOrderingKeyAndSeqReachTheInbox(t *testing.T) {
 	bctx, bcancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { b.Run(bctx) })
-	c, err := inbox.NewConsumer(db, b, inbox.ConsumerConfig{Queue: queue, Table: inboxTable, Consumer: "test"}, log, nil)
+	c, err := inbox.NewConsumer(db, inbox.ConsumerConfig{Queue: queue, Table: inboxTable.String(), Consumer: "test"},
+		inbox.WithConnection(b), inbox.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ package relay
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -37,11 +38,33 @@ import (
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
 	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/outbox"
 )
 
 // Config tunes a Relay. Zero values take the defaults.
 type Config struct {
-	Table           pg.Table      // the outbox table; required
+	// Table is the outbox table, "name" or "schema.name" (lower-case SQL identifiers);
+	// default "outbox".
+	Table string
+
+	// AMQPURLs are the RabbitMQ URLs (amqp:// or amqps://), tried in turn, on which the
+	// relay keeps its own publishing connection while it runs. Required unless a
+	// connection is given with WithConnection.
+	AMQPURLs []string
+	// AMQPTLS configures the relay's own amqps:// connections; nil: the system's roots,
+	// no client certificate.
+	AMQPTLS *tls.Config
+	// ConnectionName is shown in the RabbitMQ management UI for the relay's own
+	// connection; default "sidebox relay".
+	ConnectionName string
+
+	// ListenDatabaseURL is the PostgreSQL URL (lib/pq syntax) of the relay's LISTEN
+	// connection, by which writers wake it within milliseconds. Give a direct
+	// connection: notifications do not pass a transaction pooler. Empty: no LISTEN; the
+	// relay polls, every few milliseconds while rows come and every PollInterval while
+	// idle.
+	ListenDatabaseURL string
+
 	BatchSize       int           // rows per batch; default 500, at most 10000
 	PollInterval    time.Duration // idle polling period; default 1s
 	RetryBackoff    time.Duration // first retry delay of a failed row; default 1s
@@ -49,9 +72,12 @@ type Config struct {
 	PublishTimeout  time.Duration // longest wait for a batch's confirms; default 30s
 	MaxAttempts     int           // failed publishes before a row is dead; default 10
 	Workers         int           // batches in flight at once; default 2
-	// Prepare says whether the frequent queries are prepared; default pg.PrepareAuto
-	// (unless the connection is pooled per transaction).
-	Prepare pg.PrepareMode
+	// Prepare says whether the frequent queries are prepared on the server: "auto"
+	// (default: unless the connection is pooled per transaction), "on" or "off".
+	Prepare string
+	// BatchBytes bounds the payload bytes of one batch; default 8 MiB. A row larger
+	// than it goes alone. Workers × BatchBytes bounds the payloads in memory.
+	BatchBytes int
 }
 
 // Defaults.
@@ -63,11 +89,15 @@ const (
 	DefaultPublishTimeout  = 30 * time.Second
 	DefaultMaxAttempts     = 10
 	DefaultWorkers         = 2
+	DefaultBatchBytes      = 8 << 20
 
 	// MaxBatchSize is the largest accepted BatchSize.
 	MaxBatchSize = 10000
 	// MaxWorkers is the largest accepted Workers.
 	MaxWorkers = 64
+	// MinBatchBytes and MaxBatchBytes bound BatchBytes.
+	MinBatchBytes = 1 << 10
+	MaxBatchBytes = 1 << 30
 )
 
 const (
@@ -99,15 +129,24 @@ func (c *Config) setDefaults() {
 	c.PublishTimeout = cmp.Or(c.PublishTimeout, DefaultPublishTimeout)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
 	c.Workers = cmp.Or(c.Workers, DefaultWorkers)
-	c.Prepare = cmp.Or(c.Prepare, pg.PrepareAuto)
+	c.Prepare = cmp.Or(c.Prepare, string(pg.PrepareAuto))
+	c.Table = cmp.Or(c.Table, outbox.DefaultTable)
+	c.ConnectionName = cmp.Or(c.ConnectionName, "sidebox relay")
+	c.BatchBytes = cmp.Or(c.BatchBytes, DefaultBatchBytes)
 }
 
 // Validate reports the first invalid setting. Zero values are invalid here; New fills
 // them with the defaults before it validates.
 func (c Config) Validate() error {
+	if _, err := pg.ParseTable(c.Table); err != nil {
+		return fmt.Errorf("relay: Table: %w", err)
+	}
+	for _, u := range c.AMQPURLs {
+		if err := checkAMQPURL(u); err != nil {
+			return fmt.Errorf("relay: AMQPURLs: %w", err)
+		}
+	}
 	switch {
-	case c.Table.Name == "":
-		return errors.New("relay: Table is required")
 	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
 		return fmt.Errorf("relay: BatchSize must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
 	case c.PollInterval <= 0:
@@ -122,8 +161,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("relay: MaxAttempts must be at least 1, got %d", c.MaxAttempts)
 	case c.Workers < 1 || c.Workers > MaxWorkers:
 		return fmt.Errorf("relay: Workers must be between 1 and %d, got %d", MaxWorkers, c.Workers)
+	case c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes:
+		return fmt.Errorf("relay: BatchBytes must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
 	}
-	if _, err := pg.ParsePrepareMode(string(c.Prepare)); err != nil {
+	if _, err := pg.ParsePrepareMode(c.Prepare); err != nil {
 		return fmt.Errorf("relay: Prepare %w", err)
 	}
 	return nil
@@ -133,13 +174,17 @@ func (c Config) Validate() error {
 type Relay struct {
 	db     *sql.DB
 	dsn    string
-	broker *broker.Broker
+	broker Connection
+	owned  *broker.Broker // the relay's own connection, run by Run; nil with WithConnection
 	cfg    Config
+	table  pg.Table
 	log    *zap.Logger
 	m      *metrics.Metrics
 	q      queries
 	stmts  *statements
 	flag   *wakeFlag
+
+	txSettings string // run first in every batch's transaction
 
 	retry     backoff.Policy // schedule of failed rows
 	reconnect backoff.Policy // after a database or channel error
@@ -160,40 +205,63 @@ type Relay struct {
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
 }
 
-// New returns a relay for cfg.Table. db is the pool for claims and settlement; dsn opens
-// the dedicated LISTEN connection (behind a transaction pooler, give a direct one:
-// notifications do not pass such a pooler, and the relay then polls); b must be run by the caller (broker.Run) for as long
-// as the relay runs, and stopped only after Run returned, so that the batches in flight
-// can finish. A nil m gets a private registry.
-func New(db *sql.DB, dsn string, b *broker.Broker, cfg Config, log *zap.Logger, m *metrics.Metrics) (*Relay, error) {
+// New returns a relay for cfg.Table. db is the pool for claims and settlement. The relay
+// publishes on its own connection to cfg.AMQPURLs, or on the one given with
+// WithConnection. Without WithRegisterer its metrics go to a private registry.
+func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if db == nil || b == nil {
-		return nil, errors.New("relay: a database and a broker are required")
+	switch {
+	case db == nil:
+		return nil, errors.New("relay: a database is required")
+	case o.conn == nil && len(cfg.AMQPURLs) == 0:
+		return nil, errors.New("relay: AMQPURLs or WithConnection is required")
+	case o.conn != nil && len(cfg.AMQPURLs) > 0:
+		return nil, errors.New("relay: give AMQPURLs or WithConnection, not both")
 	}
+	log := o.log
 	if log == nil {
 		log = zap.NewNop()
 	}
-	if m == nil {
-		m = metrics.New(prometheus.NewRegistry())
+	reg := o.reg
+	if reg == nil {
+		reg = prometheus.NewRegistry()
 	}
-	q := newQueries(cfg.Table)
-	log = log.With(zap.String("table", cfg.Table.String()))
+	m, err := metrics.Register(reg)
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	table, _ := pg.ParseTable(cfg.Table) // validated
+	prepare, _ := pg.ParsePrepareMode(cfg.Prepare)
+	conn, owned := o.conn, (*broker.Broker)(nil)
+	if conn == nil {
+		owned = broker.New(cfg.AMQPURLs, broker.Config{Name: cfg.ConnectionName, Role: broker.RolePublish, TLS: cfg.AMQPTLS}, log, m)
+		conn = owned
+	}
+	q := newQueries(table)
+	log = log.With(zap.String("table", table.String()))
 	return &Relay{
-		db:        db,
-		dsn:       dsn,
-		broker:    b,
-		cfg:       cfg,
-		log:       log,
-		stmts:     newStatements(db, cfg.Prepare, log),
-		m:         m,
-		q:         q,
-		flag:      &wakeFlag{db: db, q: q.flag, name: cfg.Table.Ident("_wakeup")},
-		retry:     backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
-		reconnect: backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
-		suspects:  map[string]time.Time{},
+		db:         db,
+		dsn:        cfg.ListenDatabaseURL,
+		broker:     conn,
+		owned:      owned,
+		cfg:        cfg,
+		table:      table,
+		log:        log,
+		stmts:      newStatements(db, prepare, log),
+		m:          m,
+		q:          q,
+		flag:       &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},
+		txSettings: claimSettings(cfg.PublishTimeout),
+		retry:      backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
+		reconnect:  backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+		suspects:   map[string]time.Time{},
 	}, nil
 }
 
@@ -217,8 +285,21 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	defer r.running.Store(false)
 	defer r.stmts.close()
+	if r.owned != nil {
+		// The relay's own connection outlives ctx: the batches in flight when it is
+		// cancelled still need their confirms.
+		bctx, stopBroker := context.WithCancel(context.WithoutCancel(ctx))
+		var bwg sync.WaitGroup
+		bwg.Go(func() { r.owned.Run(bctx) })
+		stopDrain := context.AfterFunc(ctx, r.owned.Drain)
+		defer func() {
+			stopDrain()
+			stopBroker()
+			bwg.Wait()
+		}()
+	}
 	r.log.Info("relay started",
-		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("workers", r.cfg.Workers),
+		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("batch_bytes", r.cfg.BatchBytes), zap.Int("workers", r.cfg.Workers),
 		zap.Duration("poll_interval", r.cfg.PollInterval), zap.Int("max_attempts", r.cfg.MaxAttempts))
 
 	wake := make(chan struct{}, 1)

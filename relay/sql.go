@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 
 // queries holds the relay's SQL, written for one table.
 type queries struct {
-	claimSQL  [2][2]string // [keyedFirst][afterCursor]
+	claimSQL  [2][2][2]string // [keyedFirst][afterCursor][unkeyedAfter]
 	remove    string
 	fail      string
 	flag      [2]string // lower, raise the wake-up flag
@@ -24,13 +25,28 @@ type queries struct {
 // asyncCommit makes the current transaction commit without waiting for its WAL flush.
 // The relay's own writes only remove published rows, count attempts and move the
 // wake-up flag: should the database crash before the flush, rows come back and are
-// published again (a duplicate, never a loss), and the flag is set again. The claim
-// statement does the same with set_config for the batch's transaction.
+// published again (a duplicate, never a loss), and the flag is set again.
 const asyncCommit = `SET LOCAL synchronous_commit TO off`
+
+// claimSettings is run right after BEGIN in every batch's transaction, in one round
+// trip, before the claim is planned. They are transaction settings rather than
+// connection parameters so that they also hold behind a pooler in transaction mode,
+// which refuses most start-up parameters:
+//   - no JIT: the claim runs in milliseconds, and compiling it would cost hundreds
+//     of milliseconds whenever the planner's estimate passes jit_above_cost;
+//   - asynchronous commit (asyncCommit);
+//   - a batch's transaction that stays idle longer than the relay ever holds one
+//     (its confirms, then settling) is ended by the server, so that a relay that
+//     hangs or loses its process does not keep the batch's rows locked.
+func claimSettings(publishTimeout time.Duration) string {
+	idle := publishTimeout + dbTimeout + 20*time.Second // PublishTimeout + 30s
+	return fmt.Sprintf("SET LOCAL jit = off; %s; SET LOCAL idle_in_transaction_session_timeout = %d",
+		asyncCommit, idle.Milliseconds())
+}
 
 // claimColumns are the columns of a claimed row, in scan order.
 const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.message_type, o.content_type,
-        o.headers::text, o.ordering_key, o.created_at, o.attempts, o.seq`
+        o.headers::text, o.ordering_key, o.created_at, o.attempts`
 
 // newQueries builds the SQL for table t.
 //
@@ -61,7 +77,9 @@ func newQueries(t pg.Table) queries {
 	}
 	for kf := range 2 {
 		for ac := range 2 {
-			q.claimSQL[kf][ac] = claimSQL(t, kf == 1, ac == 1)
+			for ua := range 2 {
+				q.claimSQL[kf][ac][ua] = claimSQL(t, kf == 1, ac == 1, ua == 1)
+			}
 		}
 	}
 	q.remove = `DELETE FROM ` + t.String() + ` WHERE id = ANY($1::uuid[])
@@ -76,42 +94,83 @@ RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
 }
 
 // claimSQL parameters: $1 batch size, $2 walk cursor (when afterCursor), $3 most keys
-// the walk visits.
-func claimSQL(t pg.Table, keyedFirst, afterCursor bool) string {
+// the walk visits, $4 the batch's byte budget, $5 and $6 the unkeyed cursor: the
+// (available_at, seq) after which the unkeyed part starts (when unkeyedAfter).
+//
+// The unkeyed cursor keeps a long drain from walking the index entries of the rows it
+// deleted: until a vacuum removes them they stay at the head of outbox_unkeyed_idx,
+// and a scan from the start reads them all, claim after claim.
+//
+// No estimate in the plan grows with the table (docs/DESIGN.md, "Cost at any
+// backlog"): the walk's probes are LIMIT 1 index scans, and the unkeyed scan's estimate
+// stops at MaxBatchSize rows.
+func claimSQL(t pg.Table, keyedFirst, afterCursor, unkeyedAfter bool) string {
 	tbl := t.String()
 	eligible := func(p string) string {
 		return p + `.available_at <= now() AND NOT EXISTS (SELECT 1 FROM ` + tbl + ` d
                 WHERE d.dead_at IS NOT NULL AND d.ordering_key = ` + p + `.ordering_key AND d.seq < ` + p + `.seq)`
 	}
-	start := ""
+	// head selects the first live row of the next key: its key, seq, whether it is
+	// eligible, and its payload's size (octet_length reads a TOASTed value's header,
+	// not the value).
+	head := func(after string) string {
+		return `SELECT p.ordering_key, p.seq, ` + eligible("p") + ` AS ok, octet_length(p.payload)::bigint AS len
+        FROM ` + tbl + ` p
+        WHERE p.dead_at IS NULL` + after + `
+        ORDER BY p.ordering_key, p.seq LIMIT 1`
+	}
+	// Keep the parameter list the same for every variant.
+	start := ` AND p.ordering_key IS NOT NULL AND $2::text IS NULL`
 	if afterCursor {
 		start = ` AND p.ordering_key > $2`
 	}
-	keyedLimit, unkeyedLimit := `$1`, `$1 - (SELECT count(*) FROM keyed)`
+	unkeyedStart := ` AND $5::timestamptz IS NULL AND $6::bigint IS NULL`
+	if unkeyedAfter {
+		unkeyedStart = ` AND (o.available_at, o.seq) > ($5::timestamptz, $6::bigint)`
+	}
+	// The part named first may take the whole batch and the whole budget; the other
+	// takes what is left of both.
+	used := func(part string) string {
+		return `(SELECT coalesce(sum(claim_bytes), 0) FROM ` + part + `)`
+	}
+	rest := func(part string) string {
+		return `CASE WHEN ` + used(part) + ` >= $4 THEN 0 ELSE $1 - (SELECT count(*) FROM ` + part + `) END`
+	}
+	keyedLimit, keyedBudget, unkeyedLimit := `$1`, `$4`, rest("keyed")
+	first, second := "keyed", "unkeyed"
 	if !keyedFirst {
-		keyedLimit, unkeyedLimit = `$1 - (SELECT count(*) FROM unkeyed)`, `$1`
+		keyedLimit, keyedBudget, unkeyedLimit = rest("unkeyed"), `$4 - `+used("unkeyed"), `$1`
+		first, second = "unkeyed", "keyed"
 	}
-	cursorParam := ""
-	if !afterCursor {
-		// Keep the parameter list the same for every variant.
-		cursorParam = ` AND $2::text IS NULL`
+	// more: the walk would go on (it has room); a walk whose last step had room ran
+	// out of keys.
+	more := func(w string) string {
+		return w + `.found < ` + keyedLimit + ` AND ` + w + `.visited < $3 AND ` + w + `.bytes < ` + keyedBudget
 	}
-	s := `WITH RECURSIVE walk (key, seq, ok, found, visited) AS (
-    (SELECT p.ordering_key, p.seq, ` + eligible("p") + `, (` + eligible("p") + `)::int, 1
-     FROM ` + tbl + ` p
-     WHERE p.ordering_key IS NOT NULL AND p.dead_at IS NULL` + start + cursorParam + `
-     ORDER BY p.ordering_key, p.seq LIMIT 1)
+	// extra are the columns each part adds to claimColumns: the payload's size and the
+	// part's order, for the byte budget; claim_seq is also the row's x-outbox-seq.
+	extra := func(at string) string {
+		return `, octet_length(o.payload)::bigint AS claim_bytes, ` + at + ` AS claim_at, o.seq AS claim_seq`
+	}
+	// budgeted numbers a part's rows by the bytes claimed before each; a row goes when
+	// the batch stays within the budget with it, and the first row always goes,
+	// however large. Rows past the budget stay locked until the batch commits: the
+	// dispatcher sizes the row limit to the budget, so that they are few.
+	budgeted := func(part, before string) string {
+		return `SELECT c.*, ` + before + `sum(c.claim_bytes) OVER (ORDER BY c.claim_at, c.claim_seq ROWS UNBOUNDED PRECEDING) - c.claim_bytes AS claim_before
+    FROM ` + part + ` c`
+	}
+	s := `WITH RECURSIVE walk (key, seq, ok, found, visited, bytes) AS (
+    (SELECT h.ordering_key, h.seq, h.ok, h.ok::int, 1, CASE WHEN h.ok THEN h.len ELSE 0 END
+     FROM (` + head(start) + `) h
+     WHERE ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)
   UNION ALL
-    SELECT h.ordering_key, h.seq, h.ok, w.found + h.ok::int, w.visited + 1
-    FROM walk w CROSS JOIN LATERAL (
-        SELECT p.ordering_key, p.seq, ` + eligible("p") + ` AS ok
-        FROM ` + tbl + ` p
-        WHERE p.ordering_key IS NOT NULL AND p.dead_at IS NULL AND p.ordering_key > w.key
-        ORDER BY p.ordering_key, p.seq LIMIT 1) h
-    WHERE w.found < ` + keyedLimit + ` AND w.visited < $3
+    SELECT h.ordering_key, h.seq, h.ok, w.found + h.ok::int, w.visited + 1, w.bytes + CASE WHEN h.ok THEN h.len ELSE 0 END
+    FROM walk w CROSS JOIN LATERAL (` + head(` AND p.ordering_key > w.key`) + `) h
+    WHERE ` + more("w") + `
 ),
 keyed AS MATERIALIZED (
-    SELECT ` + claimColumns + `
+    SELECT ` + claimColumns + extra(`NULL::timestamptz`) + `
     FROM ` + tbl + ` o
     WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
       AND o.dead_at IS NULL AND o.available_at <= now()
@@ -120,55 +179,91 @@ keyed AS MATERIALIZED (
     FOR UPDATE OF o SKIP LOCKED
 ),
 unkeyed AS MATERIALIZED (
-    SELECT ` + claimColumns + `
-    FROM ` + tbl + ` o
-    WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()
-    ORDER BY o.available_at, o.seq
+    SELECT * FROM (
+        SELECT ` + claimColumns + extra(`o.available_at`) + `
+        FROM ` + tbl + ` o
+        WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
+        ORDER BY o.available_at, o.seq
+        LIMIT ` + strconv.Itoa(MaxBatchSize) + `
+        FOR UPDATE OF o SKIP LOCKED) u
     LIMIT ` + unkeyedLimit + `
-    FOR UPDATE OF o SKIP LOCKED
-)
-SELECT false, k.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::text FROM keyed k
+),
+part1 AS (` + budgeted(first, "") + `),
+part2 AS (` + budgeted(second, used(first)+` + `) + `)
+SELECT false, f.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::boolean
+FROM part1 f WHERE f.claim_before = 0 OR f.claim_before + f.claim_bytes <= $4
 UNION ALL
-SELECT false, u.*, NULL, NULL, NULL, NULL, NULL, NULL FROM unkeyed u
+SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s.claim_before = 0 OR s.claim_before + s.claim_bytes <= $4
 UNION ALL
-SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `
         WHERE dead_at IS NULL AND available_at > now()),
     (SELECT last_value FROM ` + t.Ident("_wakeup") + `),
     (SELECT count(*) FROM walk),
     (SELECT coalesce(max(found), 0) FROM walk),
     (SELECT key FROM walk ORDER BY visited DESC LIMIT 1),
-    -- The batch's transaction commits without waiting for its WAL flush (asyncCommit).
-    set_config('synchronous_commit', 'off', true)`
+    (SELECT count(*) FROM keyed) + (SELECT count(*) FROM unkeyed),
+    coalesce((SELECT ` + more("w") + ` FROM walk w ORDER BY w.visited DESC LIMIT 1), ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)`
 	return s
 }
 
 // hot returns the queries worth preparing: every claim variant and the delete.
 func (q *queries) hot() []string {
-	return []string{q.claimSQL[0][0], q.claimSQL[0][1], q.claimSQL[1][0], q.claimSQL[1][1], q.remove}
+	var out []string
+	for _, byCursor := range q.claimSQL {
+		for _, variants := range byCursor {
+			out = append(out, variants[:]...)
+		}
+	}
+	return append(out, q.remove)
 }
 
 // claimed is the outcome of one claim statement.
 type claimed struct {
-	rows    []row
-	unkeyed int
-	due     time.Duration // until the next row that is not yet due; 0: none
-	flag    int64         // the wake-up flag as the database had it
-	visited int           // keys the walk visited
-	found   int           // eligible heads the walk found
-	last    sql.NullString
+	rows      []row
+	unkeyed   int
+	bytes     int           // payload bytes of rows
+	locked    int           // rows locked; more than len(rows) when the byte budget cut the batch
+	due       time.Duration // until the next row that is not yet due; 0: none
+	flag      int64         // the wake-up flag as the database had it
+	visited   int           // keys the walk visited
+	found     int           // eligible heads the walk found
+	last      sql.NullString
+	walkEnded bool // the walk reached the last key
+	// unkeyedLast is the (available_at, seq) of the last unkeyed row claimed; valid
+	// when unkeyed > 0.
+	unkeyedLast unkeyedCursor
 }
 
-// claim runs the claim statement in tx.
-func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch int, keyedFirst bool, cursor *string, maxVisits int) (claimed, error) {
+// unkeyedCursor is a position in the order of unkeyed rows.
+type unkeyedCursor struct {
+	at  time.Time
+	seq int64
+}
+
+// after reports whether c comes after d.
+func (c unkeyedCursor) after(d unkeyedCursor) bool {
+	return c.at.After(d.at) || c.at.Equal(d.at) && c.seq > d.seq
+}
+
+// claimArgs are the claim statement's parameters.
+func claimArgs(cfg Config, cursor any, maxVisits int, from *unkeyedCursor) []any {
+	args := []any{cfg.BatchSize, cursor, maxVisits, cfg.BatchBytes, nil, nil}
+	if from != nil {
+		args[4], args[5] = from.at, from.seq
+	}
+	return args
+}
+
+// claim runs the claim statement in tx, which began with claimSettings.
+func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, cfg Config, keyedFirst bool, cursor *string, maxVisits int, from *unkeyedCursor) (claimed, error) {
 	var c claimed
 	var cur any
-	variant := q.claimSQL[b2i(keyedFirst)][0]
 	if cursor != nil {
 		cur = *cursor
-		variant = q.claimSQL[b2i(keyedFirst)][1]
 	}
-	rs, err := st.query(ctx, tx, variant, batch, cur, maxVisits)
+	variant := q.claimSQL[b2i(keyedFirst)][b2i(cursor != nil)][b2i(from != nil)]
+	rs, err := st.query(ctx, tx, variant, claimArgs(cfg, cur, maxVisits, from)...)
 	if err != nil {
 		return c, fmt.Errorf("claim from %s: %w", q.tableName, err)
 	}
@@ -180,13 +275,18 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 			mtype, key, hdr, last sql.NullString
 			payload               []byte
 			created               sql.NullTime
-			attempts, seq         sql.NullInt64
+			attempts              sql.NullInt64
+			size, before          sql.NullInt64
+			at                    sql.NullTime
+			seq                   sql.NullInt64
 			due                   sql.NullFloat64
 			flag, visited, found  sql.NullInt64
-			setting               sql.NullString
+			locked                sql.NullInt64
+			ended                 sql.NullBool
 		)
-		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts, &seq,
-			&due, &flag, &visited, &found, &last, &setting); err != nil {
+		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts,
+			&size, &at, &seq, &before,
+			&due, &flag, &visited, &found, &last, &locked, &ended); err != nil {
 			return c, fmt.Errorf("read claimed rows of %s: %w", q.tableName, err)
 		}
 		if meta {
@@ -197,6 +297,8 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 			c.visited = int(visited.Int64)
 			c.found = int(found.Int64)
 			c.last = last
+			c.locked = int(locked.Int64)
+			c.walkEnded = ended.Bool
 			continue
 		}
 		rw := row{
@@ -210,7 +312,11 @@ func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, batch i
 		}
 		if !rw.keyed {
 			c.unkeyed++
+			if u := (unkeyedCursor{at.Time, seq.Int64}); c.unkeyed == 1 || u.after(c.unkeyedLast) {
+				c.unkeyedLast = u
+			}
 		}
+		c.bytes += int(size.Int64)
 		c.rows = append(c.rows, rw)
 	}
 	if err := rs.Err(); err != nil {

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -11,6 +12,13 @@ import (
 
 // worker publishes the batches the dispatcher hands it, on a confirm-mode channel it
 // keeps for as long as the channel stays healthy.
+//
+// No call to the broker that can wait for its answer (a channel's open, confirm.select
+// or close, a publish, whose socket write blocks once RabbitMQ stops reading) is
+// waited on past a deadline while a batch's transaction is open or the relay stops:
+// during a memory or disk alarm RabbitMQ reads nothing from a connection that
+// publishes, for as long as the alarm lasts. Such calls run in goroutines that are
+// left to finish; a channel given up on is abandoned (see abandon).
 type worker struct {
 	r  *Relay
 	d  *dispatcher
@@ -21,10 +29,11 @@ type worker struct {
 
 // pubChannel is a confirm-mode channel with its returned-message and close listeners.
 type pubChannel struct {
-	ch      *amqp.Channel
-	returns chan amqp.Return
-	closes  chan *amqp.Error
-	closed  *amqp.Error // the close reason, once seen
+	ch        *amqp.Channel
+	returns   chan amqp.Return
+	closes    chan *amqp.Error
+	closed    *amqp.Error // the close reason, once seen
+	abandoned bool        // being closed in the background; never used again
 }
 
 // closeReason returns why the channel closed, or nil while it is open or when it was
@@ -68,7 +77,7 @@ const (
 )
 
 func (w *worker) run(ctx context.Context) {
-	defer w.closeChannel()
+	defer func() { w.abandon(w.pc) }()
 	for {
 		if w.pc == nil || w.pc.ch.IsClosed() {
 			if !w.open(ctx) {
@@ -83,25 +92,27 @@ func (w *worker) run(ctx context.Context) {
 		if b == nil {
 			continue
 		}
-		w.d.finished(w.process(ctx, b))
+		w.d.finished(w.process(ctx, b) || b.overlocked)
 	}
 }
 
 // open replaces the channel, waiting for the broker as long as it takes; false when ctx
 // is done first.
 func (w *worker) open(ctx context.Context) bool {
-	w.closeChannel()
+	w.abandon(w.pc)
 	r := w.r
 	for failures := 1; ; failures++ {
 		ch, err := r.broker.Channel(ctx)
 		if err == nil {
-			if err = ch.Confirm(false); err == nil {
+			if err = confirmMode(ctx, ch); err == nil {
 				// The client's reader waits at most 5s for room in the returns
 				// buffer, then drops the return, and the ack that follows would
 				// make the row look confirmed: a loss. A send publishes at most a
 				// batch (BatchSize rows) and then either drains all their returns
-				// (every confirm in) or closes the channel (timeout), so at most
-				// BatchSize returns are ever buffered: the reader never waits.
+				// (every confirm in) or abandons the channel (timeout), on which
+				// nothing is published after that batch and nothing is read, so
+				// at most BatchSize returns are ever buffered: the reader never
+				// waits.
 				w.pc = &pubChannel{
 					ch:      ch,
 					returns: ch.NotifyReturn(make(chan amqp.Return, r.cfg.BatchSize+1)),
@@ -109,8 +120,6 @@ func (w *worker) open(ctx context.Context) bool {
 				}
 				return true
 			}
-			_ = ch.Close()
-			err = fmt.Errorf("put channel in confirm mode: %w", err)
 		}
 		if ctx.Err() != nil {
 			return false
@@ -122,11 +131,44 @@ func (w *worker) open(ctx context.Context) bool {
 	}
 }
 
-func (w *worker) closeChannel() {
-	if w.pc != nil {
-		_ = w.pc.ch.Close()
+// confirmMode puts ch in confirm mode, or closes it (in the background) and returns
+// why not. It gives up when ctx is done: the client's call has no deadline, and
+// RabbitMQ leaves it unanswered on a connection it blocks. The call given up on is
+// left to finish before the channel is closed.
+func confirmMode(ctx context.Context, ch *amqp.Channel) error {
+	done := make(chan error, 1)
+	go func() { done <- ch.Confirm(false) }()
+	var err error
+	select {
+	case err = <-done:
+		if err == nil {
+			return nil
+		}
+		go func() { _ = ch.Close() }()
+	case <-ctx.Done():
+		err = ctx.Err()
+		go func() {
+			<-done
+			_ = ch.Close()
+		}()
+	}
+	return fmt.Errorf("put channel in confirm mode: %w", err)
+}
+
+// abandon stops using pc (nil: none) and closes it in the background. A close waits
+// for the broker's channel.close-ok, which a blocked connection does not send until
+// the alarm clears; nothing waits for it. An abandoned channel is never used again:
+// its late confirms and returns, if any, are read by no one and never taken for
+// another batch's.
+func (w *worker) abandon(pc *pubChannel) {
+	if pc == nil || pc.abandoned {
+		return
+	}
+	pc.abandoned = true
+	if w.pc == pc {
 		w.pc = nil
 	}
+	go func() { _ = pc.ch.Close() }()
 }
 
 // process publishes a batch and settles it. It runs to the end even when ctx is
@@ -175,8 +217,9 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 		if !w.ready(ctx, deadline) {
 			return res
 		}
-		w.send(rows, msgs, []int{i}, res, deadline)
-		switch ce := w.pc.closeReason(); {
+		pc := w.pc
+		w.send(pc, rows, msgs, []int{i}, res, deadline)
+		switch ce := pc.closeReason(); {
 		case res[i].outcome != unknown:
 			r.dropSuspect(rows[i].id)
 		case ce != nil && isSoftError(ce):
@@ -188,8 +231,9 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 	if len(pipelined) == 0 || !w.ready(ctx, deadline) {
 		return res
 	}
-	w.send(rows, msgs, pipelined, res, deadline)
-	if ce := w.pc.closeReason(); ce != nil && isSoftError(ce) {
+	pc := w.pc
+	w.send(pc, rows, msgs, pipelined, res, deadline)
+	if ce := pc.closeReason(); ce != nil && isSoftError(ce) {
 		// One of the unconfirmed rows probably caused it (a missing exchange, a
 		// message too large); next time they go one at a time.
 		var ids []string
@@ -226,21 +270,29 @@ type pending struct {
 	dc *amqp.DeferredConfirmation
 }
 
-// send publishes rows[idx] pipelined and waits until deadline for their confirms.
-func (w *worker) send(rows []row, msgs []amqp.Publishing, idx []int, res []result, deadline time.Time) {
-	pc := w.pc
-	pend := make([]pending, 0, len(idx))
-	for _, i := range idx {
-		dc, err := pc.ch.PublishWithDeferredConfirm(rows[i].exchange, rows[i].routingKey, true, false, msgs[i])
-		if err != nil {
-			// The channel or the connection is gone; nothing more goes out here and
-			// the rest stays unpublished.
-			w.r.log.Debug("publish failed", zap.Int("worker", w.id), errField(err))
-			_ = pc.ch.Close()
-			break
+// send publishes rows[idx] pipelined on pc, the worker's channel, and waits until
+// deadline for their confirms. Past deadline it abandons pc and returns, even with
+// publishes still under way.
+func (w *worker) send(pc *pubChannel, rows []row, msgs []amqp.Publishing, idx []int, res []result, deadline time.Time) {
+	// The publishes go out from a goroutine: a write to a connection that RabbitMQ
+	// no longer reads blocks once the socket buffers are full, and the wait for the
+	// confirms below must still end at deadline.
+	published := make(chan pending, len(idx)) // closed after the last publish
+	var stop atomic.Bool                      // publish no more: pc is abandoned
+	go func() {
+		defer close(published)
+		for _, i := range idx {
+			if stop.Load() {
+				return
+			}
+			dc, err := pc.ch.PublishWithDeferredConfirm(rows[i].exchange, rows[i].routingKey, true, false, msgs[i])
+			if err != nil {
+				w.r.log.Debug("publish failed", zap.Int("worker", w.id), errField(err))
+				return
+			}
+			published <- pending{i, dc}
 		}
-		pend = append(pend, pending{i, dc})
-	}
+	}()
 
 	// Collect confirms and returns. The broker sends a message's return before its
 	// confirm, and the client's reader goroutine hands the return to pc.returns before
@@ -248,27 +300,46 @@ func (w *worker) send(rows []row, msgs []amqp.Publishing, idx []int, res []resul
 	// done, and a row counts as confirmed only if its confirm was seen done BEFORE the
 	// last drain of the buffer: a return and an ack that arrive later (after a timeout)
 	// leave the row unknown, never confirmed.
+	pend := make([]pending, 0, len(idx))
 	returned := map[string]amqp.Return{}
 	returns := pc.returns
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	timedOut := false
 wait:
-	for _, p := range pend {
-		for {
-			select {
-			case <-p.dc.Done():
-				continue wait
-			case ret, ok := <-returns:
-				if !ok {
-					returns = nil // channel closed; its confirms resolve now too
-					continue
+	for next := 0; ; { // pend[:next] have their confirm
+		var confirm <-chan struct{}
+		switch {
+		case next < len(pend):
+			confirm = pend[next].dc.Done()
+		case published == nil:
+			break wait // all published, all confirmed
+		}
+		select {
+		case p, ok := <-published:
+			if !ok {
+				published = nil
+				if len(pend) < len(idx) {
+					// A publish failed: the channel or the connection is gone
+					// (nothing more goes out on it, the rest stays unpublished),
+					// and closing it resolves its pending confirms.
+					w.abandon(pc)
 				}
-				returned[ret.MessageId] = ret
-			case <-timer.C:
-				timedOut = true
-				break wait
+				continue
 			}
+			pend = append(pend, p)
+		case <-confirm:
+			next++
+		case ret, ok := <-returns:
+			if !ok {
+				returns = nil // channel closed; its confirms resolve now too
+				continue
+			}
+			returned[ret.MessageId] = ret
+		case <-timer.C:
+			stop.Store(true)
+			timedOut = true
+			break wait
 		}
 	}
 	// First which confirms are in, then the returns that came before them.
@@ -325,8 +396,10 @@ wait:
 	if timedOut {
 		w.r.log.Warn("confirms did not arrive in time; the unconfirmed rows will be published again",
 			zap.Int("worker", w.id), zap.Duration("publish_timeout", w.r.cfg.PublishTimeout))
-		// Late confirms must not be taken for the next batch's.
-		_ = pc.ch.Close()
+		// Late confirms must not be taken for the next batch's. The close is not
+		// waited for: on a blocked connection it takes as long as the block, and
+		// the batch's transaction is still open.
+		w.abandon(pc)
 	}
 }
 

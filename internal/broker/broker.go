@@ -13,6 +13,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +54,26 @@ func (c *Config) setDefaults() {
 
 // closeTimeout bounds the polite close of the connection when Run stops.
 const closeTimeout = 2 * time.Second
+
+// CheckURL returns what is wrong with an AMQP URL ("has scheme ..."), or "" when it is
+// an amqp:// or amqps:// URL naming a host. The problem never quotes the URL, which may
+// hold a password.
+func CheckURL(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil || !strings.Contains(u, "://") {
+		return "is not a URL (not shown, it may contain a password); want amqp://user:password@host:5672/vhost"
+	}
+	if parsed.Scheme != "amqp" && parsed.Scheme != "amqps" {
+		return fmt.Sprintf("has scheme %q; want amqp:// or amqps://", parsed.Scheme)
+	}
+	if parsed.Hostname() == "" {
+		return "names no host"
+	}
+	if _, err := amqp.ParseURI(u); err != nil {
+		return "is not a valid AMQP URL (not shown, it may contain a password)"
+	}
+	return ""
+}
 
 // Broker owns one AMQP connection.
 type Broker struct {

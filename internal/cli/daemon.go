@@ -141,7 +141,7 @@ func (s *sidecar) run(ctx context.Context) error {
 
 	hs := health.New(reg, log)
 	pub, con := s.brokers(m)
-	comps, relayRuns, err := s.components(db, listenDSN, pub, con, hs, m)
+	comps, relayRuns, err := s.components(db, listenDSN, pub, con, hs, reg)
 	if err != nil {
 		return err
 	}
@@ -230,22 +230,25 @@ func (s *sidecar) run(ctx context.Context) error {
 }
 
 // components builds the relay and the inbox consumer and purger, as configured, and
-// registers their readiness checks. relayRuns reports whether the relay runs.
-func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Broker, hs *health.Server, m *metrics.Metrics) (comps []component, relayRuns func() bool, err error) {
+// registers their readiness checks. They use the process's connections pub and con and
+// its registry reg. relayRuns reports whether the relay runs.
+func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Broker, hs *health.Server, reg prometheus.Registerer) (comps []component, relayRuns func() bool, err error) {
 	cfg, log := s.cfg, s.log
 	relayRuns = func() bool { return false }
 	if s.withRelay {
-		r, err := relay.New(db, listenDSN, pub, relay.Config{
-			Table:           cfg.Outbox,
-			BatchSize:       cfg.BatchSize,
-			PollInterval:    cfg.PollInterval,
-			MaxAttempts:     cfg.MaxAttempts,
-			RetryBackoff:    cfg.RetryBackoff,
-			RetryBackoffMax: cfg.RetryBackoffMax,
-			PublishTimeout:  cfg.PublishTimeout,
-			Workers:         cfg.RelayWorkers,
-			Prepare:         cfg.Prepare,
-		}, log, m)
+		r, err := relay.New(db, relay.Config{
+			Table:             cfg.Outbox.String(),
+			ListenDatabaseURL: listenDSN,
+			BatchSize:         cfg.BatchSize,
+			PollInterval:      cfg.PollInterval,
+			MaxAttempts:       cfg.MaxAttempts,
+			RetryBackoff:      cfg.RetryBackoff,
+			RetryBackoffMax:   cfg.RetryBackoffMax,
+			PublishTimeout:    cfg.PublishTimeout,
+			Workers:           cfg.RelayWorkers,
+			Prepare:           string(cfg.Prepare),
+			BatchBytes:        cfg.BatchBytes,
+		}, relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -260,9 +263,9 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 		}})
 	}
 	if s.withInbox {
-		c, err := inbox.NewConsumer(db, con, inbox.ConsumerConfig{
+		c, err := inbox.NewConsumer(db, inbox.ConsumerConfig{
 			Queue:         cfg.InboxQueue,
-			Table:         cfg.Inbox,
+			Table:         cfg.Inbox.String(),
 			Consumer:      cfg.Consumer(),
 			Prefetch:      cfg.InboxPrefetch,
 			BatchSize:     cfg.InboxBatchSize,
@@ -272,13 +275,14 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 			Declare:       cfg.InboxDeclare,
 			Bindings:      cfg.Bindings,
 			DrainTimeout:  cfg.ShutdownTimeout,
-			Prepare:       cfg.Prepare,
+			Prepare:       string(cfg.Prepare),
 			PrefetchBytes: cfg.InboxPrefetchBytes,
-		}, log, m)
+		}, inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
 		if err != nil {
 			return nil, nil, err
 		}
-		p, err := inbox.NewPurger(db, inbox.PurgerConfig{Table: cfg.Inbox, Retention: cfg.InboxRetention}, log, m)
+		p, err := inbox.NewPurger(db, inbox.PurgerConfig{Table: cfg.Inbox.String(), Retention: cfg.InboxRetention},
+			inbox.WithLogger(log), inbox.WithRegisterer(reg))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"slices"
 	"strings"
 
@@ -31,9 +32,21 @@ func (s schema) String() string { return s.ms.Base + " table " + s.table.String(
 // schemas returns the tables in the order they are created; down goes in reverse.
 func schemas(cfg *config.Config) []schema {
 	return []schema{
-		{cfg.Outbox, outbox.Migrations()},
-		{cfg.Inbox, inbox.Migrations()},
+		{cfg.Outbox, outboxMigrations()},
+		{cfg.Inbox, inboxMigrations()},
 	}
+}
+
+// outboxMigrations and inboxMigrations are the embedded migrations of the two tables.
+func outboxMigrations() pg.Migrations { return mustLoad(outbox.MigrationFiles(), outbox.DefaultTable) }
+func inboxMigrations() pg.Migrations  { return mustLoad(inbox.MigrationFiles(), inbox.DefaultTable) }
+
+func mustLoad(fsys fs.FS, base string) pg.Migrations {
+	ms, err := pg.LoadMigrations(fsys, ".", base)
+	if err != nil {
+		panic(fmt.Sprintf("embedded %s migrations are broken: %v", base, err)) // a build defect, caught by tests
+	}
+	return ms
 }
 
 func migrateCmd(ctx context.Context, args []string, stdout io.Writer) error {
@@ -149,7 +162,7 @@ func refuseDown(ctx context.Context, db *sql.DB, cfg *config.Config) error {
 func printSnippets(w io.Writer, down bool) error {
 	type file struct{ name, sql string }
 	var files []file
-	for _, ms := range []pg.Migrations{outbox.Migrations(), inbox.Migrations()} {
+	for _, ms := range []pg.Migrations{outboxMigrations(), inboxMigrations()} {
 		for _, m := range ms.Steps {
 			ext, text := "up", m.Up
 			if down {

@@ -24,9 +24,9 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 	"github.com/lib/pq"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 )
@@ -66,6 +66,7 @@ type Config struct {
 	RetryBackoffMax time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF_MAX" default:"5m" group:"relay" desc:"cap of the retry delay"`
 	PublishTimeout  time.Duration `envconfig:"SIDEBOX_PUBLISH_TIMEOUT" default:"30s" group:"relay" desc:"longest wait for the broker's confirms of one batch"`
 	RelayWorkers    int           `envconfig:"SIDEBOX_RELAY_WORKERS" default:"2" group:"relay" desc:"batches in flight at once, each in its own transaction and channel (1-64)"`
+	BatchBytes      int           `envconfig:"SIDEBOX_BATCH_BYTES" default:"8388608" group:"relay" desc:"payload bytes claimed per relay batch (1024-1073741824); a larger row goes alone"`
 
 	InboxQueue     string        `envconfig:"SIDEBOX_INBOX_QUEUE" group:"consumer" desc:"queue the inbox consumer reads; unset: no inbox consumer (sidebox inbox requires it)"`
 	InboxConsumer  string        `envconfig:"SIDEBOX_INBOX_CONSUMER" group:"consumer" desc:"consumer name stored with each inbox row (deduplication is per consumer); default: the queue name"`
@@ -311,6 +312,7 @@ func (c *Config) Check(groups Group) error {
 				bad("SIDEBOX_LISTEN_DATABASE_URL", "%s", p)
 			}
 		}
+		between(bad, parsed, "SIDEBOX_BATCH_BYTES", c.BatchBytes, 1<<10, 1<<30)
 	}
 	if groups&Consumer != 0 {
 		c.checkConsumer(bad, parsed)
@@ -478,18 +480,8 @@ func checkAMQPURLs(s string) ([]string, string) {
 		if p == "" {
 			return nil, which + " is empty"
 		}
-		u, err := url.Parse(p)
-		if err != nil || !strings.Contains(p, "://") {
-			return nil, which + " is not a URL (not shown, it may contain a password); want amqp://user:password@host:5672/vhost"
-		}
-		if u.Scheme != "amqp" && u.Scheme != "amqps" {
-			return nil, fmt.Sprintf("%s has scheme %q; want amqp:// or amqps://", which, u.Scheme)
-		}
-		if u.Hostname() == "" {
-			return nil, which + " names no host"
-		}
-		if _, err := amqp.ParseURI(p); err != nil {
-			return nil, which + " is not a valid AMQP URL (not shown, it may contain a password)"
+		if problem := broker.CheckURL(p); problem != "" {
+			return nil, which + " " + problem
 		}
 		urls = append(urls, p)
 	}

@@ -111,6 +111,8 @@ func TestErrors(t *testing.T) {
 			[]string{`SIDEBOX_INBOX_DECLARE: must be true or false, got "yes please"`}},
 		{"log", map[string]string{"SIDEBOX_LOG_LEVEL": "loud", "SIDEBOX_LOG_FORMAT": "xml"}, Log,
 			[]string{`SIDEBOX_LOG_LEVEL: must be debug, info, warn or error, got "loud"`, `SIDEBOX_LOG_FORMAT: must be json or console, got "xml"`}},
+		{"batch bytes", map[string]string{"SIDEBOX_BATCH_BYTES": "512"}, Relay,
+			[]string{`SIDEBOX_BATCH_BYTES: must be between 1024 and 1073741824, got "512"`}},
 		{"http addr", map[string]string{"SIDEBOX_HTTP_ADDR": "9719"}, Server,
 			[]string{`SIDEBOX_HTTP_ADDR: must be host:port or :port, got "9719"`}},
 		{"several at once, in variable order", map[string]string{

@@ -5,6 +5,8 @@
 package metrics
 
 import (
+	"errors"
+	"fmt"
 	"sort"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,20 +55,34 @@ const (
 	DependencyRabbitMQ = "rabbitmq"
 )
 
-// New creates the collectors and registers them with reg.
+// New creates the collectors and registers them with reg; it panics when reg refuses
+// one (see Register).
 func New(reg prometheus.Registerer) *Metrics {
+	m, err := Register(reg)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// Register creates the collectors and registers them with reg. A collector that reg
+// already holds, from an earlier Register on it, is reused: the components of one process
+// (the relay, the inbox consumer, the purger) each register on the process's registry and
+// update the same series. A metric of the same name that is not one of these is an error.
+func Register(reg prometheus.Registerer) (*Metrics, error) {
 	var names []string
+	var errs []error
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		names = append(names, name)
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+		return register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels), &errs)
 	}
 	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
 		names = append(names, name)
-		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+		return register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels), &errs)
 	}
 	histogram := func(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
 		names = append(names, name)
-		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
+		return register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels), &errs)
 	}
 	latency := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 	sizes := []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
@@ -102,15 +118,25 @@ func New(reg prometheus.Registerer) *Metrics {
 		RabbitMQBlocked: gauge("sidebox_rabbitmq_blocked", "1 while RabbitMQ blocks the connection (a memory or disk alarm), else 0.", "connection"),
 	}
 	m.names = names
-	reg.MustRegister(
-		m.Published, m.PublishLatency, m.BatchSize, m.Returned, m.Nacked, m.DeadTotal,
-		m.Pending, m.Retrying, m.Dead, m.BlockedKeys, m.OldestPending, m.WakeupsPolled,
-		m.InboxReceived, m.InboxStored, m.InboxDuplicates, m.InboxRejected, m.InboxBatchDuration, m.InboxPrefetch,
-		m.InboxSeqRegressed,
-		m.InboxUnprocessed, m.InboxDead, m.InboxPurged,
-		m.Up, m.BuildInfo, m.RabbitMQBlocked,
-	)
-	return m
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("register sidebox metrics: %w", err)
+	}
+	return m, nil
+}
+
+// register registers c with reg, or returns the equal collector reg already holds.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C, errs *[]error) C {
+	err := reg.Register(c)
+	if err == nil {
+		return c
+	}
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if old, ok := are.ExistingCollector.(C); ok {
+			return old
+		}
+	}
+	*errs = append(*errs, err)
+	return c
 }
 
 // Names returns the names of the metric families the process exports, sorted.

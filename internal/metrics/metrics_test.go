@@ -21,13 +21,26 @@ func TestNewRegistersEveryNamedFamily(t *testing.T) {
 			t.Errorf("metric %q lacks the sidebox_ prefix", n)
 		}
 	}
-	// Registering twice on one registry must fail: proves New registered them all.
-	defer func() {
-		if recover() == nil {
-			t.Fatal("second New on the same registry did not panic; collectors were not registered")
+	// A second Register on the same registry reuses every collector: proves that each
+	// one was registered (an unregistered one would be registered anew, not reused).
+	again, err := Register(reg)
+	if err != nil {
+		t.Fatalf("second Register on the same registry: %v", err)
+	}
+	v, w := reflect.ValueOf(m).Elem(), reflect.ValueOf(again).Elem()
+	for i := range v.NumField() {
+		if f := v.Type().Field(i); f.IsExported() && v.Field(i).Interface() != w.Field(i).Interface() {
+			t.Errorf("second Register made a new %s instead of reusing the registered one", f.Name)
 		}
-	}()
-	New(reg)
+	}
+}
+
+func TestRegisterRefusesAForeignMetricOfTheSameName(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "sidebox_up", Help: "not ours"}))
+	if _, err := Register(reg); err == nil || !strings.Contains(err.Error(), "sidebox_up") {
+		t.Fatalf("Register over a foreign sidebox_up: err = %v, want one naming sidebox_up", err)
+	}
 }
 
 // unexportedFields are the fields of Metrics that are not collectors (names).

@@ -19,7 +19,9 @@ type SamplerConfig struct {
 	Inbox    pg.Table
 }
 
-// Sampler refreshes the backlog gauges every interval while it runs.
+// Sampler refreshes the backlog gauges every interval while it runs. Its counts are
+// exact up to SampleLimit and estimates above, so a refresh costs the same with any
+// backlog; `sidebox status` counts exactly.
 type Sampler struct {
 	db  *sql.DB
 	cfg SamplerConfig
@@ -66,7 +68,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, min(max(s.cfg.Interval, time.Second), 30*time.Second))
 	defer cancel()
 	if t := s.cfg.Outbox; t.Name != "" {
-		o, err := OutboxStatus(ctx, s.db, t)
+		o, err := outboxStatus(ctx, s.db, t, SampleLimit)
 		if err != nil {
 			return err
 		}
@@ -86,7 +88,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		}
 	}
 	if t := s.cfg.Inbox; t.Name != "" {
-		in, err := InboxStatus(ctx, s.db, t)
+		in, err := inboxStatus(ctx, s.db, t, SampleLimit)
 		if err != nil {
 			return err
 		}

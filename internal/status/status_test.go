@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -27,10 +28,10 @@ func exec(t *testing.T, db *sql.DB, q string, args ...any) {
 func migrate(t *testing.T, db *sql.DB, ob, ib pg.Table) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := outbox.Migrations().Up(ctx, db, ob); err != nil {
+	if err := outbox.Migrate(ctx, db, ob.String()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := inbox.Migrations().Up(ctx, db, ib); err != nil {
+	if err := inbox.Migrate(ctx, db, ib.String()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -93,6 +94,85 @@ func TestCounts(t *testing.T) {
 	}
 	if *in != (Inbox{Unprocessed: 2, Dead: 1}) {
 		t.Errorf("inbox = %+v", *in)
+	}
+
+	// The Sampler's bounded counts agree below their limit, and stay at least the
+	// limit above it.
+	if so, err := outboxStatus(ctx, db, ob, 100); err != nil || so.Pending != o.Pending || so.Retrying != o.Retrying ||
+		so.Dead != o.Dead || so.BlockedKeys != o.BlockedKeys || so.OldestPendingAgeSeconds-o.OldestPendingAgeSeconds > 1 {
+		t.Errorf("sampled outbox = %+v, %v; want %+v", so, err, *o)
+	}
+	if si, err := inboxStatus(ctx, db, ib, 100); err != nil || *si != *in {
+		t.Errorf("sampled inbox = %+v, %v; want %+v", si, err, *in)
+	}
+	if so, err := outboxStatus(ctx, db, ob, 2); err != nil || so.Pending < 0 || so.Retrying != 2 || so.Dead != 2 {
+		t.Errorf("outbox sampled with limit 2 = %+v, %v", so, err)
+	}
+	if si, err := inboxStatus(ctx, db, ib, 2); err != nil || si.Unprocessed < 2 || si.Dead != 1 {
+		t.Errorf("inbox sampled with limit 2 = %+v, %v", si, err)
+	}
+}
+
+// The Sampler's statements cost little whether the planner believes the tables hold
+// 10,000 rows, 5,000,000 or 50,000,000: what they read is bounded (SampleLimit), so
+// their cost stays far below jit_above_cost (100,000) at any size. Every few seconds, a
+// count over a large backlog would be a cliff of its own (a scan, and its JIT
+// compilation).
+func TestSampleCostDoesNotGrowWithTable(t *testing.T) {
+	db, _ := testenv.DB(t)
+	ob, ib := pg.MustParseTable("outbox"), pg.MustParseTable("inbox")
+	migrate(t, db, ob, ib)
+	exec(t, db, `INSERT INTO outbox (payload, attempts, dead_at, ordering_key)
+		SELECT 'x', CASE WHEN i % 100 = 0 THEN 1 ELSE 0 END, CASE WHEN i % 500 = 0 THEN now() END, 'k' || (i % 10)
+		FROM generate_series(1, 1000) i`)
+	exec(t, db, `INSERT INTO inbox (consumer, message_id, processed_at) SELECT 'c', i::text, CASE WHEN i % 2 = 0 THEN now() END FROM generate_series(1, 1000) i`)
+	queries := map[string]string{
+		"outbox sample": fmt.Sprintf(outboxSampleQuery, ob),
+		"inbox sample":  fmt.Sprintf(inboxSampleQuery, ib, indexEstimate(ib.Ident("_unprocessed_idx")), indexEstimate(ib.Ident("_dead_idx"))),
+		"blocked keys":  fmt.Sprintf(blockedSampleQuery, ob),
+	}
+	var super bool
+	if err := db.QueryRow(`SELECT rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&super); err != nil {
+		t.Fatal(err)
+	}
+	if !super {
+		t.Skip("setting a table's statistics takes a superuser")
+	}
+	cost := map[int]map[string]float64{}
+	sizes := []int{10_000, 5_000_000, 50_000_000}
+	for _, rows := range sizes {
+		for _, tbl := range []pg.Table{ob, ib} {
+			exec(t, db, `ALTER TABLE `+tbl.String()+` SET (autovacuum_enabled = false)`)
+			exec(t, db, `ANALYZE `+tbl.String())
+			exec(t, db, `UPDATE pg_class SET reltuples = $1 WHERE oid = $2::regclass`, rows, tbl.String())
+		}
+		cost[rows] = map[string]float64{}
+		for name, q := range queries {
+			var raw []byte
+			args := []any{SampleLimit}
+			if name == "blocked keys" {
+				args = nil
+			}
+			if err := db.QueryRow(`EXPLAIN (FORMAT JSON) `+q, args...).Scan(&raw); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var plans []struct {
+				Plan struct {
+					TotalCost float64 `json:"Total Cost"`
+				} `json:"Plan"`
+			}
+			if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
+				t.Fatalf("%s: cannot read the plan: %v", name, err)
+			}
+			cost[rows][name] = plans[0].Plan.TotalCost
+		}
+	}
+	for name := range queries {
+		small, big, huge := cost[sizes[0]][name], cost[sizes[1]][name], cost[sizes[2]][name]
+		t.Logf("%s: cost %.0f at 10,000 rows, %.0f at 5,000,000, %.0f at 50,000,000", name, small, big, huge)
+		if max(big, huge) > 20_000 {
+			t.Errorf("%s: the estimated cost grows with the table: %.0f at 5,000,000 rows, %.0f at 50,000,000", name, big, huge)
+		}
 	}
 }
 

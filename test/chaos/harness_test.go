@@ -19,7 +19,6 @@ import (
 
 	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
-	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/inbox"
 	"github.com/sidebox/sidebox/internal/testenv"
@@ -319,7 +318,7 @@ func (r *rig) startProcessors(n int, ordered bool) {
 			RetryBackoff:    100 * time.Millisecond,
 			RetryBackoffMax: time.Second,
 			Ordered:         ordered,
-		}, ship, zap.NewNop())
+		}, ship)
 		if err != nil {
 			r.t.Fatal(err)
 		}

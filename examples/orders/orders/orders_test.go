@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/sidebox/sidebox/examples/orders/orders"
-	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 	"github.com/sidebox/sidebox/outbox"
 )
@@ -16,7 +15,7 @@ import (
 func setup(t *testing.T) (*sql.DB, *orders.Service) {
 	t.Helper()
 	db, _ := testenv.DB(t)
-	if _, err := outbox.Migrations().Up(t.Context(), db, pg.MustParseTable("outbox")); err != nil {
+	if err := outbox.Migrate(t.Context(), db, "outbox"); err != nil {
 		t.Fatal(err)
 	}
 	if err := orders.Migrate(t.Context(), db); err != nil {

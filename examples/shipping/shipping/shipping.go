@@ -80,7 +80,7 @@ func NewProcessor(db *sql.DB, consumer string, log *zap.Logger) (*inbox.Processo
 		Consumer:     consumer,
 		BatchSize:    64,
 		PollInterval: 100 * time.Millisecond,
-	}, Ship, log)
+	}, Ship, inbox.WithLogger(log))
 }
 
 // ShipDelivery is the path without the sidecar, for a service that consumes RabbitMQ

@@ -9,14 +9,13 @@ import (
 
 	"github.com/sidebox/sidebox/examples/shipping/shipping"
 	"github.com/sidebox/sidebox/inbox"
-	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 func setup(t *testing.T) *sql.DB {
 	t.Helper()
 	db, _ := testenv.DB(t)
-	if _, err := inbox.Migrations().Up(t.Context(), db, pg.MustParseTable("inbox")); err != nil {
+	if err := inbox.Migrate(t.Context(), db, "inbox"); err != nil {
 		t.Fatal(err)
 	}
 	if err := shipping.Migrate(t.Context(), db); err != nil {
