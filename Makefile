@@ -12,7 +12,7 @@ SERVERS       := deploy/servers.sh
 # Evaluated in the same shell as the command that needs the servers.
 WITH_SERVERS  := servers="$$($(SERVERS) up)" && eval "$$servers" &&
 
-.PHONY: all build test test-go test-charts test-embed lint demo bench servers-up servers-down clean
+.PHONY: all build test test-go test-charts test-embed lint demo bench chaos servers-up servers-down clean
 
 all: build
 
@@ -21,6 +21,7 @@ build:
 
 test: lint test-go test-charts test-embed
 
+# Includes the short form of the fault suite (test/chaos, about four minutes).
 test-go:
 	$(WITH_SERVERS) $(GO) test -count=1 -timeout 8m ./...
 
@@ -41,6 +42,13 @@ lint:
 
 demo: build
 	$(WITH_SERVERS) $(GO) run ./examples/demo
+
+# The fault suite in its full form (test/chaos): private PostgreSQL and RabbitMQ servers
+# of its own, so no servers.sh. Writes test/chaos/results/latest.md and prints it; the
+# short form runs in test-go.
+chaos:
+	SIDEBOX_CHAOS=full $(GO) test -count=1 -timeout 90m -run TestChaos ./test/chaos/; \
+	  status=$$?; cat test/chaos/results/latest.md 2>/dev/null; exit $$status
 
 bench:
 	$(WITH_SERVERS) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./bench/

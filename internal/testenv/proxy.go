@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
@@ -78,8 +79,33 @@ func (p *TCPProxy) Stall(t testing.TB) {
 	}
 }
 
-// Restore undoes Cut and Stall: the proxy listens on the same address again and
-// passes data through.
+// Latency delays every chunk of data in both directions by latency, plus or minus
+// jitter, until [TCPProxy.Restore].
+func (p *TCPProxy) Latency(t testing.TB, latency, jitter time.Duration) {
+	t.Helper()
+	p.addToxics(t, "latency", fmt.Sprintf(`{"latency":%d,"jitter":%d}`, latency.Milliseconds(), jitter.Milliseconds()))
+}
+
+// Bandwidth limits each direction of every connection to kbps kilobytes per second,
+// until [TCPProxy.Restore].
+func (p *TCPProxy) Bandwidth(t testing.TB, kbps int) {
+	t.Helper()
+	p.addToxics(t, "bandwidth", fmt.Sprintf(`{"rate":%d}`, kbps))
+}
+
+// addToxics adds a toxic of a type with its attributes (a JSON object) to both streams.
+func (p *TCPProxy) addToxics(t testing.TB, kind, attributes string) {
+	t.Helper()
+	for _, stream := range []string{"upstream", "downstream"} {
+		spec := fmt.Sprintf(`{"name":"%s_%s","type":%q,"stream":%q,"toxicity":1,"attributes":%s}`, kind, stream, kind, stream, attributes)
+		if _, err := p.proxy.Toxics.AddToxicJson(strings.NewReader(spec)); err != nil {
+			t.Fatalf("testenv: Proxy: %s: %v", kind, err)
+		}
+	}
+}
+
+// Restore undoes Cut, Stall, Latency and Bandwidth: the proxy listens on the same
+// address again and passes data through.
 func (p *TCPProxy) Restore(t testing.TB) {
 	t.Helper()
 	p.proxy.Toxics.ResetToxics(context.Background())

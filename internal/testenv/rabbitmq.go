@@ -26,6 +26,8 @@ type RabbitMQ struct {
 	node     string   // Erlang node name, unique per instance
 	port     int      // AMQP port on 127.0.0.1
 	distPort int      // Erlang distribution port on 127.0.0.1
+	conf     string   // extra rabbitmq.conf lines
+	epmdPort int      // port of the epmd the node registers with; 0 = the standard 4369
 	proc     *process // the Erlang VM; nil before the first start
 
 	tls     *TLSFiles // set by RabbitMQTLS
@@ -42,11 +44,25 @@ func RabbitMQTLS(files *TLSFiles) RabbitMQOption {
 	return func(r *RabbitMQ) { r.tls = files }
 }
 
+// WithRabbitMQConf appends lines (new-style rabbitmq.conf, such as
+// "max_message_size = 20971520") to the node's configuration.
+func WithRabbitMQConf(lines string) RabbitMQOption {
+	return func(r *RabbitMQ) { r.conf += strings.TrimSpace(lines) + "\n" }
+}
+
 // StartRabbitMQ starts a RabbitMQ node from the local installation with a temporary
 // data directory and free ports; it is killed and removed in t.Cleanup. It runs as the
 // current user (root included) with HOME in its directory, which holds its Erlang cookie.
 // Starting takes several seconds: share one node between the steps of a test.
 func StartRabbitMQ(t testing.TB, opts ...RabbitMQOption) *RabbitMQ {
+	t.Helper()
+	r := newRabbitMQ(t, "sidebox-"+randomHex(6)+"@localhost", opts...)
+	r.Start(t)
+	return r
+}
+
+// newRabbitMQ prepares a node's directory, ports and configuration without starting it.
+func newRabbitMQ(t testing.TB, node string, opts ...RabbitMQOption) *RabbitMQ {
 	t.Helper()
 	server, err := rabbitmqServer()
 	if err != nil {
@@ -56,7 +72,7 @@ func StartRabbitMQ(t testing.TB, opts ...RabbitMQOption) *RabbitMQ {
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	r := &RabbitMQ{server: server, dir: dir, node: "sidebox-" + randomHex(6) + "@localhost"}
+	r := &RabbitMQ{server: server, dir: dir, node: node}
 	for _, o := range opts {
 		o(r)
 	}
@@ -78,7 +94,6 @@ func StartRabbitMQ(t testing.TB, opts ...RabbitMQOption) *RabbitMQ {
 	if err := r.writeConfig(); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	r.Start(t)
 	return r
 }
 
@@ -105,7 +120,7 @@ func (r *RabbitMQ) Start(t testing.TB) {
 	}
 	// A node killed a moment ago may still be listed by epmd; the new one would refuse
 	// to start under the same name.
-	if err := waitEpmdForget(nodeShortName(r.node), 10*time.Second); err != nil {
+	if err := waitEpmdForget(r.epmd(), nodeShortName(r.node), 10*time.Second); err != nil {
 		t.Fatalf("testenv: rabbitmq %s: %v", r.node, err)
 	}
 	cmd := exec.Command(r.server)
@@ -153,6 +168,9 @@ func (r *RabbitMQ) halt(t testing.TB, sig syscall.Signal, grace time.Duration) {
 	}
 }
 
+// Node returns the node's Erlang name.
+func (r *RabbitMQ) Node() string { return r.node }
+
 func (r *RabbitMQ) running() bool { return r.proc != nil && !r.proc.exited() }
 
 // writeConfig writes the node's own configuration files, so that nothing from
@@ -162,7 +180,7 @@ func (r *RabbitMQ) writeConfig() error {
 log.console = true
 log.console.level = info
 log.file = false
-`, r.port)
+`, r.port) + r.conf
 	if r.tls != nil {
 		conf += fmt.Sprintf(`listeners.ssl.1 = 127.0.0.1:%d
 ssl_options.cacertfile = %s
@@ -195,6 +213,9 @@ func (r *RabbitMQ) env() []string {
 			continue
 		}
 		env = append(env, kv)
+	}
+	if r.epmdPort != 0 {
+		env = append(env, "ERL_EPMD_PORT="+strconv.Itoa(r.epmdPort))
 	}
 	return append(env,
 		"HOME="+r.dir, // Erlang keeps its cookie in $HOME/.erlang.cookie
@@ -272,11 +293,19 @@ func nodeShortName(node string) string {
 	return name
 }
 
-// waitEpmdForget waits until the local epmd no longer lists name.
-func waitEpmdForget(name string, timeout time.Duration) error {
+// epmd returns the port of the node's epmd.
+func (r *RabbitMQ) epmd() int {
+	if r.epmdPort != 0 {
+		return r.epmdPort
+	}
+	return 4369
+}
+
+// waitEpmdForget waits until the epmd on port no longer lists name.
+func waitEpmdForget(port int, name string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		names, err := epmdNames()
+		names, err := epmdNames(port)
 		if err != nil {
 			return nil // no epmd, so nothing is registered
 		}
@@ -290,10 +319,10 @@ func waitEpmdForget(name string, timeout time.Duration) error {
 	}
 }
 
-// epmdNames asks the epmd on 127.0.0.1:4369 for its registered names (NAMES_REQ) and
+// epmdNames asks the epmd on 127.0.0.1:port for its registered names (NAMES_REQ) and
 // returns its text: one "name <node> at port <port>" line per node.
-func epmdNames() ([]byte, error) {
-	c, err := net.DialTimeout("tcp", "127.0.0.1:4369", time.Second)
+func epmdNames(port int) ([]byte, error) {
+	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("epmd: %w", err)
 	}
