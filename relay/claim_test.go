@@ -67,7 +67,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 	for _, keyedFirst := range []bool{true, false} {
 		for _, cur := range []*string{nil, &cursor} {
 			name := fmt.Sprintf("keyedFirst=%v cursor=%v", keyedFirst, cur != nil)
-			sql := q.claimSQL[b2i(keyedFirst)][b2i(cur != nil)][0]
+			sql := q.Variant(keyedFirst, cur != nil, false)
 			var arg any
 			if cur != nil {
 				arg = *cur

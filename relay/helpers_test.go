@@ -18,6 +18,7 @@ import (
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 	"github.com/sidebox/sidebox/outbox"
@@ -367,4 +368,13 @@ func testConfig(table pg.Table) Config {
 		RetryBackoffMax: 200 * time.Millisecond,
 		PublishTimeout:  10 * time.Second,
 	}
+}
+
+// claimArgs are the claim statement's parameters; cursor is nil or the walk's key.
+func claimArgs(cfg Config, cursor any, maxVisits int, from *unkeyedCursor) []any {
+	c := outboxdb.Claim{BatchSize: cfg.BatchSize, BatchBytes: cfg.BatchBytes, MaxVisits: maxVisits, From: from}
+	if s, ok := cursor.(string); ok {
+		c.Cursor = &s
+	}
+	return c.Args()
 }

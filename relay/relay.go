@@ -37,6 +37,7 @@ import (
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/outbox"
 )
@@ -92,7 +93,7 @@ const (
 	DefaultBatchBytes      = 8 << 20
 
 	// MaxBatchSize is the largest accepted BatchSize.
-	MaxBatchSize = 10000
+	MaxBatchSize = outboxdb.MaxBatchSize
 	// MaxWorkers is the largest accepted Workers.
 	MaxWorkers = 64
 	// MinBatchBytes and MaxBatchBytes bound BatchBytes.
