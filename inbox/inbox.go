@@ -26,6 +26,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -56,14 +57,7 @@ func Migrate(ctx context.Context, db *sql.DB, table string) error {
 	if err != nil {
 		return fmt.Errorf("inbox table: %w", err)
 	}
-	ms, err := pg.LoadMigrations(MigrationFiles(), ".", DefaultTable)
-	if err != nil {
-		return fmt.Errorf("embedded inbox migrations: %w", err)
-	}
-	if _, err := ms.Up(ctx, db, t); err != nil {
-		return fmt.Errorf("migrate inbox table %s: %w", t, err)
-	}
-	return nil
+	return inboxdb.Migrate(ctx, db, MigrationFiles(), t)
 }
 
 // Execer is what Claim needs: a *sql.Tx, or a *sql.Conn inside a transaction.

@@ -23,6 +23,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/sidebox/sidebox/internal/amqpmap"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -53,14 +54,7 @@ func Migrate(ctx context.Context, db *sql.DB, table string) error {
 	if err != nil {
 		return fmt.Errorf("outbox table: %w", err)
 	}
-	ms, err := pg.LoadMigrations(MigrationFiles(), ".", DefaultTable)
-	if err != nil {
-		return fmt.Errorf("embedded outbox migrations: %w", err)
-	}
-	if _, err := ms.Up(ctx, db, t); err != nil {
-		return fmt.Errorf("migrate outbox table %s: %w", t, err)
-	}
-	return nil
+	return outboxdb.Migrate(ctx, db, MigrationFiles(), t)
 }
 
 // Execer is what Write needs: a *sql.Tx, or a *sql.Conn inside a transaction.

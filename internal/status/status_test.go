@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"fmt"
 	"testing"
 	"time"
 
@@ -12,7 +11,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 	"github.com/sidebox/sidebox/outbox"
@@ -98,17 +99,17 @@ func TestCounts(t *testing.T) {
 
 	// The Sampler's bounded counts agree below their limit, and stay at least the
 	// limit above it.
-	if so, err := outboxStatus(ctx, db, ob, 100); err != nil || so.Pending != o.Pending || so.Retrying != o.Retrying ||
+	if so, err := outboxdb.Count(ctx, db, ob, 100); err != nil || so.Pending != o.Pending || so.Retrying != o.Retrying ||
 		so.Dead != o.Dead || so.BlockedKeys != o.BlockedKeys || so.OldestPendingAgeSeconds-o.OldestPendingAgeSeconds > 1 {
 		t.Errorf("sampled outbox = %+v, %v; want %+v", so, err, *o)
 	}
-	if si, err := inboxStatus(ctx, db, ib, 100); err != nil || *si != *in {
+	if si, err := inboxdb.Count(ctx, db, ib, 100); err != nil || *si != *in {
 		t.Errorf("sampled inbox = %+v, %v; want %+v", si, err, *in)
 	}
-	if so, err := outboxStatus(ctx, db, ob, 2); err != nil || so.Pending < 0 || so.Retrying != 2 || so.Dead != 2 {
+	if so, err := outboxdb.Count(ctx, db, ob, 2); err != nil || so.Pending < 0 || so.Retrying != 2 || so.Dead != 2 {
 		t.Errorf("outbox sampled with limit 2 = %+v, %v", so, err)
 	}
-	if si, err := inboxStatus(ctx, db, ib, 2); err != nil || si.Unprocessed < 2 || si.Dead != 1 {
+	if si, err := inboxdb.Count(ctx, db, ib, 2); err != nil || si.Unprocessed < 2 || si.Dead != 1 {
 		t.Errorf("inbox sampled with limit 2 = %+v, %v", si, err)
 	}
 }
@@ -126,10 +127,11 @@ func TestSampleCostDoesNotGrowWithTable(t *testing.T) {
 		SELECT 'x', CASE WHEN i % 100 = 0 THEN 1 ELSE 0 END, CASE WHEN i % 500 = 0 THEN now() END, 'k' || (i % 10)
 		FROM generate_series(1, 1000) i`)
 	exec(t, db, `INSERT INTO inbox (consumer, message_id, processed_at) SELECT 'c', i::text, CASE WHEN i % 2 = 0 THEN now() END FROM generate_series(1, 1000) i`)
+	outboxSample, blockedSample := outboxdb.SampledCountSQL(ob)
 	queries := map[string]string{
-		"outbox sample": fmt.Sprintf(outboxSampleQuery, ob),
-		"inbox sample":  fmt.Sprintf(inboxSampleQuery, ib, indexEstimate(ib.Ident("_unprocessed_idx")), indexEstimate(ib.Ident("_dead_idx"))),
-		"blocked keys":  fmt.Sprintf(blockedSampleQuery, ob),
+		"outbox sample": outboxSample,
+		"inbox sample":  inboxdb.SampledCountSQL(ib),
+		"blocked keys":  blockedSample,
 	}
 	var super bool
 	if err := db.QueryRow(`SELECT rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&super); err != nil {
