@@ -77,17 +77,13 @@ type Claimer struct {
 	insert string
 }
 
-// claimValues completes a claim's INSERT INTO <table>.
-const claimValues = ` (consumer, message_id, processed_at)
-VALUES ($1, $2, now()) ON CONFLICT (consumer, message_id) DO NOTHING`
-
 // NewClaimer returns a Claimer for table, "inbox" or "schema.name".
 func NewClaimer(table string) (*Claimer, error) {
 	t, err := pg.ParseTable(table)
 	if err != nil {
 		return nil, fmt.Errorf("inbox table: %w", err)
 	}
-	return &Claimer{insert: `INSERT INTO ` + t.String() + claimValues}, nil
+	return &Claimer{insert: inboxdb.ClaimSQL(t.String())}, nil
 }
 
 // Claim records messageID for consumer in the "inbox" table through tx, the transaction
@@ -100,7 +96,7 @@ func NewClaimer(table string) (*Claimer, error) {
 // or true if this one rolled back. An id that is not valid UTF-8 or contains NUL is
 // refused with ErrInvalidMessageID before any SQL is sent, so tx stays usable.
 func Claim(ctx context.Context, tx Execer, consumer, messageID string) (first bool, err error) {
-	c := Claimer{insert: `INSERT INTO ` + DefaultTable + claimValues} // a constant: nothing built per call
+	c := Claimer{insert: `INSERT INTO ` + DefaultTable + inboxdb.ClaimValues} // a constant: nothing built per call
 	return c.Claim(ctx, tx, consumer, messageID)
 }
 

@@ -37,7 +37,6 @@ import (
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
-	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/outbox"
 )
@@ -93,7 +92,7 @@ const (
 	DefaultBatchBytes      = 8 << 20
 
 	// MaxBatchSize is the largest accepted BatchSize.
-	MaxBatchSize = outboxdb.MaxBatchSize
+	MaxBatchSize = 10000
 	// MaxWorkers is the largest accepted Workers.
 	MaxWorkers = 64
 	// MinBatchBytes and MaxBatchBytes bound BatchBytes.

@@ -19,7 +19,7 @@ type queries struct {
 
 // newQueries builds the SQL for table t.
 func newQueries(t pg.Table) queries {
-	q := outboxdb.New(t)
+	q := outboxdb.New(t, MaxBatchSize)
 	return queries{Queries: q, tableName: t.String(), flag: [2]string{q.Flag(0), q.Flag(1)}}
 }
 

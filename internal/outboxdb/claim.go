@@ -16,9 +16,6 @@ import (
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
-// MaxBatchSize is the most rows one claim takes; the unkeyed part's scan stops there.
-const MaxBatchSize = 10000
-
 // Queries holds the outbox SQL written for one table.
 type Queries struct {
 	table    pg.Table
@@ -53,7 +50,7 @@ func ClaimSettings(idle time.Duration) string {
 const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.message_type, o.content_type,
         o.headers::text, o.ordering_key, o.created_at, o.attempts`
 
-// New builds the SQL for table t.
+// New builds the SQL for table t, for batches of at most maxBatch rows.
 //
 // The claim takes one batch in one statement, in two parts:
 //   - keyed rows: a loose index scan walks the distinct ordering keys that have live rows
@@ -70,7 +67,7 @@ const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.messag
 // The part named first takes up to the batch size and the other fills the rest; the
 // relay alternates which goes first so neither starves the other. A last row carries
 // bookkeeping: the next due time, the wake-up flag and where the walk stopped.
-func New(t pg.Table) *Queries {
+func New(t pg.Table, maxBatch int) *Queries {
 	q := &Queries{
 		table: t,
 	}
@@ -83,7 +80,7 @@ func New(t pg.Table) *Queries {
 	for kf := range 2 {
 		for ac := range 2 {
 			for ua := range 2 {
-				q.claimSQL[kf][ac][ua] = claimSQL(t, kf == 1, ac == 1, ua == 1)
+				q.claimSQL[kf][ac][ua] = claimSQL(t, maxBatch, kf == 1, ac == 1, ua == 1)
 			}
 		}
 	}
@@ -108,8 +105,8 @@ RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
 //
 // No estimate in the plan grows with the table (docs/DESIGN.md, "Cost at any
 // backlog"): the walk's probes are LIMIT 1 index scans, and the unkeyed scan's estimate
-// stops at MaxBatchSize rows.
-func claimSQL(t pg.Table, keyedFirst, afterCursor, unkeyedAfter bool) string {
+// stops at maxBatch rows, the largest batch size the relay accepts.
+func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bool) string {
 	tbl := t.String()
 	eligible := func(p string) string {
 		return p + `.available_at <= now() AND NOT EXISTS (SELECT 1 FROM ` + tbl + ` d
@@ -189,7 +186,7 @@ unkeyed AS MATERIALIZED (
         FROM ` + tbl + ` o
         WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
         ORDER BY o.available_at, o.seq
-        LIMIT ` + strconv.Itoa(MaxBatchSize) + `
+        LIMIT ` + strconv.Itoa(maxBatch) + `
         FOR UPDATE OF o SKIP LOCKED) u
     LIMIT ` + unkeyedLimit + `
 ),
