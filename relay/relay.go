@@ -260,7 +260,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		flag:       &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},
 		txSettings: claimSettings(cfg.PublishTimeout),
 		retry:      backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
-		reconnect:  backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+		reconnect:  backoff.Database(),
 		suspects:   map[string]time.Time{},
 	}, nil
 }
