@@ -436,7 +436,7 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 		keys.add(cur, key)
 		if prev, back := seqs.check(d, key); back {
 			c.seqBack.Inc()
-			c.log.Warn("inbox delivery goes back in its key's outbox sequence; storing it", zap.String("message_id", cleanText(d.MessageId)),
+			c.log.Warn("inbox delivery goes back in its key's outbox sequence; storing it", zap.String("message_id", pg.Text(d.MessageId)),
 				zap.String("ordering_key", key), zap.Any(SeqHeader, d.Headers[SeqHeader]), zap.Int64("highest_before", prev))
 		}
 	}
@@ -541,10 +541,10 @@ type rows struct {
 
 func (r *rows) add(tag uint64, d *amqp.Delivery, headers, orderingKey string) {
 	r.ids = append(r.ids, d.MessageId)
-	r.exchanges = append(r.exchanges, cleanText(d.Exchange))
-	r.keys = append(r.keys, cleanText(d.RoutingKey))
-	r.types = append(r.types, cleanText(d.Type))
-	r.contentTypes = append(r.contentTypes, cleanText(d.ContentType))
+	r.exchanges = append(r.exchanges, pg.Text(d.Exchange))
+	r.keys = append(r.keys, pg.Text(d.RoutingKey))
+	r.types = append(r.types, pg.Text(d.Type))
+	r.contentTypes = append(r.contentTypes, pg.Text(d.ContentType))
 	r.headers = append(r.headers, headers)
 	r.orderingKeys = append(r.orderingKeys, orderingKey)
 	r.payloads = append(r.payloads, d.Body)
@@ -738,7 +738,7 @@ func (c *Consumer) reject(ch *amqp.Channel, b *batch, d *amqp.Delivery, reason, 
 		fields = append(fields, zap.String("error", detail))
 	}
 	if d.MessageId != "" {
-		fields = append(fields, zap.String("message_id", cleanText(d.MessageId)))
+		fields = append(fields, zap.String("message_id", pg.Text(d.MessageId)))
 	}
 	c.log.Warn("rejecting inbox delivery without requeue", fields...)
 	if err := ch.Reject(d.DeliveryTag, false); err != nil {
@@ -755,7 +755,7 @@ func (c *Consumer) reject(ch *amqp.Channel, b *batch, d *amqp.Delivery, reason, 
 // orderingKey returns the ordering key of d as stored: "" when it has none.
 func (c *Consumer) orderingKey(d *amqp.Delivery) string {
 	key, _ := d.Headers[c.cfg.OrderingHeader].(string)
-	return cleanText(key)
+	return pg.Text(key)
 }
 
 // checkMessageID returns why id cannot be an inbox key, or "".

@@ -109,10 +109,10 @@ func (c *Claimer) Claim(ctx context.Context, tx Execer, consumer, messageID stri
 		return false, ErrNoMessageID
 	case RejectInvalidMessageID:
 		// Refused before any SQL: a failed statement would abort the caller's transaction.
-		return false, fmt.Errorf("claim inbox message %q: %w", cleanText(messageID), ErrInvalidMessageID)
+		return false, fmt.Errorf("claim inbox message %q: %w", pg.Text(messageID), ErrInvalidMessageID)
 	}
 	if !utf8.ValidString(consumer) || strings.ContainsRune(consumer, 0) {
-		return false, fmt.Errorf("claim inbox message %q: consumer name %q is not valid UTF-8 or contains NUL", messageID, cleanText(consumer))
+		return false, fmt.Errorf("claim inbox message %q: consumer name %q is not valid UTF-8 or contains NUL", messageID, pg.Text(consumer))
 	}
 	res, err := tx.ExecContext(ctx, c.insert, consumer, messageID)
 	if err != nil {

@@ -7,12 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/inboxdb"
+	"github.com/sidebox/sidebox/internal/pg"
 )
 
 // Message is one stored inbox row, as handed to a Handler.
@@ -191,7 +191,7 @@ func (p *Processor) handle(ctx context.Context, tx *sql.Tx, msg *Message) (bool,
 		return false, fmt.Errorf("roll back handler of inbox message %q: %w", msg.MessageID, err)
 	}
 	delay := p.retry.Delay(msg.Attempts + 1)
-	dead, err := p.sql.MarkFailed(ctx, tx, p.cfg.Consumer, msg.MessageID, errorText(herr), delay, p.cfg.MaxAttempts)
+	dead, err := p.sql.MarkFailed(ctx, tx, p.cfg.Consumer, msg.MessageID, pg.ErrorText(herr.Error()), delay, p.cfg.MaxAttempts)
 	if err != nil {
 		return false, err
 	}
@@ -214,16 +214,4 @@ func (p *Processor) callHandler(ctx context.Context, tx *sql.Tx, msg *Message) (
 		}
 	}()
 	return p.handler(ctx, tx, *msg)
-}
-
-// errorText is err's message as storable text, capped at 2000 bytes.
-func errorText(err error) string {
-	s := cleanText(err.Error())
-	if len(s) > 2000 {
-		s = s[:2000]
-		for !utf8.ValidString(s) {
-			s = s[:len(s)-1]
-		}
-	}
-	return s
 }

@@ -8,7 +8,6 @@ import (
 	"database/sql"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/lib/pq"
@@ -408,7 +407,7 @@ func (q *Queries) Settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, con
 		delays := make([]float64, len(failed))
 		permanent := make([]bool, len(failed))
 		for i, f := range failed {
-			ids[i], errs[i], delays[i], permanent[i] = f.ID, Truncate(f.Err, 2000), f.Delay.Seconds(), f.Permanent
+			ids[i], errs[i], delays[i], permanent[i] = f.ID, pg.ErrorText(f.Err), f.Delay.Seconds(), f.Permanent
 		}
 		rs, err := tx.QueryContext(ctx, q.fail, pq.Array(ids), pq.Array(errs), pq.Array(delays), maxAttempts, pq.Array(permanent))
 		if err == nil {
@@ -445,14 +444,4 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-// Truncate shortens s to at most n bytes (plus an ellipsis) and makes it storable as
-// text: valid UTF-8 without NUL bytes.
-func Truncate(s string, n int) string {
-	s = strings.ReplaceAll(s, "\x00", "")
-	if len(s) <= n {
-		return strings.ToValidUTF8(s, "")
-	}
-	return strings.ToValidUTF8(s[:n], "") + "..."
 }
