@@ -19,22 +19,10 @@ import (
 	"github.com/sidebox/sidebox/outbox"
 )
 
-func exec(t *testing.T, db *sql.DB, q string, args ...any) {
-	t.Helper()
-	if _, err := db.Exec(q, args...); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-}
-
 func migrate(t *testing.T, db *sql.DB, ob, ib pg.Table) {
 	t.Helper()
-	ctx := context.Background()
-	if err := outbox.Migrate(ctx, db, ob.String()); err != nil {
-		t.Fatal(err)
-	}
-	if err := inbox.Migrate(ctx, db, ib.String()); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Migrate(t, db, outbox.Migrate, ob.String())
+	testenv.Migrate(t, db, inbox.Migrate, ib.String())
 }
 
 func TestMissingTablesAreNull(t *testing.T) {
@@ -66,7 +54,7 @@ func TestCounts(t *testing.T) {
 	// Key a: head retrying, one behind it (blocked). Key b: head pending, a dead row
 	// behind (not blocked: the head decides). Key c: head dead (blocked). No key: one
 	// pending, one delayed an hour (not due, so not in the age), one retrying.
-	exec(t, db, `INSERT INTO app.orders_outbox (payload, ordering_key, attempts, dead_at, created_at, available_at) VALUES
+	testenv.Exec(t, db, `INSERT INTO app.orders_outbox (payload, ordering_key, attempts, dead_at, created_at, available_at) VALUES
 		('a1', 'a', 2, NULL, now() - interval '100 seconds', now() + interval '1 minute'),
 		('a2', 'a', 0, NULL, now() - interval '50 seconds', now() - interval '50 seconds'),
 		('b1', 'b', 0, NULL, now(), now()),
@@ -75,7 +63,7 @@ func TestCounts(t *testing.T) {
 		('n1', NULL, 0, NULL, now() - interval '10 seconds', now() - interval '10 seconds'),
 		('n2', NULL, 0, NULL, now() - interval '1 day', now() + interval '1 hour'),
 		('n3', NULL, 1, NULL, now(), now() + interval '1 minute')`)
-	exec(t, db, `INSERT INTO app.orders_inbox (consumer, message_id, processed_at, dead_at) VALUES
+	testenv.Exec(t, db, `INSERT INTO app.orders_inbox (consumer, message_id, processed_at, dead_at) VALUES
 		('c', '1', NULL, NULL), ('c', '2', NULL, NULL), ('c', '3', now(), NULL), ('d', '1', NULL, now())`)
 
 	o, err := OutboxStatus(ctx, db, ob)
@@ -123,10 +111,10 @@ func TestSampleCostDoesNotGrowWithTable(t *testing.T) {
 	db, _ := testenv.DB(t)
 	ob, ib := pg.MustParseTable("outbox"), pg.MustParseTable("inbox")
 	migrate(t, db, ob, ib)
-	exec(t, db, `INSERT INTO outbox (payload, attempts, dead_at, ordering_key)
+	testenv.Exec(t, db, `INSERT INTO outbox (payload, attempts, dead_at, ordering_key)
 		SELECT 'x', CASE WHEN i % 100 = 0 THEN 1 ELSE 0 END, CASE WHEN i % 500 = 0 THEN now() END, 'k' || (i % 10)
 		FROM generate_series(1, 1000) i`)
-	exec(t, db, `INSERT INTO inbox (consumer, message_id, processed_at) SELECT 'c', i::text, CASE WHEN i % 2 = 0 THEN now() END FROM generate_series(1, 1000) i`)
+	testenv.Exec(t, db, `INSERT INTO inbox (consumer, message_id, processed_at) SELECT 'c', i::text, CASE WHEN i % 2 = 0 THEN now() END FROM generate_series(1, 1000) i`)
 	outboxSample, blockedSample := outboxdb.SampledCountSQL(ob)
 	queries := map[string]string{
 		"outbox sample": outboxSample,
@@ -144,9 +132,9 @@ func TestSampleCostDoesNotGrowWithTable(t *testing.T) {
 	sizes := []int{10_000, 5_000_000, 50_000_000}
 	for _, rows := range sizes {
 		for _, tbl := range []pg.Table{ob, ib} {
-			exec(t, db, `ALTER TABLE `+tbl.String()+` SET (autovacuum_enabled = false)`)
-			exec(t, db, `ANALYZE `+tbl.String())
-			exec(t, db, `UPDATE pg_class SET reltuples = $1 WHERE oid = $2::regclass`, rows, tbl.String())
+			testenv.Exec(t, db, `ALTER TABLE `+tbl.String()+` SET (autovacuum_enabled = false)`)
+			testenv.Exec(t, db, `ANALYZE `+tbl.String())
+			testenv.Exec(t, db, `UPDATE pg_class SET reltuples = $1 WHERE oid = $2::regclass`, rows, tbl.String())
 		}
 		cost[rows] = map[string]float64{}
 		for name, q := range queries {
@@ -194,8 +182,8 @@ func TestSampler(t *testing.T) {
 	}
 
 	migrate(t, db, ob, ib)
-	exec(t, db, `INSERT INTO outbox (payload, created_at, available_at) VALUES ('x', now() - interval '1 minute', now() - interval '1 minute'), ('y', now(), now())`)
-	exec(t, db, `INSERT INTO inbox (consumer, message_id) VALUES ('c', '1')`)
+	testenv.Exec(t, db, `INSERT INTO outbox (payload, created_at, available_at) VALUES ('x', now() - interval '1 minute', now() - interval '1 minute'), ('y', now(), now())`)
+	testenv.Exec(t, db, `INSERT INTO inbox (consumer, message_id) VALUES ('c', '1')`)
 	if err := s.Sample(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +198,7 @@ func TestSampler(t *testing.T) {
 	}
 
 	// Run samples at once and stops with its context.
-	exec(t, db, `DELETE FROM outbox`)
+	testenv.Exec(t, db, `DELETE FROM outbox`)
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { s.Run(rctx); close(done) }()
