@@ -181,7 +181,7 @@ type Relay struct {
 	log    *zap.Logger
 	m      *metrics.Metrics
 	q      queries
-	stmts  *statements
+	stmts  *pg.Statements
 	flag   *wakeFlag
 
 	txSettings string // run first in every batch's transaction
@@ -254,7 +254,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		cfg:        cfg,
 		table:      table,
 		log:        log,
-		stmts:      newStatements(db, prepare, log),
+		stmts:      pg.NewStatements(db, prepare, log),
 		m:          m,
 		q:          q,
 		flag:       &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},
@@ -284,7 +284,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return errors.New("relay: Run is already running")
 	}
 	defer r.running.Store(false)
-	defer r.stmts.close()
+	defer r.stmts.Close()
 	if r.owned != nil {
 		// The relay's own connection outlives ctx: the batches in flight when it is
 		// cancelled still need their confirms.

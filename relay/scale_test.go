@@ -29,7 +29,7 @@ func claimOnce(t *testing.T, db *sql.DB, cfg Config, keyedFirst bool) (claimed, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(r.stmts.close)
+	t.Cleanup(r.stmts.Close)
 	d := &dispatcher{r: r, keyedFirst: !keyedFirst} // claim flips it
 	c, tx, err := d.claim(context.Background())
 	if err != nil {
@@ -298,7 +298,7 @@ func TestClaimTimeOverDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.stmts.close()
+	defer r.stmts.Close()
 	d := &dispatcher{r: r}
 	var times []time.Duration
 	var buffers []int // shared buffers the claim touched, every 100th claim
@@ -390,7 +390,7 @@ func TestUnkeyedCursorComesBackForRowsLeftBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.stmts.close()
+	defer r.stmts.Close()
 	d := &dispatcher{r: r}
 	claim := func(settle bool) string {
 		t.Helper()

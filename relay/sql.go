@@ -54,8 +54,8 @@ type claimed struct {
 type unkeyedCursor = outboxdb.UnkeyedCursor
 
 // claim runs the claim statement in tx, which began with claimSettings.
-func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, cfg Config, keyedFirst bool, cursor *string, maxVisits int, from *unkeyedCursor) (claimed, error) {
-	c, err := q.Claim(ctx, st.Statements, tx, outboxdb.Claim{
+func (q *queries) claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cfg Config, keyedFirst bool, cursor *string, maxVisits int, from *unkeyedCursor) (claimed, error) {
+	c, err := q.Claim(ctx, st, tx, outboxdb.Claim{
 		BatchSize: cfg.BatchSize, BatchBytes: cfg.BatchBytes, KeyedFirst: keyedFirst,
 		Cursor: cursor, MaxVisits: maxVisits, From: from,
 	})
@@ -93,12 +93,12 @@ type failedRow struct {
 
 // settle deletes the confirmed rows and records the failed attempts, in tx. It returns
 // the delivery latencies of the removed rows and the state of the failed ones.
-func (q *queries) settle(ctx context.Context, st *statements, tx *sql.Tx, confirmed []string, failed []failure, maxAttempts int) ([]float64, []failedRow, error) {
+func (q *queries) settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, confirmed []string, failed []failure, maxAttempts int) ([]float64, []failedRow, error) {
 	fs := make([]outboxdb.Failure, len(failed))
 	for i, f := range failed {
 		fs[i] = outboxdb.Failure{ID: f.id, Err: f.err, Delay: f.delay, Permanent: f.permanent}
 	}
-	latencies, states, err := q.Settle(ctx, st.Statements, tx, confirmed, fs, maxAttempts)
+	latencies, states, err := q.Settle(ctx, st, tx, confirmed, fs, maxAttempts)
 	if err != nil {
 		return nil, nil, err
 	}
