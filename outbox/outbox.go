@@ -80,22 +80,18 @@ type Writer struct {
 	insert string
 }
 
-// insertInto follows `INSERT INTO <table>` in a Writer's statement.
-const insertInto = ` (id, exchange, routing_key, payload, message_type, content_type, headers, ordering_key, available_at)
-VALUES ($1, $2, $3, $4, $5, coalesce($6, 'application/json'), $7::jsonb, $8, coalesce($9::timestamptz, now()))`
-
 // NewWriter returns a Writer for table, "outbox" or "schema.name".
 func NewWriter(table string) (*Writer, error) {
 	t, err := pg.ParseTable(table)
 	if err != nil {
 		return nil, fmt.Errorf("outbox table: %w", err)
 	}
-	return &Writer{insert: `INSERT INTO ` + t.String() + insertInto}, nil
+	return &Writer{insert: outboxdb.InsertSQL(t)}, nil
 }
 
 // Write inserts msg into the "outbox" table through tx and returns the message ID.
 func Write(ctx context.Context, tx Execer, msg Message) (uuid.UUID, error) {
-	w := Writer{insert: `INSERT INTO outbox` + insertInto}
+	w := Writer{insert: `INSERT INTO outbox` + outboxdb.InsertValues} // a constant: nothing built per call
 	return w.Write(ctx, tx, msg)
 }
 

@@ -1,6 +1,7 @@
-// Package outboxdb holds the SQL of the outbox table, in one place: the relay's claim
-// and settlement, the wake-up flag, the state counts behind `sidebox status` and the
-// backlog gauges, the check that guards `migrate down`, and the table's migrations.
+// Package outboxdb holds the SQL of the outbox table, in one place: the writers' insert,
+// the relay's claim and settlement, the wake-up flag, the state counts behind `sidebox
+// status` and the backlog gauges, the check that guards `migrate down`, and the loading
+// of the table's migrations.
 package outboxdb
 
 import (
