@@ -25,11 +25,11 @@ type Queries struct {
 	flag     [2]string // lower, raise the wake-up flag
 }
 
-// AsyncCommit makes the current transaction commit without waiting for its WAL flush.
+// asyncCommit makes the current transaction commit without waiting for its WAL flush.
 // The relay's own writes only remove published rows, count attempts and move the
 // wake-up flag: should the database crash before the flush, rows come back and are
 // published again (a duplicate, never a loss), and the flag is set again.
-const AsyncCommit = `SET LOCAL synchronous_commit TO off`
+const asyncCommit = `SET LOCAL synchronous_commit TO off`
 
 // ClaimSettings is run right after BEGIN in every batch's transaction, in one round
 // trip, before the claim is planned. They are transaction settings rather than
@@ -37,13 +37,13 @@ const AsyncCommit = `SET LOCAL synchronous_commit TO off`
 // which refuses most start-up parameters:
 //   - no JIT: the claim runs in milliseconds, and compiling it would cost hundreds
 //     of milliseconds whenever the planner's estimate passes jit_above_cost;
-//   - asynchronous commit (AsyncCommit);
+//   - asynchronous commit (asyncCommit);
 //   - a batch's transaction that stays idle longer than idle is ended by the server,
 //     so that a relay that hangs or loses its process does not keep the batch's rows
 //     locked.
 func ClaimSettings(idle time.Duration) string {
 	return fmt.Sprintf("SET LOCAL jit = off; %s; SET LOCAL idle_in_transaction_session_timeout = %d",
-		AsyncCommit, idle.Milliseconds())
+		asyncCommit, idle.Milliseconds())
 }
 
 // claimColumns are the columns of a claimed row, in scan order.
@@ -75,7 +75,7 @@ func New(t pg.Table, maxBatch int) *Queries {
 	// transaction ID, and its commit need not wait for a WAL flush. The name is a
 	// validated identifier, safe in a literal.
 	for v := range 2 {
-		q.flag[v] = fmt.Sprintf(`%s; SELECT setval('%s', %d)`, AsyncCommit, t.Ident("_wakeup"), v)
+		q.flag[v] = fmt.Sprintf(`%s; SELECT setval('%s', %d)`, asyncCommit, t.Ident("_wakeup"), v)
 	}
 	for kf := range 2 {
 		for ac := range 2 {
@@ -208,9 +208,6 @@ SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
     coalesce((SELECT ` + more("w") + ` FROM walk w ORDER BY w.visited DESC LIMIT 1), ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)`
 	return s
 }
-
-// Table is the table the queries are written for.
-func (q *Queries) Table() pg.Table { return q.table }
 
 // Flag returns the statement that sets the wake-up flag to v (0: lowered, 1: raised),
 // in one simple-protocol round trip with asynchronous commit.
