@@ -43,7 +43,7 @@ func newEnv(tb testing.TB) *env {
 }
 
 // sidecarPool opens the pool that the relay or the inbox consumer runs on, as the sidecar
-// opens it (internal/cli/daemon.go: pg.TunePool with the default worker counts): the
+// opens it (internal/sidecar/sidecar.go: pg.TunePool with the default worker counts): the
 // pool's settings decide how often connections are opened, and with them the relay's
 // latency.
 func (e *env) sidecarPool() *sql.DB {

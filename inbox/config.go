@@ -63,6 +63,11 @@ const (
 	DefaultBatchBytes        = 4 << 20
 	DefaultPrefetchBytes     = 32 << 20
 	MaxBatchBytes            = 256 << 20 // hex-encoded, twice that must stay below PostgreSQL's 1 GiB message limit
+	MaxPrefetch              = 65535     // the largest accepted Prefetch (AMQP's prefetch count is 16 bits)
+	MaxWorkers               = 16        // the largest accepted Workers
+	MaxBatchWait             = 10 * time.Second
+	MaxQueueBytes            = 255  // the longest accepted Queue (AMQP short string)
+	MaxConsumerBytes         = 1000 // the longest accepted Consumer
 	DefaultDrainTimeout      = 10 * time.Second
 	DefaultOrderingHeader    = "x-ordering-key"
 )
@@ -172,17 +177,18 @@ func (c *ConsumerConfig) SetDefaults() {
 func (c *ConsumerConfig) Validate() error {
 	var k check
 	k.required("Queue", c.Queue)
-	k.fail(len(c.Queue) > 255, "Queue", "must be at most 255 bytes")
+	k.fail(len(c.Queue) > MaxQueueBytes, "Queue", "must be at most %d bytes, got %d", MaxQueueBytes, len(c.Queue))
+	k.fail(len(c.Consumer) > MaxConsumerBytes, "Consumer", "must be at most %d bytes, got %d", MaxConsumerBytes, len(c.Consumer))
 	k.table(c.Table)
 	k.required("Consumer", c.Consumer)
 	for _, u := range c.AMQPURLs {
 		problem := broker.CheckURL(u)
 		k.fail(problem != "", "AMQPURLs", "a URL %s", problem)
 	}
-	k.between("Prefetch", c.Prefetch, 1, 65535)
+	k.between("Prefetch", c.Prefetch, 1, MaxPrefetch)
 	k.fail(c.BatchSize < 1 || c.BatchSize > c.Prefetch, "BatchSize", "must be between 1 and the prefetch (%d), got %d", c.Prefetch, c.BatchSize)
-	k.fail(c.BatchWait < 0 || c.BatchWait > 10*time.Second, "BatchWait", "must be between 0 and 10s, got %s", c.BatchWait)
-	k.between("Workers", c.Workers, 1, 16)
+	k.fail(c.BatchWait <= 0 || c.BatchWait > MaxBatchWait, "BatchWait", "must be positive and at most %s, got %s", MaxBatchWait, c.BatchWait)
+	k.between("Workers", c.Workers, 1, MaxWorkers)
 	k.between("BatchBytes", c.BatchBytes, 1, MaxBatchBytes)
 	k.fail(c.PrefetchBytes < 1, "PrefetchBytes", "must be positive, got %d", c.PrefetchBytes)
 	k.fail(c.DrainTimeout < 0, "DrainTimeout", "must not be negative, got %s", c.DrainTimeout)
@@ -298,6 +304,7 @@ func (c *ProcessorConfig) Validate() error {
 // Defaults of PurgerConfig.
 const (
 	DefaultRetention      = 7 * 24 * time.Hour
+	MinRetention          = time.Minute // the shortest accepted Retention
 	DefaultPurgeBatchSize = 1000
 	DefaultPurgeInterval  = time.Minute
 )
@@ -330,7 +337,7 @@ func (c *PurgerConfig) SetDefaults() {
 func (c *PurgerConfig) Validate() error {
 	var k check
 	k.table(c.Table)
-	k.fail(c.Retention < time.Minute, "Retention", "must be at least 1m, got %s", c.Retention)
+	k.fail(c.Retention < MinRetention, "Retention", "must be at least %s, got %s", MinRetention, c.Retention)
 	k.between("BatchSize", c.BatchSize, 1, 100000)
 	k.positive("Interval", c.Interval)
 	return k.result()

@@ -91,6 +91,14 @@ func TestConsumerConfig(t *testing.T) {
 	if c.Consumer != "orders" || c.Table != "inbox" || c.Prefetch != 512 || c.BatchSize != 128 || c.BatchWait != 5*time.Millisecond {
 		t.Errorf("defaults %+v", c)
 	}
+	// No wait at all is refused, as SIDEBOX_INBOX_BATCH_WAIT=0 is; zero means the
+	// default only before SetDefaults.
+	noWait := c
+	noWait.BatchWait = 0
+	var ce *ConfigError
+	if err := noWait.Validate(); !errors.As(err, &ce) || ce.Field != "BatchWait" {
+		t.Errorf("BatchWait 0: Validate = %v", err)
+	}
 	small := ConsumerConfig{Queue: "q", Prefetch: 10}
 	small.SetDefaults()
 	if small.BatchSize != 10 {
@@ -105,6 +113,7 @@ func TestConsumerConfig(t *testing.T) {
 		"Table":      {Queue: "q", Table: "Inbox"},
 		"AMQPURLs":   {Queue: "q", AMQPURLs: []string{"amqp://"}},
 		"BackoffMax": {Queue: "q", Backoff: time.Minute, BackoffMax: time.Second},
+		"Consumer":   {Queue: "q", Consumer: strings.Repeat("c", 1001)}, // SIDEBOX_INBOX_CONSUMER's bound
 	} {
 		cfg.SetDefaults()
 		var ce *ConfigError

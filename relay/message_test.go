@@ -124,6 +124,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{func(c *Config) { c.RetryBackoffMax = time.Millisecond }, "RetryBackoffMax"},
 		{func(c *Config) { c.PublishTimeout = -1 }, "PublishTimeout"},
 		{func(c *Config) { c.MaxAttempts = -1 }, "MaxAttempts"},
+		{func(c *Config) { c.MaxAttempts = 1000001 }, "MaxAttempts"}, // SIDEBOX_MAX_ATTEMPTS's bound
 		{func(c *Config) { c.Workers = 65 }, "Workers"},
 		{func(c *Config) { c.Prepare = "sometimes" }, "Prepare"},
 		{func(c *Config) { c.BatchBytes = 1000 }, "BatchBytes"},

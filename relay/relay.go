@@ -70,7 +70,7 @@ type Config struct {
 	RetryBackoff    time.Duration // first retry delay of a failed row; default 1s
 	RetryBackoffMax time.Duration // cap of the retry delay; default 5m
 	PublishTimeout  time.Duration // longest wait for a batch's confirms; default 30s
-	MaxAttempts     int           // failed publishes before a row is dead; default 10
+	MaxAttempts     int           // failed publishes before a row is dead; default 10, at most 1000000
 	Workers         int           // batches in flight at once; default 2
 	// Prepare says whether the frequent queries are prepared on the server: "auto"
 	// (default: unless the connection is pooled per transaction), "on" or "off".
@@ -95,6 +95,8 @@ const (
 	MaxBatchSize = 10000
 	// MaxWorkers is the largest accepted Workers.
 	MaxWorkers = 64
+	// MaxMaxAttempts is the largest accepted MaxAttempts.
+	MaxMaxAttempts = 1000000
 	// MinBatchBytes and MaxBatchBytes bound BatchBytes.
 	MinBatchBytes = 1 << 10
 	MaxBatchBytes = 1 << 30
@@ -135,37 +137,49 @@ func (c *Config) setDefaults() {
 	c.BatchBytes = cmp.Or(c.BatchBytes, DefaultBatchBytes)
 }
 
-// Validate reports the first invalid setting. Zero values are invalid here; New fills
-// them with the defaults before it validates.
+// ConfigError reports an invalid Config field. Field is the Go field name (BatchSize,
+// Workers ...), so that a caller can name its own setting.
+type ConfigError struct {
+	Field   string
+	Problem string
+}
+
+func (e *ConfigError) Error() string { return "relay: " + e.Field + ": " + e.Problem }
+
+// Validate reports the first invalid setting, as a *ConfigError. Zero values are
+// invalid here; New fills them with the defaults before it validates.
 func (c Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return &ConfigError{Field: field, Problem: fmt.Sprintf(format, args...)}
+	}
 	if _, err := pg.ParseTable(c.Table); err != nil {
-		return fmt.Errorf("relay: Table: %w", err)
+		return bad("Table", "%v", err)
 	}
 	for _, u := range c.AMQPURLs {
 		if err := checkAMQPURL(u); err != nil {
-			return fmt.Errorf("relay: AMQPURLs: %w", err)
+			return bad("AMQPURLs", "%v", err)
 		}
 	}
 	switch {
 	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
-		return fmt.Errorf("relay: BatchSize must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
+		return bad("BatchSize", "must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
 	case c.PollInterval <= 0:
-		return fmt.Errorf("relay: PollInterval must be positive, got %v", c.PollInterval)
+		return bad("PollInterval", "must be positive, got %v", c.PollInterval)
 	case c.RetryBackoff <= 0:
-		return fmt.Errorf("relay: RetryBackoff must be positive, got %v", c.RetryBackoff)
+		return bad("RetryBackoff", "must be positive, got %v", c.RetryBackoff)
 	case c.RetryBackoffMax < c.RetryBackoff:
-		return fmt.Errorf("relay: RetryBackoffMax (%v) must not be below RetryBackoff (%v)", c.RetryBackoffMax, c.RetryBackoff)
+		return bad("RetryBackoffMax", "must be at least RetryBackoff (%v), got %v", c.RetryBackoff, c.RetryBackoffMax)
 	case c.PublishTimeout <= 0:
-		return fmt.Errorf("relay: PublishTimeout must be positive, got %v", c.PublishTimeout)
-	case c.MaxAttempts < 1:
-		return fmt.Errorf("relay: MaxAttempts must be at least 1, got %d", c.MaxAttempts)
+		return bad("PublishTimeout", "must be positive, got %v", c.PublishTimeout)
+	case c.MaxAttempts < 1 || c.MaxAttempts > MaxMaxAttempts:
+		return bad("MaxAttempts", "must be between 1 and %d, got %d", MaxMaxAttempts, c.MaxAttempts)
 	case c.Workers < 1 || c.Workers > MaxWorkers:
-		return fmt.Errorf("relay: Workers must be between 1 and %d, got %d", MaxWorkers, c.Workers)
+		return bad("Workers", "must be between 1 and %d, got %d", MaxWorkers, c.Workers)
 	case c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes:
-		return fmt.Errorf("relay: BatchBytes must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
+		return bad("BatchBytes", "must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
 	}
 	if _, err := pg.ParsePrepareMode(c.Prepare); err != nil {
-		return fmt.Errorf("relay: Prepare %w", err)
+		return bad("Prepare", "%v", err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 // Package cli is the sidebox command line: it parses the command, checks the
-// configuration the command needs, wires the components together, handles signals and
-// turns the outcome into an exit code (0 clean, 1 fatal, 2 configuration or usage).
+// configuration the command needs, handles signals and turns the outcome into an exit
+// code (0 clean, 1 fatal, 2 configuration or usage). Each command has its own file;
+// the daemon behind run, relay and inbox is internal/sidecar.
 package cli
 
 import (
@@ -18,6 +19,7 @@ import (
 
 	"github.com/sidebox/sidebox/internal/config"
 	"github.com/sidebox/sidebox/internal/redact"
+	"github.com/sidebox/sidebox/internal/sidecar"
 )
 
 // Exit codes.
@@ -126,29 +128,6 @@ func forcedChan(ctx context.Context) <-chan struct{} {
 	return nil
 }
 
-const usageText = `Usage: sidebox <command> [flags]
-
-Commands:
-  run                 the sidecar: the outbox relay, plus the inbox consumer when
-                      SIDEBOX_INBOX_QUEUE is set
-  relay               only the outbox relay (outbox table -> RabbitMQ)
-  inbox               only the inbox consumer (RabbitMQ queue -> inbox table)
-  migrate up          apply the pending migrations of the outbox and inbox tables
-  migrate down [--force]
-                      roll back every migration, newest first; refused while the
-                      outbox or the inbox holds messages, unless --force
-  migrate print [--down]
-                      print the SQL snippets (up, or down with --down)
-  status [--json]     backlog, retrying, dead and blocked keys of the outbox, and the
-                      inbox's unprocessed and dead rows
-  inject              the Kubernetes admission webhook that adds the sidecar to pods
-  version             print the version and commit
-  help                print this help
-
-Configuration is read from SIDEBOX_* environment variables; see docs/configuration.md.
-Exit codes: 0 clean shutdown, 1 fatal error, 2 bad configuration or usage.
-`
-
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usagef("no command given")
@@ -163,11 +142,11 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return printVersion(stdout)
 	case "run":
-		return daemon(ctx, modeRun, rest, stderr)
+		return daemon(ctx, sidecar.ModeRun, rest, stderr)
 	case "relay":
-		return daemon(ctx, modeRelay, rest, stderr)
+		return daemon(ctx, sidecar.ModeRelay, rest, stderr)
 	case "inbox":
-		return daemon(ctx, modeInbox, rest, stderr)
+		return daemon(ctx, sidecar.ModeInbox, rest, stderr)
 	case "migrate":
 		return migrateCmd(ctx, rest, stdout)
 	case "status":

@@ -31,21 +31,15 @@ func injectCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("starting sidebox admission webhook", zap.String("version", version), zap.String("commit", commit),
 		zap.String("addr", cfg.InjectAddr), zap.String("image", cfg.InjectImage), zap.String("mode", cfg.InjectMode))
 
-	err = inject.Serve(ctx, inject.Config{
-		Addr:    cfg.InjectAddr,
-		TLSCert: cfg.InjectTLSCert,
-		TLSKey:  cfg.InjectTLSKey,
-		Image:   cfg.InjectImage,
-		Mode:    cfg.InjectMode,
-	}, log)
-	var bad *inject.ConfigError
-	switch {
+	err = inject.Serve(ctx, cfg.InjectConfig(), log)
+	var bad *config.Error
+	switch err = config.FromComponent(err); {
 	case err == nil:
 		log.Info("drained; exiting")
 		return nil
 	case errors.As(err, &bad):
 		// A certificate that cannot be loaded, say: a configuration error too.
-		return config.Errors{{Var: bad.Var, Problem: bad.Problem}}
+		return err
 	default:
 		log.Error("sidebox stopped on a fatal error", zap.String("error", redact.Text(err.Error())))
 		return &loggedError{err}

@@ -15,12 +15,13 @@ import (
 	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
+	"github.com/sidebox/sidebox/internal/sidecar"
 	"github.com/sidebox/sidebox/outbox"
 )
 
 // connectTimeout bounds the first connection of the one-shot commands (migrate, status):
 // an unreachable database fails them instead of hanging.
-const connectTimeout = defaultConnectTimeout
+const connectTimeout = sidecar.ConnectTimeout
 
 // schema is one of the two tables sidebox migrates.
 type schema struct {
@@ -195,11 +196,8 @@ func connectConfigured(ctx context.Context) (*config.Config, *sql.DB, error) {
 
 // connect opens the database and checks it answers within connectTimeout.
 func connect(ctx context.Context, dsn string) (*sql.DB, error) {
-	bounded, err := withConnectTimeout(dsn)
+	bounded, err := sidecar.DSN(dsn)
 	if err != nil {
-		return nil, err
-	}
-	if bounded, err = withSessionDefaults(bounded); err != nil {
 		return nil, err
 	}
 	db, err := sql.Open("postgres", bounded)

@@ -1,6 +1,12 @@
 // Package config reads sidebox's configuration from SIDEBOX_* environment variables
 // with envconfig and validates, for each command, only the variables that command uses.
 //
+// Each variable is defined once: its name, group and help text in Config's tags, its
+// default in defaults (a component's setting takes the component's Default constant),
+// its bounds in Check (a component's setting uses the component's Min and Max
+// constants). RelayConfig, ConsumerConfig, PurgerConfig and InjectConfig map the
+// variables onto the components' configurations, which the components validate too.
+//
 // Every problem is reported at once as a *Error naming the variable; the CLI turns them
 // into exit code 2. Values of URL variables are never part of an error message, since
 // they may carry a password.
@@ -27,22 +33,27 @@ import (
 
 	"github.com/sidebox/sidebox/inbox"
 	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/inject"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
+	"github.com/sidebox/sidebox/outbox"
+	"github.com/sidebox/sidebox/relay"
 )
 
 // Prefix starts the name of every variable sidebox reads.
 const Prefix = "SIDEBOX_"
 
 // Config is the process's configuration. The struct tags are the source of truth for
-// variable names, defaults, the group a variable belongs to and its documentation.
+// variable names, the group a variable belongs to and its documentation; defaults
+// gives the defaults, most of them the components' own Default constants, and Check
+// the bounds, the components' own Min and Max constants.
 //
 // Tags carry the full variable name and Load passes envconfig no prefix: with a prefix,
 // envconfig falls back to the unprefixed name (DATABASE_URL, LOG_LEVEL) when the
 // prefixed one is unset, which would let an application's variables leak into sidebox.
 type Config struct {
 	DatabaseURL       string `envconfig:"SIDEBOX_DATABASE_URL" group:"database" secret:"true" desc:"PostgreSQL URL (postgres://...) or key=value connection string of the service's own database (lib/pq syntax)"`
-	DatabasePrepare   string `envconfig:"SIDEBOX_DATABASE_PREPARE" default:"auto" group:"database" desc:"prepare the frequent queries on the server: auto (unless the connection is pooled per transaction, as by PgBouncer in transaction mode), on (also behind a pooler that keeps prepared statements, PgBouncer 1.21+ with max_prepared_statements) or off"`
+	DatabasePrepare   string `envconfig:"SIDEBOX_DATABASE_PREPARE" group:"database" desc:"prepare the frequent queries on the server: auto (unless the connection is pooled per transaction, as by PgBouncer in transaction mode), on (also behind a pooler that keeps prepared statements, PgBouncer 1.21+ with max_prepared_statements) or off"`
 	ListenDatabaseURL string `envconfig:"SIDEBOX_LISTEN_DATABASE_URL" group:"relay" secret:"true" desc:"direct connection (not through a transaction pooler) for the relay's LISTEN, same syntax as SIDEBOX_DATABASE_URL; unset: SIDEBOX_DATABASE_URL"`
 	AMQPURL           string `envconfig:"SIDEBOX_AMQP_URL" group:"broker" secret:"true" desc:"RabbitMQ URL, amqp:// or amqps://; a comma-separated list for a cluster, tried in turn"`
 
@@ -50,43 +61,43 @@ type Config struct {
 	AMQPCertFile string `envconfig:"SIDEBOX_AMQP_CERT_FILE" group:"broker" desc:"PEM client certificate (chain) presented to amqps:// servers, for mutual TLS; needs SIDEBOX_AMQP_KEY_FILE"`
 	AMQPKeyFile  string `envconfig:"SIDEBOX_AMQP_KEY_FILE" group:"broker" desc:"PEM private key of SIDEBOX_AMQP_CERT_FILE"`
 
-	OutboxTable string `envconfig:"SIDEBOX_OUTBOX_TABLE" default:"outbox" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox)"`
-	InboxTable  string `envconfig:"SIDEBOX_INBOX_TABLE" default:"inbox" group:"inbox" desc:"inbox table, optionally schema-qualified"`
+	OutboxTable string `envconfig:"SIDEBOX_OUTBOX_TABLE" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox)"`
+	InboxTable  string `envconfig:"SIDEBOX_INBOX_TABLE" group:"inbox" desc:"inbox table, optionally schema-qualified"`
 
-	HTTPAddr        string        `envconfig:"SIDEBOX_HTTP_ADDR" default:":9719" group:"server" desc:"listen address of /healthz, /readyz and /metrics"`
-	ShutdownTimeout time.Duration `envconfig:"SIDEBOX_SHUTDOWN_TIMEOUT" default:"30s" group:"server" desc:"longest drain after SIGTERM/SIGINT; past it the process exits with code 1"`
-	StatusInterval  time.Duration `envconfig:"SIDEBOX_STATUS_INTERVAL" default:"15s" group:"server" desc:"refresh period of the backlog gauges (pending, retrying, dead, blocked keys, oldest pending age, inbox unprocessed and dead)"`
-	LogLevel        string        `envconfig:"SIDEBOX_LOG_LEVEL" default:"info" group:"log" desc:"debug, info, warn or error"`
-	LogFormat       string        `envconfig:"SIDEBOX_LOG_FORMAT" default:"json" group:"log" desc:"json or console"`
+	HTTPAddr        string        `envconfig:"SIDEBOX_HTTP_ADDR" group:"server" desc:"listen address of /healthz, /readyz and /metrics"`
+	ShutdownTimeout time.Duration `envconfig:"SIDEBOX_SHUTDOWN_TIMEOUT" group:"server" desc:"longest drain after SIGTERM/SIGINT; past it the process exits with code 1"`
+	StatusInterval  time.Duration `envconfig:"SIDEBOX_STATUS_INTERVAL" group:"server" desc:"refresh period of the backlog gauges (pending, retrying, dead, blocked keys, oldest pending age, inbox unprocessed and dead)"`
+	LogLevel        string        `envconfig:"SIDEBOX_LOG_LEVEL" group:"log" desc:"debug, info, warn or error"`
+	LogFormat       string        `envconfig:"SIDEBOX_LOG_FORMAT" group:"log" desc:"json or console"`
 
-	BatchSize       int           `envconfig:"SIDEBOX_BATCH_SIZE" default:"500" group:"relay" desc:"rows claimed per relay batch (1-10000)"`
-	PollInterval    time.Duration `envconfig:"SIDEBOX_POLL_INTERVAL" default:"1s" group:"relay" desc:"idle polling period of the relay; a notification from a writer wakes it earlier"`
-	MaxAttempts     int           `envconfig:"SIDEBOX_MAX_ATTEMPTS" default:"10" group:"relay" desc:"failed publishes (nack or return) before a row is kept as dead"`
-	RetryBackoff    time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF" default:"1s" group:"relay" desc:"first retry delay of a failed row; doubles per attempt, with jitter"`
-	RetryBackoffMax time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF_MAX" default:"5m" group:"relay" desc:"cap of the retry delay"`
-	PublishTimeout  time.Duration `envconfig:"SIDEBOX_PUBLISH_TIMEOUT" default:"30s" group:"relay" desc:"longest wait for the broker's confirms of one batch"`
-	RelayWorkers    int           `envconfig:"SIDEBOX_RELAY_WORKERS" default:"2" group:"relay" desc:"batches in flight at once, each in its own transaction and channel (1-64)"`
-	BatchBytes      int           `envconfig:"SIDEBOX_BATCH_BYTES" default:"8388608" group:"relay" desc:"payload bytes claimed per relay batch (1024-1073741824); a larger row goes alone"`
+	BatchSize       int           `envconfig:"SIDEBOX_BATCH_SIZE" group:"relay" desc:"rows claimed per relay batch ({min}-{max})"`
+	PollInterval    time.Duration `envconfig:"SIDEBOX_POLL_INTERVAL" group:"relay" desc:"idle polling period of the relay; a notification from a writer wakes it earlier"`
+	MaxAttempts     int           `envconfig:"SIDEBOX_MAX_ATTEMPTS" group:"relay" desc:"failed publishes (nack or return) before a row is kept as dead ({min}-{max})"`
+	RetryBackoff    time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF" group:"relay" desc:"first retry delay of a failed row; doubles per attempt, with jitter"`
+	RetryBackoffMax time.Duration `envconfig:"SIDEBOX_RETRY_BACKOFF_MAX" group:"relay" desc:"cap of the retry delay"`
+	PublishTimeout  time.Duration `envconfig:"SIDEBOX_PUBLISH_TIMEOUT" group:"relay" desc:"longest wait for the broker's confirms of one batch"`
+	RelayWorkers    int           `envconfig:"SIDEBOX_RELAY_WORKERS" group:"relay" desc:"batches in flight at once, each in its own transaction and channel ({min}-{max})"`
+	BatchBytes      int           `envconfig:"SIDEBOX_BATCH_BYTES" group:"relay" desc:"payload bytes claimed per relay batch ({min}-{max}); a larger row goes alone"`
 
 	InboxQueue     string        `envconfig:"SIDEBOX_INBOX_QUEUE" group:"consumer" desc:"queue the inbox consumer reads; unset: no inbox consumer (sidebox inbox requires it)"`
 	InboxConsumer  string        `envconfig:"SIDEBOX_INBOX_CONSUMER" group:"consumer" desc:"consumer name stored with each inbox row (deduplication is per consumer); default: the queue name"`
-	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" default:"512" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds (1-65535)"`
-	InboxBatchSize int           `envconfig:"SIDEBOX_INBOX_BATCH_SIZE" default:"128" group:"consumer" desc:"deliveries stored per transaction (1 to the prefetch)"`
-	InboxWorkers   int           `envconfig:"SIDEBOX_INBOX_WORKERS" default:"2" group:"consumer" desc:"batches stored at once, each in its own transaction (1-16)"`
-	InboxBatchWait time.Duration `envconfig:"SIDEBOX_INBOX_BATCH_WAIT" default:"5ms" group:"consumer" desc:"longest wait to fill a batch once it holds a delivery (at most 10s)"`
-	InboxRetention time.Duration `envconfig:"SIDEBOX_INBOX_RETENTION" default:"168h" group:"consumer" desc:"processed inbox rows older than this are deleted (at least 1m)"`
-	InboxDeclare   bool          `envconfig:"SIDEBOX_INBOX_DECLARE" default:"false" group:"consumer" desc:"declare the inbox queue (durable) before consuming; otherwise it must exist"`
+	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds ({min}-{max})"`
+	InboxBatchSize int           `envconfig:"SIDEBOX_INBOX_BATCH_SIZE" group:"consumer" desc:"deliveries stored per transaction (1 to the prefetch)"`
+	InboxWorkers   int           `envconfig:"SIDEBOX_INBOX_WORKERS" group:"consumer" desc:"batches stored at once, each in its own transaction ({min}-{max})"`
+	InboxBatchWait time.Duration `envconfig:"SIDEBOX_INBOX_BATCH_WAIT" group:"consumer" desc:"longest wait to fill a batch once it holds a delivery (at most {max})"`
+	InboxRetention time.Duration `envconfig:"SIDEBOX_INBOX_RETENTION" group:"consumer" desc:"processed inbox rows older than this are deleted (at least {min})"`
+	InboxDeclare   bool          `envconfig:"SIDEBOX_INBOX_DECLARE" group:"consumer" desc:"declare the inbox queue (durable) before consuming; otherwise it must exist"`
 	InboxBindings  string        `envconfig:"SIDEBOX_INBOX_BINDINGS" group:"consumer" desc:"exchange:routing.key,... bindings of the inbox queue to existing exchanges; implies SIDEBOX_INBOX_DECLARE"`
 
 	// Memory bounds of the inbox consumer, in bytes of message payload.
-	InboxBatchBytes    int `envconfig:"SIDEBOX_INBOX_BATCH_BYTES" default:"4194304" group:"consumer" desc:"payload bytes stored per transaction at most (1 to 268435456); a larger message is stored alone"`
-	InboxPrefetchBytes int `envconfig:"SIDEBOX_INBOX_PREFETCH_BYTES" default:"33554432" group:"consumer" desc:"payload bytes of unacknowledged deliveries the inbox consumer aims to hold: it lowers its prefetch count (down to 1) for the message sizes it sees"`
+	InboxBatchBytes    int `envconfig:"SIDEBOX_INBOX_BATCH_BYTES" group:"consumer" desc:"payload bytes stored per transaction at most ({min} to {max}); a larger message is stored alone"`
+	InboxPrefetchBytes int `envconfig:"SIDEBOX_INBOX_PREFETCH_BYTES" group:"consumer" desc:"payload bytes of unacknowledged deliveries the inbox consumer aims to hold: it lowers its prefetch count (down to 1) for the message sizes it sees"`
 
-	InjectAddr    string `envconfig:"SIDEBOX_INJECT_ADDR" default:":8443" group:"inject" desc:"listen address (HTTPS) of the admission webhook (sidebox inject)"`
+	InjectAddr    string `envconfig:"SIDEBOX_INJECT_ADDR" group:"inject" desc:"listen address (HTTPS) of the admission webhook (sidebox inject)"`
 	InjectTLSCert string `envconfig:"SIDEBOX_INJECT_TLS_CERT" group:"inject" desc:"path of the webhook's TLS certificate (PEM)"`
 	InjectTLSKey  string `envconfig:"SIDEBOX_INJECT_TLS_KEY" group:"inject" desc:"path of the webhook's TLS private key (PEM)"`
 	InjectImage   string `envconfig:"SIDEBOX_INJECT_IMAGE" group:"inject" desc:"sidecar image the webhook injects into pods that do not name their own"`
-	InjectMode    string `envconfig:"SIDEBOX_INJECT_MODE" default:"native" group:"inject" desc:"kind of sidecar injected by default: native (an init container with restartPolicy Always, Kubernetes 1.29 and later) or classic (a regular container)"`
+	InjectMode    string `envconfig:"SIDEBOX_INJECT_MODE" group:"inject" desc:"kind of sidecar injected by default: native (an init container with restartPolicy Always, Kubernetes 1.29 and later) or classic (a regular container)"`
 
 	// Derived by Check from the variables above.
 	Outbox   pg.Table
@@ -99,6 +110,42 @@ type Config struct {
 	// parseErrors holds envconfig's conversion failures by variable; Check reports those
 	// of the groups it is asked about.
 	parseErrors map[string]*Error
+}
+
+// defaults is the configuration when no variable is set. A component's setting
+// takes the component's default: each default is defined once.
+func defaults() Config {
+	return Config{
+		DatabasePrepare: string(pg.PrepareAuto),
+		OutboxTable:     outbox.DefaultTable,
+		InboxTable:      inbox.DefaultTable,
+
+		HTTPAddr:        ":9719",
+		ShutdownTimeout: 30 * time.Second,
+		StatusInterval:  15 * time.Second,
+		LogLevel:        "info",
+		LogFormat:       "json",
+
+		BatchSize:       relay.DefaultBatchSize,
+		PollInterval:    relay.DefaultPollInterval,
+		MaxAttempts:     relay.DefaultMaxAttempts,
+		RetryBackoff:    relay.DefaultRetryBackoff,
+		RetryBackoffMax: relay.DefaultRetryBackoffMax,
+		PublishTimeout:  relay.DefaultPublishTimeout,
+		RelayWorkers:    relay.DefaultWorkers,
+		BatchBytes:      relay.DefaultBatchBytes,
+
+		InboxPrefetch:      inbox.DefaultPrefetch,
+		InboxBatchSize:     inbox.DefaultConsumerBatchSize,
+		InboxWorkers:       inbox.DefaultWorkers,
+		InboxBatchWait:     inbox.DefaultBatchWait,
+		InboxRetention:     inbox.DefaultRetention,
+		InboxBatchBytes:    inbox.DefaultBatchBytes,
+		InboxPrefetchBytes: inbox.DefaultPrefetchBytes,
+
+		InjectAddr: ":8443",
+		InjectMode: inject.ModeNative,
+	}
 }
 
 // Group is a set of variables that some commands use.
@@ -153,15 +200,35 @@ type Var struct {
 // Vars lists every variable sidebox reads, in declaration order.
 func Vars() []Var {
 	var out []Var
+	def := reflect.ValueOf(defaults())
 	for _, f := range envFields() {
 		out = append(out, Var{
 			Name:        f.Tag.Get("envconfig"),
-			Default:     f.Tag.Get("default"),
-			Description: f.Tag.Get("desc"),
+			Default:     formatDefault(def.FieldByIndex(f.Index)),
+			Description: help(f.Tag.Get("envconfig"), f.Tag.Get("desc")),
 			Secret:      f.Tag.Get("secret") == "true",
 		})
 	}
 	return out
+}
+
+// formatDefault writes a default as a user would set it: "" for none, 5m rather
+// than 5m0s.
+func formatDefault(v reflect.Value) string {
+	if v.IsZero() && v.Kind() != reflect.Bool {
+		return ""
+	}
+	if d, ok := v.Interface().(time.Duration); ok {
+		s := d.String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		if strings.HasSuffix(s, "h0m") {
+			s = strings.TrimSuffix(s, "0m")
+		}
+		return s
+	}
+	return fmt.Sprint(v.Interface())
 }
 
 func envFields() []reflect.StructField {
@@ -178,11 +245,14 @@ func envFields() []reflect.StructField {
 // Load reads every variable. Values that do not convert to their field's type are
 // remembered, not returned: Check reports them for the commands that use them.
 func Load() *Config {
-	c := &Config{parseErrors: map[string]*Error{}}
-	v := reflect.ValueOf(c).Elem()
+	c := defaults()
+	c.parseErrors = map[string]*Error{}
+	v := reflect.ValueOf(&c).Elem()
 	for _, f := range envFields() {
-		// One field at a time, so that one bad value does not hide the next one.
+		// One field at a time, so that one bad value does not hide the next one. The
+		// field starts at its default, which envconfig keeps when the variable is unset.
 		one := reflect.New(reflect.StructOf([]reflect.StructField{{Name: f.Name, Type: f.Type, Tag: f.Tag}}))
+		one.Elem().Field(0).Set(v.FieldByIndex(f.Index))
 		err := envconfig.Process("", one.Interface())
 		if err == nil {
 			v.FieldByIndex(f.Index).Set(one.Elem().Field(0))
@@ -191,7 +261,7 @@ func Load() *Config {
 		name := f.Tag.Get("envconfig")
 		c.parseErrors[name] = &Error{Var: name, Problem: parseProblem(f, err)}
 	}
-	return c
+	return &c
 }
 
 // parseProblem describes a value envconfig could not convert, echoing it only when the
@@ -297,39 +367,30 @@ func (c *Config) Check(groups Group) error {
 		}
 	}
 	if groups&Relay != 0 {
-		between(bad, parsed, "SIDEBOX_BATCH_SIZE", c.BatchSize, 1, 10000)
+		inLimits(bad, parsed, "SIDEBOX_BATCH_SIZE", c.BatchSize)
 		positive(bad, parsed, "SIDEBOX_POLL_INTERVAL", c.PollInterval)
-		between(bad, parsed, "SIDEBOX_MAX_ATTEMPTS", c.MaxAttempts, 1, 1000000)
+		inLimits(bad, parsed, "SIDEBOX_MAX_ATTEMPTS", c.MaxAttempts)
 		positive(bad, parsed, "SIDEBOX_RETRY_BACKOFF", c.RetryBackoff)
 		positive(bad, parsed, "SIDEBOX_RETRY_BACKOFF_MAX", c.RetryBackoffMax)
 		if parsed("SIDEBOX_RETRY_BACKOFF") && parsed("SIDEBOX_RETRY_BACKOFF_MAX") && c.RetryBackoff > 0 && c.RetryBackoffMax < c.RetryBackoff {
 			bad("SIDEBOX_RETRY_BACKOFF_MAX", "must be at least SIDEBOX_RETRY_BACKOFF (%s), got %q", c.RetryBackoff, c.RetryBackoffMax.String())
 		}
 		positive(bad, parsed, "SIDEBOX_PUBLISH_TIMEOUT", c.PublishTimeout)
-		between(bad, parsed, "SIDEBOX_RELAY_WORKERS", c.RelayWorkers, 1, 64)
+		inLimits(bad, parsed, "SIDEBOX_RELAY_WORKERS", c.RelayWorkers)
 		if c.ListenDatabaseURL != "" {
 			if p := checkDatabaseURL(c.ListenDatabaseURL); p != "" {
 				bad("SIDEBOX_LISTEN_DATABASE_URL", "%s", p)
 			}
 		}
-		between(bad, parsed, "SIDEBOX_BATCH_BYTES", c.BatchBytes, 1<<10, 1<<30)
+		inLimits(bad, parsed, "SIDEBOX_BATCH_BYTES", c.BatchBytes)
 	}
 	if groups&Consumer != 0 {
 		c.checkConsumer(bad, parsed)
 	}
 	if groups&Inject != 0 {
-		if p := checkAddr(c.InjectAddr); p != "" {
-			bad("SIDEBOX_INJECT_ADDR", "%s", p)
-		}
-		for _, v := range []struct{ name, value string }{
-			{"SIDEBOX_INJECT_TLS_CERT", c.InjectTLSCert}, {"SIDEBOX_INJECT_TLS_KEY", c.InjectTLSKey}, {"SIDEBOX_INJECT_IMAGE", c.InjectImage},
-		} {
-			if v.value == "" {
-				bad(v.name, "must be set")
-			}
-		}
-		if c.InjectMode != "native" && c.InjectMode != "classic" {
-			bad("SIDEBOX_INJECT_MODE", "must be native or classic, got %q", c.InjectMode)
+		// The webhook validates its own configuration; its errors name the variables.
+		if es, ok := FromComponent(c.InjectConfig().Validate()).(Errors); ok {
+			errs = append(errs, es...)
 		}
 	}
 	if len(errs) == 0 {
@@ -397,24 +458,24 @@ func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(str
 	switch {
 	case c.InboxQueue == "":
 		bad("SIDEBOX_INBOX_QUEUE", "must be set: it names the queue the inbox consumer reads")
-	case len(c.InboxQueue) > 255:
-		bad("SIDEBOX_INBOX_QUEUE", "must be at most 255 bytes, got %d", len(c.InboxQueue))
+	case len(c.InboxQueue) > inbox.MaxQueueBytes:
+		bad("SIDEBOX_INBOX_QUEUE", "must be at most %d bytes, got %d", inbox.MaxQueueBytes, len(c.InboxQueue))
 	}
-	if len(c.InboxConsumer) > 1000 {
-		bad("SIDEBOX_INBOX_CONSUMER", "must be at most 1000 bytes, got %d", len(c.InboxConsumer))
+	if len(c.InboxConsumer) > inbox.MaxConsumerBytes {
+		bad("SIDEBOX_INBOX_CONSUMER", "must be at most %d bytes, got %d", inbox.MaxConsumerBytes, len(c.InboxConsumer))
 	}
-	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch, 1, 65535)
-	between(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers, 1, 16)
-	between(bad, parsed, "SIDEBOX_INBOX_BATCH_BYTES", c.InboxBatchBytes, 1, inbox.MaxBatchBytes)
-	between(bad, parsed, "SIDEBOX_INBOX_PREFETCH_BYTES", c.InboxPrefetchBytes, 1, math.MaxInt32)
-	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= 65535 {
+	inLimits(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch)
+	inLimits(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers)
+	inLimits(bad, parsed, "SIDEBOX_INBOX_BATCH_BYTES", c.InboxBatchBytes)
+	inLimits(bad, parsed, "SIDEBOX_INBOX_PREFETCH_BYTES", c.InboxPrefetchBytes)
+	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= inbox.MaxPrefetch {
 		between(bad, parsed, "SIDEBOX_INBOX_BATCH_SIZE", c.InboxBatchSize, 1, c.InboxPrefetch)
 	}
-	if parsed("SIDEBOX_INBOX_BATCH_WAIT") && (c.InboxBatchWait <= 0 || c.InboxBatchWait > 10*time.Second) {
-		bad("SIDEBOX_INBOX_BATCH_WAIT", "must be a positive duration of at most 10s, got %q", c.InboxBatchWait.String())
+	if _, maxWait, _ := limits("SIDEBOX_INBOX_BATCH_WAIT"); parsed("SIDEBOX_INBOX_BATCH_WAIT") && (c.InboxBatchWait <= 0 || c.InboxBatchWait > maxWait.(time.Duration)) {
+		bad("SIDEBOX_INBOX_BATCH_WAIT", "must be a positive duration of at most %s, got %q", inbox.MaxBatchWait, c.InboxBatchWait.String())
 	}
-	if parsed("SIDEBOX_INBOX_RETENTION") && c.InboxRetention < time.Minute {
-		bad("SIDEBOX_INBOX_RETENTION", "must be at least 1m, got %q", c.InboxRetention.String())
+	if minRetention, _, _ := limits("SIDEBOX_INBOX_RETENTION"); parsed("SIDEBOX_INBOX_RETENTION") && c.InboxRetention < minRetention.(time.Duration) {
+		bad("SIDEBOX_INBOX_RETENTION", "must be at least %s, got %q", formatDefault(reflect.ValueOf(minRetention)), c.InboxRetention.String())
 	}
 	b, err := inbox.ParseBindings(c.InboxBindings)
 	if err != nil {
@@ -427,6 +488,50 @@ func positive(bad func(string, string, ...any), parsed func(string) bool, name s
 	if parsed(name) && d <= 0 {
 		bad(name, "must be a positive duration, got %q", d.String())
 	}
+}
+
+// limits returns the bounds of a variable, as given by its component; ok is false for
+// a variable with none. They are checked by Check and shown in the variable's help
+// text, where {min} and {max} stand for them.
+func limits(name string) (lo, hi any, ok bool) {
+	switch name {
+	case "SIDEBOX_BATCH_SIZE":
+		return 1, relay.MaxBatchSize, true
+	case "SIDEBOX_MAX_ATTEMPTS":
+		return 1, relay.MaxMaxAttempts, true
+	case "SIDEBOX_RELAY_WORKERS":
+		return 1, relay.MaxWorkers, true
+	case "SIDEBOX_BATCH_BYTES":
+		return relay.MinBatchBytes, relay.MaxBatchBytes, true
+	case "SIDEBOX_INBOX_PREFETCH":
+		return 1, inbox.MaxPrefetch, true
+	case "SIDEBOX_INBOX_WORKERS":
+		return 1, inbox.MaxWorkers, true
+	case "SIDEBOX_INBOX_BATCH_BYTES":
+		return 1, inbox.MaxBatchBytes, true
+	case "SIDEBOX_INBOX_PREFETCH_BYTES":
+		return 1, math.MaxInt32, true
+	case "SIDEBOX_INBOX_BATCH_WAIT":
+		return time.Duration(0), inbox.MaxBatchWait, true
+	case "SIDEBOX_INBOX_RETENTION":
+		return inbox.MinRetention, time.Duration(math.MaxInt64), true
+	}
+	return nil, nil, false
+}
+
+// help fills a description's {min} and {max} with the variable's limits.
+func help(name, desc string) string {
+	lo, hi, ok := limits(name)
+	if !ok {
+		return desc
+	}
+	return strings.NewReplacer("{min}", formatDefault(reflect.ValueOf(lo)), "{max}", formatDefault(reflect.ValueOf(hi))).Replace(desc)
+}
+
+// inLimits checks an integer variable against its limits.
+func inLimits(bad func(string, string, ...any), parsed func(string) bool, name string, n int) {
+	lo, hi, _ := limits(name)
+	between(bad, parsed, name, n, lo.(int), hi.(int))
 }
 
 func between(bad func(string, string, ...any), parsed func(string) bool, name string, n, lo, hi int) {

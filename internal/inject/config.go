@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -35,7 +36,7 @@ const (
 )
 
 // ConfigError is one invalid SIDEBOX_INJECT_* variable. It prints as
-// `SIDEBOX_INJECT_IMAGE: is required`. The CLI exits with code 2 on it: find
+// `SIDEBOX_INJECT_IMAGE: must be set to the sidecar image ...`. The CLI exits with code 2 on it: find
 // it with errors.As, or through its ConfigError method.
 type ConfigError struct {
 	Var     string
@@ -48,35 +49,38 @@ func (e *ConfigError) Error() string { return e.Var + ": " + e.Problem }
 // callers that test for interface{ ConfigError() bool }.
 func (e *ConfigError) ConfigError() bool { return true }
 
-// Validate checks every field and returns the first problem as a *ConfigError.
+// Validate checks every field and returns every problem, each a *ConfigError
+// (joined with errors.Join when there are several).
 func (c Config) Validate() error {
-	_, port, err := net.SplitHostPort(c.Addr)
-	if err != nil {
-		return &ConfigError{Var: "SIDEBOX_INJECT_ADDR", Problem: fmt.Sprintf("want host:port or :port, got %q", c.Addr)}
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, &ConfigError{Var: name, Problem: fmt.Sprintf(format, args...)})
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return &ConfigError{Var: "SIDEBOX_INJECT_ADDR", Problem: fmt.Sprintf("port must be a number from 0 to 65535, got %q", port)}
+	if _, port, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("SIDEBOX_INJECT_ADDR", "must be host:port or :port, got %q", c.Addr)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		bad("SIDEBOX_INJECT_ADDR", "must end in a port number 0-65535, got %q", c.Addr)
 	}
 	if c.TLSCert == "" {
-		return &ConfigError{Var: "SIDEBOX_INJECT_TLS_CERT", Problem: "is required: the path of the PEM serving certificate"}
+		bad("SIDEBOX_INJECT_TLS_CERT", "must be set to the path of the PEM serving certificate")
 	}
 	if c.TLSKey == "" {
-		return &ConfigError{Var: "SIDEBOX_INJECT_TLS_KEY", Problem: "is required: the path of the PEM private key"}
+		bad("SIDEBOX_INJECT_TLS_KEY", "must be set to the path of the PEM private key")
 	}
 	if err := checkImage(c.Image); err != nil {
-		return &ConfigError{Var: "SIDEBOX_INJECT_IMAGE", Problem: err.Error()}
+		bad("SIDEBOX_INJECT_IMAGE", "%v", err)
 	}
 	if c.Mode != ModeNative && c.Mode != ModeClassic {
-		return &ConfigError{Var: "SIDEBOX_INJECT_MODE", Problem: fmt.Sprintf("must be native or classic, got %q", c.Mode)}
+		bad("SIDEBOX_INJECT_MODE", "must be native or classic, got %q", c.Mode)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // checkImage accepts any non-empty image reference without whitespace; the
 // container runtime is the judge of the rest.
 func checkImage(image string) error {
 	if image == "" {
-		return fmt.Errorf("is required: the sidecar image to inject, e.g. ghcr.io/sidebox/sidebox:0.1.0")
+		return errors.New("must be set to the sidecar image to inject, e.g. ghcr.io/sidebox/sidebox:0.1.0")
 	}
 	if strings.ContainsFunc(image, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
 		return fmt.Errorf("%q is not an image reference", image)

@@ -1,4 +1,4 @@
-package cli
+package sidecar
 
 import (
 	"fmt"
@@ -10,14 +10,25 @@ import (
 	"github.com/lib/pq"
 )
 
-// defaultConnectTimeout bounds each connection attempt to PostgreSQL, TCP connect and
+// DSN returns a connection string (URL or key=value form) with the settings every
+// sidebox connection gets: connect_timeout (ConnectTimeout, unless set) and the session
+// defaults of withSessionDefaults.
+func DSN(dsn string) (string, error) {
+	bounded, err := withConnectTimeout(dsn)
+	if err != nil {
+		return "", err
+	}
+	return withSessionDefaults(bounded)
+}
+
+// ConnectTimeout bounds each connection attempt to PostgreSQL, TCP connect and
 // start-up handshake together, unless the connection string sets connect_timeout.
 // lib/pq honours a context only while dialling, so without it a server that accepts
 // the connection and never answers would hang the caller.
-const defaultConnectTimeout = 10 * time.Second
+const ConnectTimeout = 10 * time.Second
 
 // withConnectTimeout returns dsn (URL or key=value form) with connect_timeout set to
-// defaultConnectTimeout when it sets none.
+// ConnectTimeout when it sets none.
 func withConnectTimeout(dsn string) (string, error) {
 	cfg, err := pq.NewConfig(dsn)
 	if err != nil {
@@ -26,7 +37,7 @@ func withConnectTimeout(dsn string) (string, error) {
 	if cfg.ConnectTimeout > 0 {
 		return dsn, nil
 	}
-	return withParam(dsn, "connect_timeout", strconv.Itoa(int(defaultConnectTimeout/time.Second)))
+	return withParam(dsn, "connect_timeout", strconv.Itoa(int(ConnectTimeout/time.Second)))
 }
 
 // withSessionDefaults returns dsn with the connection settings of a long-running

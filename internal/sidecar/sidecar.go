@@ -1,11 +1,18 @@
-package cli
+// Package sidecar is the daemon behind `sidebox run`, `sidebox relay` and `sidebox
+// inbox`. It owns which components run in each mode, how they are built from the
+// checked configuration (relay, inbox consumer and purger, backlog sampler), the AMQP
+// connections they use, the /healthz, /readyz and /metrics server with its checks, and
+// the shutdown order: readiness fails, the components drain, then the broker
+// connections and the HTTP server stop.
+//
+// Reading the environment and turning outcomes into exit codes is internal/cli's job.
+package sidecar
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"slices"
@@ -23,7 +30,6 @@ import (
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/config"
 	"github.com/sidebox/sidebox/internal/health"
-	"github.com/sidebox/sidebox/internal/logging"
 	"github.com/sidebox/sidebox/internal/metrics"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
@@ -31,23 +37,25 @@ import (
 	"github.com/sidebox/sidebox/relay"
 )
 
-// mode is what a long-running command runs.
-type mode string
+// Mode is what a long-running command runs.
+type Mode string
 
+// The long-running commands.
 const (
-	modeRun   mode = "run"   // relay, plus the inbox consumer when a queue is configured
-	modeRelay mode = "relay" // relay only
-	modeInbox mode = "inbox" // inbox consumer only
+	ModeRun   Mode = "run"   // relay, plus the inbox consumer when a queue is configured
+	ModeRelay Mode = "relay" // relay only
+	ModeInbox Mode = "inbox" // inbox consumer only
 )
 
-// daemon runs one of the long-running commands until a signal, then drains.
-func daemon(ctx context.Context, md mode, args []string, stderr io.Writer) error {
-	if err := noArgs(newFlags(string(md)), args); err != nil {
-		return err
-	}
-	cfg := config.Load()
-	withRelay := md != modeInbox
-	withInbox := md == modeInbox || (md == modeRun && cfg.InboxQueue != "")
+// Parts says which components a mode runs with the configuration cfg (loaded, not yet
+// checked: only SIDEBOX_INBOX_QUEUE is read).
+func Parts(md Mode, cfg *config.Config) (withRelay, withInbox bool) {
+	return md != ModeInbox, md == ModeInbox || (md == ModeRun && cfg.InboxQueue != "")
+}
+
+// Groups returns the configuration groups a mode checks with cfg.
+func Groups(md Mode, cfg *config.Config) config.Group {
+	withRelay, withInbox := Parts(md, cfg)
 	groups := config.Database | config.Broker | config.Server | config.Log
 	if withRelay {
 		groups |= config.Outbox | config.Relay
@@ -55,30 +63,33 @@ func daemon(ctx context.Context, md mode, args []string, stderr io.Writer) error
 	if withInbox {
 		groups |= config.Inbox | config.Consumer
 	}
-	if err := cfg.Check(groups); err != nil {
-		return err
-	}
-	log, err := logging.New(stderr, cfg.LogLevel, cfg.LogFormat)
-	if err != nil {
-		return err // unreachable after Check(config.Log)
-	}
-	defer func() { _ = log.Sync() }()
+	return groups
+}
 
-	s := &sidecar{cfg: cfg, log: log, mode: md, withRelay: withRelay, withInbox: withInbox}
-	if err := s.run(ctx); err != nil {
-		log.Error("sidebox stopped on a fatal error", zap.String("error", redact.Text(err.Error())))
-		return &loggedError{err}
-	}
-	return nil
+// Build identifies the binary in the log and in sidebox_build_info.
+type Build struct {
+	Version string
+	Commit  string
+}
+
+// Run runs md with cfg, checked for Groups(md, cfg), until ctx is cancelled, then
+// drains within SIDEBOX_SHUTDOWN_TIMEOUT. Closing forced (say, at a second signal)
+// stops the drain early. The error is what made it stop, nil after a clean drain.
+func Run(ctx context.Context, md Mode, cfg *config.Config, log *zap.Logger, build Build, forced <-chan struct{}) error {
+	withRelay, withInbox := Parts(md, cfg)
+	s := &sidecar{cfg: cfg, log: log, mode: md, withRelay: withRelay, withInbox: withInbox, build: build, forced: forced}
+	return s.run(ctx)
 }
 
 // sidecar is one run of a long-running command.
 type sidecar struct {
 	cfg       *config.Config
 	log       *zap.Logger
-	mode      mode
+	mode      Mode
 	withRelay bool
 	withInbox bool
+	build     Build
+	forced    <-chan struct{}
 }
 
 // component is a part that runs until its context is cancelled and then drains.
@@ -89,7 +100,7 @@ type component struct {
 
 func (s *sidecar) run(ctx context.Context) error {
 	cfg, log := s.cfg, s.log
-	version, commit := buildVersion()
+	version, commit := s.build.Version, s.build.Commit
 	log.Info("starting sidebox",
 		zap.String("command", string(s.mode)), zap.String("version", version), zap.String("commit", commit),
 		zap.Bool("relay", s.withRelay), zap.Bool("inbox", s.withInbox),
@@ -114,11 +125,8 @@ func (s *sidecar) run(ctx context.Context) error {
 
 	// sql.Open does not connect: a database that is down at start is retried by the
 	// components and shows in /readyz, it does not stop the process.
-	dsn, err := withConnectTimeout(cfg.DatabaseURL)
+	dsn, err := DSN(cfg.DatabaseURL)
 	if err != nil {
-		return err
-	}
-	if dsn, err = withSessionDefaults(dsn); err != nil {
 		return err
 	}
 	db, err := sql.Open("postgres", dsn)
@@ -131,10 +139,7 @@ func (s *sidecar) run(ctx context.Context) error {
 	// not pass a transaction pooler.
 	listenDSN := dsn
 	if cfg.ListenDatabaseURL != "" {
-		if listenDSN, err = withConnectTimeout(cfg.ListenDatabaseURL); err != nil {
-			return err
-		}
-		if listenDSN, err = withSessionDefaults(listenDSN); err != nil {
+		if listenDSN, err = DSN(cfg.ListenDatabaseURL); err != nil {
 			return err
 		}
 	}
@@ -213,7 +218,7 @@ func (s *sidecar) run(ctx context.Context) error {
 	case <-drained:
 	case <-timeout.C:
 		return errors.Join(fatal, fmt.Errorf("drain did not finish within SIDEBOX_SHUTDOWN_TIMEOUT (%s)", cfg.ShutdownTimeout))
-	case <-forcedChan(ctx):
+	case <-s.forced:
 		return errors.Join(fatal, errors.New("second signal: stopped without finishing the drain"))
 	}
 	stopInfra()
@@ -236,21 +241,9 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 	cfg, log := s.cfg, s.log
 	relayRuns = func() bool { return false }
 	if s.withRelay {
-		r, err := relay.New(db, relay.Config{
-			Table:             cfg.Outbox.String(),
-			ListenDatabaseURL: listenDSN,
-			BatchSize:         cfg.BatchSize,
-			PollInterval:      cfg.PollInterval,
-			MaxAttempts:       cfg.MaxAttempts,
-			RetryBackoff:      cfg.RetryBackoff,
-			RetryBackoffMax:   cfg.RetryBackoffMax,
-			PublishTimeout:    cfg.PublishTimeout,
-			Workers:           cfg.RelayWorkers,
-			Prepare:           string(cfg.Prepare),
-			BatchBytes:        cfg.BatchBytes,
-		}, relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
+		r, err := relay.New(db, cfg.RelayConfig(listenDSN), relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, config.FromComponent(err)
 		}
 		gate := &tableGate{db: db, table: cfg.Outbox, kind: "outbox", log: log}
 		relayRuns = gate.open.Load
@@ -263,28 +256,13 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 		}})
 	}
 	if s.withInbox {
-		c, err := inbox.NewConsumer(db, inbox.ConsumerConfig{
-			Queue:         cfg.InboxQueue,
-			Table:         cfg.Inbox.String(),
-			Consumer:      cfg.Consumer(),
-			Prefetch:      cfg.InboxPrefetch,
-			BatchSize:     cfg.InboxBatchSize,
-			BatchBytes:    cfg.InboxBatchBytes,
-			BatchWait:     cfg.InboxBatchWait,
-			Workers:       cfg.InboxWorkers,
-			Declare:       cfg.InboxDeclare,
-			Bindings:      cfg.Bindings,
-			DrainTimeout:  cfg.ShutdownTimeout,
-			Prepare:       string(cfg.Prepare),
-			PrefetchBytes: cfg.InboxPrefetchBytes,
-		}, inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
+		c, err := inbox.NewConsumer(db, cfg.ConsumerConfig(), inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, config.FromComponent(err)
 		}
-		p, err := inbox.NewPurger(db, inbox.PurgerConfig{Table: cfg.Inbox.String(), Retention: cfg.InboxRetention},
-			inbox.WithLogger(log), inbox.WithRegisterer(reg))
+		p, err := inbox.NewPurger(db, cfg.PurgerConfig(), inbox.WithLogger(log), inbox.WithRegisterer(reg))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, config.FromComponent(err)
 		}
 		gate := &tableGate{db: db, table: cfg.Inbox, kind: "inbox", log: log}
 		hs.Add("inbox", gate.check(c.Ready, "inbox consumer not consuming"))
@@ -362,7 +340,7 @@ func brokersReady(bs []*broker.Broker) health.Check {
 
 // brokerName is the connection name shown in RabbitMQ's management UI:
 // "sidebox <command>@<host> <role>".
-func brokerName(md mode, role string) string {
+func brokerName(md Mode, role string) string {
 	name := "sidebox " + string(md)
 	if host, err := os.Hostname(); err == nil {
 		name += "@" + host

@@ -1,0 +1,150 @@
+package config
+
+import (
+	"errors"
+
+	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/inject"
+	"github.com/sidebox/sidebox/relay"
+)
+
+// RelayConfig maps the relay's variables onto its configuration. listenDSN is the
+// connection string of its LISTEN connection, ready to use (SIDEBOX_LISTEN_DATABASE_URL
+// or SIDEBOX_DATABASE_URL, completed by the caller). Call it after Check.
+func (c *Config) RelayConfig(listenDSN string) relay.Config {
+	return relay.Config{
+		Table:             c.Outbox.String(),
+		ListenDatabaseURL: listenDSN,
+		BatchSize:         c.BatchSize,
+		PollInterval:      c.PollInterval,
+		MaxAttempts:       c.MaxAttempts,
+		RetryBackoff:      c.RetryBackoff,
+		RetryBackoffMax:   c.RetryBackoffMax,
+		PublishTimeout:    c.PublishTimeout,
+		Workers:           c.RelayWorkers,
+		Prepare:           string(c.Prepare),
+		BatchBytes:        c.BatchBytes,
+	}
+}
+
+// ConsumerConfig maps the inbox consumer's variables onto its configuration. Call it
+// after Check.
+func (c *Config) ConsumerConfig() inbox.ConsumerConfig {
+	return inbox.ConsumerConfig{
+		Queue:         c.InboxQueue,
+		Table:         c.Inbox.String(),
+		Consumer:      c.Consumer(),
+		Prefetch:      c.InboxPrefetch,
+		BatchSize:     c.InboxBatchSize,
+		BatchBytes:    c.InboxBatchBytes,
+		BatchWait:     c.InboxBatchWait,
+		Workers:       c.InboxWorkers,
+		Declare:       c.InboxDeclare,
+		Bindings:      c.Bindings,
+		DrainTimeout:  c.ShutdownTimeout,
+		Prepare:       string(c.Prepare),
+		PrefetchBytes: c.InboxPrefetchBytes,
+	}
+}
+
+// PurgerConfig maps the inbox retention variables onto the purger's configuration.
+// Call it after Check.
+func (c *Config) PurgerConfig() inbox.PurgerConfig {
+	return inbox.PurgerConfig{Table: c.Inbox.String(), Retention: c.InboxRetention}
+}
+
+// InjectConfig maps the SIDEBOX_INJECT_* variables onto the webhook's configuration.
+func (c *Config) InjectConfig() inject.Config {
+	return inject.Config{
+		Addr:    c.InjectAddr,
+		TLSCert: c.InjectTLSCert,
+		TLSKey:  c.InjectTLSKey,
+		Image:   c.InjectImage,
+		Mode:    c.InjectMode,
+	}
+}
+
+// relayVar and consumerVar name the variable behind a field of relay.Config and of
+// inbox.ConsumerConfig (or inbox.PurgerConfig); "" for a field no variable sets.
+func relayVar(field string) string {
+	return map[string]string{
+		"Table":           "SIDEBOX_OUTBOX_TABLE",
+		"AMQPURLs":        "SIDEBOX_AMQP_URL",
+		"BatchSize":       "SIDEBOX_BATCH_SIZE",
+		"PollInterval":    "SIDEBOX_POLL_INTERVAL",
+		"MaxAttempts":     "SIDEBOX_MAX_ATTEMPTS",
+		"RetryBackoff":    "SIDEBOX_RETRY_BACKOFF",
+		"RetryBackoffMax": "SIDEBOX_RETRY_BACKOFF_MAX",
+		"PublishTimeout":  "SIDEBOX_PUBLISH_TIMEOUT",
+		"Workers":         "SIDEBOX_RELAY_WORKERS",
+		"Prepare":         "SIDEBOX_DATABASE_PREPARE",
+		"BatchBytes":      "SIDEBOX_BATCH_BYTES",
+	}[field]
+}
+
+func consumerVar(field string) string {
+	return map[string]string{
+		"Queue":         "SIDEBOX_INBOX_QUEUE",
+		"Table":         "SIDEBOX_INBOX_TABLE",
+		"Consumer":      "SIDEBOX_INBOX_CONSUMER",
+		"AMQPURLs":      "SIDEBOX_AMQP_URL",
+		"Prefetch":      "SIDEBOX_INBOX_PREFETCH",
+		"BatchSize":     "SIDEBOX_INBOX_BATCH_SIZE",
+		"BatchWait":     "SIDEBOX_INBOX_BATCH_WAIT",
+		"Workers":       "SIDEBOX_INBOX_WORKERS",
+		"BatchBytes":    "SIDEBOX_INBOX_BATCH_BYTES",
+		"PrefetchBytes": "SIDEBOX_INBOX_PREFETCH_BYTES",
+		"Bindings":      "SIDEBOX_INBOX_BINDINGS",
+		"DrainTimeout":  "SIDEBOX_SHUTDOWN_TIMEOUT",
+		"Prepare":       "SIDEBOX_DATABASE_PREPARE",
+		"Retention":     "SIDEBOX_INBOX_RETENTION",
+	}[field]
+}
+
+// FromComponent turns the configuration errors of the components built from the
+// variables (relay, inbox consumer and purger, admission webhook) into Errors naming
+// the variables, so that they are reported, and exit, as Check's are. An error that is
+// not entirely made of such errors (or names a field no variable sets) is returned
+// unchanged; nil stays nil.
+func FromComponent(err error) error {
+	if err == nil {
+		return nil
+	}
+	var out Errors
+	if !collect(err, &out) {
+		return err
+	}
+	return out
+}
+
+// collect appends the *Error of every leaf of err's tree; false when a leaf is not a
+// component's configuration error.
+func collect(err error, out *Errors) bool {
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range joined.Unwrap() {
+			if !collect(e, out) {
+				return false
+			}
+		}
+		return true
+	}
+	var (
+		ie *inject.ConfigError
+		re *relay.ConfigError
+		ce *inbox.ConfigError
+	)
+	var name, problem string
+	switch {
+	case errors.As(err, &ie):
+		name, problem = ie.Var, ie.Problem
+	case errors.As(err, &re):
+		name, problem = relayVar(re.Field), re.Problem
+	case errors.As(err, &ce):
+		name, problem = consumerVar(ce.Field), ce.Problem
+	}
+	if name == "" {
+		return false
+	}
+	*out = append(*out, &Error{Var: name, Problem: problem})
+	return true
+}
