@@ -7,6 +7,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 // TestConsumerBoundsBatchesInBytes: a batch holds at most BatchBytes of payloads (a
@@ -34,7 +36,7 @@ func TestConsumerBoundsBatchesInBytes(t *testing.T) {
 	// A long BatchWait: batches close on their byte bound, not on time.
 	cfg := ConsumerConfig{Queue: queue, Table: tbl, BatchBytes: 3000, BatchWait: time.Second}
 	r := startConsumerWith(t, db, url, cfg, func(c *Consumer) { c.statementLimit = 150_000 })
-	eventually(t, 30*time.Second, "every delivery settled", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every delivery settled", func() bool {
 		return r.stored()+r.duplicates()+r.rejected(RejectTooLarge)+r.rejected(RejectUnstorable) >= total
 	})
 	r.stop(t)

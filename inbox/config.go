@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/pg"
 )
@@ -162,10 +163,10 @@ func (c *ConsumerConfig) SetDefaults() {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.Backoff == 0 {
-		c.Backoff = 100 * time.Millisecond
+		c.Backoff = backoff.DatabaseBase
 	}
 	if c.BackoffMax == 0 {
-		c.BackoffMax = max(5*time.Second, c.Backoff)
+		c.BackoffMax = max(backoff.DatabaseMax, c.Backoff)
 	}
 	if c.Prepare == "" {
 		c.Prepare = string(pg.PrepareAuto)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 )
@@ -114,7 +115,7 @@ func NewConsumer(db *sql.DB, cfg ConsumerConfig, opts ...Option) (*Consumer, err
 		cfg:           cfg,
 		log:           log,
 		backoff:       backoff.Policy{Base: cfg.Backoff, Max: cfg.BackoffMax},
-		insertSQL:     insertSQL(cfg.Table),
+		insertSQL:     inboxdb.InsertSQL(cfg.Table),
 		stmts:         pg.NewStatements(db, prepare, log),
 		received:      m.InboxReceived.WithLabelValues(q),
 		stored:        m.InboxStored.WithLabelValues(q),
@@ -130,22 +131,6 @@ func NewConsumer(db *sql.DB, cfg ConsumerConfig, opts ...Option) (*Consumer, err
 // PostgreSQL refuses a protocol message of 1 GiB or more by closing the connection,
 // which would look like a lost database and be retried forever.
 const maxStatementBytes = 1<<30 - 1<<20
-
-// insertSQL stores a batch given as parallel arrays, in array order (seq follows arrival),
-// skipping ids already stored, and returns how many rows were new. The payloads travel as
-// one bytea with each row's offset (1-based) and length: decoding one value is much
-// cheaper for the server than parsing a bytea[] literal.
-func insertSQL(table string) string {
-	return `WITH ins AS (
-	INSERT INTO ` + table + ` (consumer, message_id, exchange, routing_key, message_type, content_type, headers, payload, ordering_key)
-	SELECT $1, u.id, u.ex, u.rk, nullif(u.ty, ''), nullif(u.ct, ''), u.h::jsonb, substr($8::bytea, u.off, u.len), nullif(u.k, '')
-	FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $9::int[], $10::int[], $11::text[])
-		WITH ORDINALITY AS u(id, ex, rk, ty, ct, h, off, len, k, n)
-	ORDER BY u.n
-	ON CONFLICT (consumer, message_id) DO NOTHING
-	RETURNING 1)
-SELECT count(*) FROM ins`
-}
 
 // Ready reports whether the consumer is consuming and its last database round trip worked.
 func (c *Consumer) Ready() bool {
@@ -451,7 +436,7 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 		keys.add(cur, key)
 		if prev, back := seqs.check(d, key); back {
 			c.seqBack.Inc()
-			c.log.Warn("inbox delivery goes back in its key's outbox sequence; storing it", zap.String("message_id", cleanText(d.MessageId)),
+			c.log.Warn("inbox delivery goes back in its key's outbox sequence; storing it", zap.String("message_id", pg.Text(d.MessageId)),
 				zap.String("ordering_key", key), zap.Any(SeqHeader, d.Headers[SeqHeader]), zap.Int64("highest_before", prev))
 		}
 	}
@@ -547,7 +532,7 @@ func (c *Consumer) acknowledge(ch *amqp.Channel, committed <-chan *batch) (int, 
 	return settled, failed
 }
 
-// rows are a batch as the parallel arrays of insertSQL.
+// rows are a batch as the parallel arrays of inboxdb.InsertSQL.
 type rows struct {
 	ids, exchanges, keys, types, contentTypes, headers, orderingKeys pq.StringArray
 	payloads                                                         [][]byte
@@ -556,10 +541,10 @@ type rows struct {
 
 func (r *rows) add(tag uint64, d *amqp.Delivery, headers, orderingKey string) {
 	r.ids = append(r.ids, d.MessageId)
-	r.exchanges = append(r.exchanges, cleanText(d.Exchange))
-	r.keys = append(r.keys, cleanText(d.RoutingKey))
-	r.types = append(r.types, cleanText(d.Type))
-	r.contentTypes = append(r.contentTypes, cleanText(d.ContentType))
+	r.exchanges = append(r.exchanges, pg.Text(d.Exchange))
+	r.keys = append(r.keys, pg.Text(d.RoutingKey))
+	r.types = append(r.types, pg.Text(d.Type))
+	r.contentTypes = append(r.contentTypes, pg.Text(d.ContentType))
 	r.headers = append(r.headers, headers)
 	r.orderingKeys = append(r.orderingKeys, orderingKey)
 	r.payloads = append(r.payloads, d.Body)
@@ -753,7 +738,7 @@ func (c *Consumer) reject(ch *amqp.Channel, b *batch, d *amqp.Delivery, reason, 
 		fields = append(fields, zap.String("error", detail))
 	}
 	if d.MessageId != "" {
-		fields = append(fields, zap.String("message_id", cleanText(d.MessageId)))
+		fields = append(fields, zap.String("message_id", pg.Text(d.MessageId)))
 	}
 	c.log.Warn("rejecting inbox delivery without requeue", fields...)
 	if err := ch.Reject(d.DeliveryTag, false); err != nil {
@@ -770,7 +755,7 @@ func (c *Consumer) reject(ch *amqp.Channel, b *batch, d *amqp.Delivery, reason, 
 // orderingKey returns the ordering key of d as stored: "" when it has none.
 func (c *Consumer) orderingKey(d *amqp.Delivery) string {
 	key, _ := d.Headers[c.cfg.OrderingHeader].(string)
-	return cleanText(key)
+	return pg.Text(key)
 }
 
 // checkMessageID returns why id cannot be an inbox key, or "".
@@ -823,37 +808,11 @@ func (c *Consumer) store(ctx context.Context, ch *amqp.Channel, closed <-chan *a
 }
 
 func (c *Consumer) insert(ctx context.Context, r *rows) (int, error) {
-	if !c.stmts.Ready(c.insertSQL) {
-		c.stmts.Prepare(ctx, c.insertSQL)
-	}
 	blob, offsets, lengths := r.payloadParams()
-	args := []any{c.cfg.Consumer, r.ids, r.exchanges, r.keys, r.types, r.contentTypes,
-		r.headers, blob, offsets, lengths, r.orderingKeys}
-	rs, err := c.stmts.Query(ctx, nil, c.insertSQL, args...)
-	if errors.Is(err, pg.ErrPreparedLost) {
-		// Nothing was stored (one statement, its own transaction); the statements
-		// use plain queries now.
-		rs, err = c.stmts.Query(ctx, nil, c.insertSQL, args...)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("insert inbox rows: %w", err)
-	}
-	defer func() { _ = rs.Close() }()
-	var n int
-	if !rs.Next() {
-		err = rs.Err()
-		if err == nil {
-			err = sql.ErrNoRows
-		}
-		return 0, fmt.Errorf("insert inbox rows: %w", err)
-	}
-	if err := rs.Scan(&n); err != nil {
-		return 0, fmt.Errorf("insert inbox rows: %w", err)
-	}
-	if err := rs.Close(); err != nil {
-		return 0, fmt.Errorf("insert inbox rows: %w", err)
-	}
-	return n, nil
+	return inboxdb.Insert(ctx, c.stmts, c.insertSQL, c.cfg.Consumer, inboxdb.Batch{
+		IDs: r.ids, Exchanges: r.exchanges, RoutingKeys: r.keys, Types: r.types, ContentTypes: r.contentTypes,
+		Headers: r.headers, OrderingKeys: r.orderingKeys, Payloads: blob, Offsets: offsets, Lengths: lengths,
+	})
 }
 
 // insertEach stores rows one at a time and rejects those the database refuses. Rows it

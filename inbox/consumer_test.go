@@ -33,7 +33,7 @@ func TestConsumerStoresDistinctIDsOnce(t *testing.T) {
 	// One worker: batches commit in delivery order, so the first copy of an id is the
 	// one stored. With several, a later copy may commit first (docs/inbox.md).
 	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl, Workers: 1})
-	eventually(t, 30*time.Second, "500 deliveries settled", func() bool { return r.stored()+r.duplicates() == 500 })
+	testenv.Eventually(t, 30*time.Second, "500 deliveries settled", func() bool { return r.stored()+r.duplicates() == 500 })
 	r.stop(t) // anything not acknowledged would be requeued now
 
 	if got := countRows(t, db, `SELECT count(*) FROM inbox WHERE consumer = $1`, queue); got != 400 {
@@ -74,7 +74,7 @@ func TestConsumerStoresMessageFields(t *testing.T) {
 		amqp.Publishing{MessageId: "b"}, // no body, no headers
 	)
 	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl, Consumer: "orders"})
-	eventually(t, 20*time.Second, "2 rows stored", func() bool { return r.stored() == 2 })
+	testenv.Eventually(t, 20*time.Second, "2 rows stored", func() bool { return r.stored() == 2 })
 	r.stop(t)
 
 	var (
@@ -148,7 +148,7 @@ func TestTwoConsumersRejectDeliveriesWithoutID(t *testing.T) {
 			c1.rejected(RejectNoMessageID) + c2.rejected(RejectNoMessageID) +
 			c1.rejected(RejectInvalidMessageID) + c2.rejected(RejectInvalidMessageID)
 	}
-	eventually(t, 30*time.Second, "206 deliveries settled", func() bool { return settled() == 206 })
+	testenv.Eventually(t, 30*time.Second, "206 deliveries settled", func() bool { return settled() == 206 })
 	c1.stop(t)
 	c2.stop(t)
 
@@ -170,7 +170,7 @@ func TestTwoConsumersRejectDeliveriesWithoutID(t *testing.T) {
 	if n := depth(t, conn, queue); n != 0 {
 		t.Errorf("queue holds %d messages, want 0", n)
 	}
-	eventually(t, 10*time.Second, "6 dead-lettered messages", func() bool { return depth(t, conn, dlq) == 6 })
+	testenv.Eventually(t, 10*time.Second, "6 dead-lettered messages", func() bool { return depth(t, conn, dlq) == 6 })
 }
 
 // TestConsumerKilledBetweenCommitAndAck kills a consumer process right after its first
@@ -189,10 +189,10 @@ func TestConsumerKilledBetweenCommitAndAck(t *testing.T) {
 		t.Fatalf("the killed consumer committed %d rows, want its batches in flight (1..2×50)", committed)
 	}
 	// Nothing was acknowledged: every message comes back once the broker saw the death.
-	eventually(t, 10*time.Second, "all messages back in the queue", func() bool { return depth(t, conn, queue) == total })
+	testenv.Eventually(t, 10*time.Second, "all messages back in the queue", func() bool { return depth(t, conn, queue) == total })
 
 	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl})
-	eventually(t, 30*time.Second, "all deliveries settled", func() bool { return r.stored()+r.duplicates() == total })
+	testenv.Eventually(t, 30*time.Second, "all deliveries settled", func() bool { return r.stored()+r.duplicates() == total })
 	r.stop(t)
 	if r.duplicates() != committed || r.stored() != total-committed {
 		t.Errorf("stored/duplicates = %d/%d, want %d/%d", r.stored(), r.duplicates(), total-committed, committed)
@@ -256,7 +256,7 @@ func TestConsumerDeclaresQueueAndBindings(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 20*time.Second, "2 routed messages stored", func() bool { return r.stored() == 2 })
+	testenv.Eventually(t, 20*time.Second, "2 routed messages stored", func() bool { return r.stored() == 2 })
 	r.stop(t)
 	var keys string
 	if err := db.QueryRow(`SELECT string_agg(routing_key, ',' ORDER BY seq) FROM inbox WHERE exchange = $1`, exchange).Scan(&keys); err != nil {
@@ -298,7 +298,7 @@ func TestConsumerDrainsOnCancel(t *testing.T) {
 	}
 	publish(t, conn, queue, msgs...)
 	// All ten are with the consumer (none ready in the queue), waiting for the batch to fill.
-	eventually(t, 10*time.Second, "the deliveries to reach the consumer", func() bool { return depth(t, conn, queue) == 0 })
+	testenv.Eventually(t, 10*time.Second, "the deliveries to reach the consumer", func() bool { return depth(t, conn, queue) == 0 })
 	if r.received() != 0 {
 		t.Fatalf("a batch was stored before BatchWait: received %d", r.received())
 	}

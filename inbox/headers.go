@@ -7,11 +7,11 @@ import (
 	"math"
 	"math/big"
 	"strconv"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sidebox/sidebox/internal/pg"
 )
 
 // HeadersJSON maps an AMQP header table onto the JSON object stored in the inbox's
@@ -49,7 +49,7 @@ func jsonValue(v any) (any, error) {
 	case bool:
 		return x, nil
 	case string:
-		return cleanText(x), nil
+		return pg.Text(x), nil
 	case int8, int16, int32, int64, int, uint8, uint16, uint32, uint64:
 		return x, nil
 	case float32:
@@ -69,7 +69,7 @@ func jsonValue(v any) (any, error) {
 			if err != nil {
 				return nil, fmt.Errorf("header %q: %w", k, err)
 			}
-			out[cleanText(k)] = j
+			out[pg.Text(k)] = j
 		}
 		return out, nil
 	case []any:
@@ -103,12 +103,4 @@ func floatValue(f float64, bits int) any {
 func decimalValue(d amqp.Decimal) json.Number {
 	r := new(big.Rat).SetFrac(big.NewInt(int64(d.Value)), new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(d.Scale)), nil))
 	return json.Number(r.FloatString(int(d.Scale)))
-}
-
-// cleanText makes s storable in PostgreSQL text and jsonb: valid UTF-8 without U+0000.
-func cleanText(s string) string {
-	if utf8.ValidString(s) && !strings.ContainsRune(s, 0) {
-		return s
-	}
-	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }

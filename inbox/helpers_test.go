@@ -26,10 +26,7 @@ import (
 // migrated opens a fresh database with the inbox table t migrated.
 func migrated(t *testing.T, table string) (*sql.DB, string, string) {
 	t.Helper()
-	db, url := testenv.DB(t)
-	if err := Migrate(context.Background(), db, table); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
+	db, url := testenv.Migrated(t, Migrate, table)
 	return db, url, table
 }
 
@@ -129,18 +126,6 @@ func depth(t *testing.T, conn *amqp.Connection, queue string) int {
 	return q.Messages
 }
 
-// eventually polls cond, a condition on server state or metrics, until it holds.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // startBroker runs a connection manager until the test ends.
 func startBroker(t testing.TB, url string, log *zap.Logger) *broker.Broker {
 	t.Helper()
@@ -186,7 +171,7 @@ func startConsumerWith(t testing.TB, db *sql.DB, amqpURL string, cfg ConsumerCon
 	r := &running{c: c, m: m, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- c.Run(ctx) }()
 	t.Cleanup(func() { r.stop(t) })
-	eventually(t, 20*time.Second, "the consumer to be ready", c.Ready)
+	testenv.Eventually(t, 20*time.Second, "the consumer to be ready", c.Ready)
 	return r
 }
 
@@ -255,7 +240,7 @@ func runUntilKilled(t *testing.T, db *sql.DB, dbURL, helper, name string, env ..
 	if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("helper did not die by SIGKILL: %v\n%s", err, out)
 	}
-	eventually(t, 10*time.Second, "the killed process's database sessions to end", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the killed process's database sessions to end", func() bool {
 		return countRows(t, db, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'inbox_helper'`) == 0
 	})
 }

@@ -26,6 +26,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -56,14 +57,7 @@ func Migrate(ctx context.Context, db *sql.DB, table string) error {
 	if err != nil {
 		return fmt.Errorf("inbox table: %w", err)
 	}
-	ms, err := pg.LoadMigrations(MigrationFiles(), ".", DefaultTable)
-	if err != nil {
-		return fmt.Errorf("embedded inbox migrations: %w", err)
-	}
-	if _, err := ms.Up(ctx, db, t); err != nil {
-		return fmt.Errorf("migrate inbox table %s: %w", t, err)
-	}
-	return nil
+	return inboxdb.Migrate(ctx, db, MigrationFiles(), t)
 }
 
 // Execer is what Claim needs: a *sql.Tx, or a *sql.Conn inside a transaction.
@@ -83,17 +77,13 @@ type Claimer struct {
 	insert string
 }
 
-// claimValues completes a claim's INSERT INTO <table>.
-const claimValues = ` (consumer, message_id, processed_at)
-VALUES ($1, $2, now()) ON CONFLICT (consumer, message_id) DO NOTHING`
-
 // NewClaimer returns a Claimer for table, "inbox" or "schema.name".
 func NewClaimer(table string) (*Claimer, error) {
 	t, err := pg.ParseTable(table)
 	if err != nil {
 		return nil, fmt.Errorf("inbox table: %w", err)
 	}
-	return &Claimer{insert: `INSERT INTO ` + t.String() + claimValues}, nil
+	return &Claimer{insert: inboxdb.ClaimSQL(t.String())}, nil
 }
 
 // Claim records messageID for consumer in the "inbox" table through tx, the transaction
@@ -106,7 +96,7 @@ func NewClaimer(table string) (*Claimer, error) {
 // or true if this one rolled back. An id that is not valid UTF-8 or contains NUL is
 // refused with ErrInvalidMessageID before any SQL is sent, so tx stays usable.
 func Claim(ctx context.Context, tx Execer, consumer, messageID string) (first bool, err error) {
-	c := Claimer{insert: `INSERT INTO ` + DefaultTable + claimValues} // a constant: nothing built per call
+	c := Claimer{insert: `INSERT INTO ` + DefaultTable + inboxdb.ClaimValues} // a constant: nothing built per call
 	return c.Claim(ctx, tx, consumer, messageID)
 }
 
@@ -119,10 +109,10 @@ func (c *Claimer) Claim(ctx context.Context, tx Execer, consumer, messageID stri
 		return false, ErrNoMessageID
 	case RejectInvalidMessageID:
 		// Refused before any SQL: a failed statement would abort the caller's transaction.
-		return false, fmt.Errorf("claim inbox message %q: %w", cleanText(messageID), ErrInvalidMessageID)
+		return false, fmt.Errorf("claim inbox message %q: %w", pg.Text(messageID), ErrInvalidMessageID)
 	}
 	if !utf8.ValidString(consumer) || strings.ContainsRune(consumer, 0) {
-		return false, fmt.Errorf("claim inbox message %q: consumer name %q is not valid UTF-8 or contains NUL", messageID, cleanText(consumer))
+		return false, fmt.Errorf("claim inbox message %q: consumer name %q is not valid UTF-8 or contains NUL", messageID, pg.Text(consumer))
 	}
 	res, err := tx.ExecContext(ctx, c.insert, consumer, messageID)
 	if err != nil {

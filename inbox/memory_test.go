@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 // memoryLimitKiB is the sidecar chart's default memory limit (charts/sidebox values).
@@ -116,7 +117,7 @@ func TestHelperMemoryProcess(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	eventually(t, 3*time.Minute, "every message stored", func() bool {
+	testenv.Eventually(t, 3*time.Minute, "every message stored", func() bool {
 		return counterValue(m.InboxStored.WithLabelValues(queue)) >= total
 	})
 	cancel()
@@ -162,7 +163,7 @@ func TestConsumerChangesPrefetchInOrder(t *testing.T) {
 		func(c *Consumer) {
 			c.prefetchChanged = func(n int) { mu.Lock(); counts = append(counts, n); mu.Unlock() }
 		})
-	eventually(t, 60*time.Second, "every message stored", func() bool { return r.stored() == len(msgs) })
+	testenv.Eventually(t, 60*time.Second, "every message stored", func() bool { return r.stored() == len(msgs) })
 	r.stop(t)
 	if n := countRows(t, db, `SELECT count(*) FROM (SELECT message_id < lag(message_id) OVER (PARTITION BY ordering_key ORDER BY seq) AS back FROM inbox) x WHERE back`); n != 0 {
 		t.Errorf("%d rows stored after a later message of their key", n)

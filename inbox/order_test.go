@@ -10,6 +10,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 // TestOrderedProcessingFollowsDeliveryOrder runs the consumer with its default two
@@ -71,8 +73,8 @@ func testOrderedProcessing(t *testing.T, keys []string) {
 	defer func() { cancel(); <-done }()
 
 	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl})
-	eventually(t, 60*time.Second, "all messages stored", func() bool { return r.stored() == total })
-	eventually(t, 60*time.Second, "all messages processed", func() bool {
+	testenv.Eventually(t, 60*time.Second, "all messages stored", func() bool { return r.stored() == total })
+	testenv.Eventually(t, 60*time.Second, "all messages processed", func() bool {
 		return countRows(t, db, `SELECT count(*) FROM effects`) == total
 	})
 	// A message is out of order when an earlier effect of its key has a higher place.

@@ -26,7 +26,7 @@ func TestConsumerHoldsDeliveriesWhileTheDatabaseIsDown(t *testing.T) {
 	r := startConsumer(t, viaProxy, url, ConsumerConfig{Queue: queue, Table: tbl})
 	proxy.Cut(t)
 	publish(t, conn, queue, numbered("", 100)...)
-	eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
+	testenv.Eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
 	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != 0 {
 		t.Fatalf("%d rows stored through a cut connection", n)
 	}
@@ -35,8 +35,8 @@ func TestConsumerHoldsDeliveriesWhileTheDatabaseIsDown(t *testing.T) {
 	}
 
 	proxy.Restore(t)
-	eventually(t, 30*time.Second, "100 rows stored", func() bool { return r.stored() == 100 })
-	eventually(t, 10*time.Second, "ready again", r.c.Ready)
+	testenv.Eventually(t, 30*time.Second, "100 rows stored", func() bool { return r.stored() == 100 })
+	testenv.Eventually(t, 10*time.Second, "ready again", r.c.Ready)
 	r.stop(t)
 	if n := countRows(t, db, `SELECT count(*) FROM inbox`); n != 100 {
 		t.Errorf("rows = %d, want 100", n)
@@ -65,13 +65,13 @@ func TestConsumerLosesTheBrokerBetweenCommitAndAck(t *testing.T) {
 	// Publish only once the consumer is ready: the first commit cuts the connection.
 	publish(t, conn, queue, numbered("", total)...)
 	<-cut
-	eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
+	testenv.Eventually(t, 20*time.Second, "the consumer to report not ready", func() bool { return !r.c.Ready() })
 	proxy.Restore(t)
 	// The cut came after the first commit and before its ack: what the consumer held then
 	// comes back once it reconnects, and is absorbed. Done when every message is stored,
 	// every delivery is accounted for (nothing left in the client's buffer) and nothing
 	// waits in the queue; stopping then acknowledges what the consumer still holds.
-	eventually(t, 30*time.Second, "every message stored and every redelivery absorbed", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every message stored and every redelivery absorbed", func() bool {
 		return r.stored() == total && r.duplicates() >= 1 && r.received() == total+r.duplicates() && depth(t, conn, queue) == 0
 	})
 	r.stop(t)

@@ -42,7 +42,7 @@ func TestConsumerThroughPgBouncer(t *testing.T) {
 			msgs := numbered("m-", n)
 			publish(t, conn, queue, msgs...)
 			publish(t, conn, queue, msgs[:200]...) // redelivered copies
-			eventually(t, 60*time.Second, "every delivery to be handled", func() bool {
+			testenv.Eventually(t, 60*time.Second, "every delivery to be handled", func() bool {
 				return r.stored()+r.duplicates() == n+200 && depth(t, conn, queue) == 0
 			})
 			if got := countRows(t, db, `SELECT count(*) FROM inbox WHERE consumer = $1`, queue); got != n {

@@ -7,12 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unicode/utf8"
 
-	"github.com/lib/pq"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/backoff"
+	"github.com/sidebox/sidebox/internal/inboxdb"
+	"github.com/sidebox/sidebox/internal/pg"
 )
 
 // Message is one stored inbox row, as handed to a Handler.
@@ -47,7 +47,7 @@ type Processor struct {
 	log     *zap.Logger
 	retry   backoff.Policy
 
-	claimSQL, doneSQL, failSQL string
+	sql inboxdb.Processor
 
 	// beforeCommit, when set (tests only), runs after a batch was handled and marked and
 	// before its transaction commits.
@@ -69,37 +69,13 @@ func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, opts ...Opti
 	if handler == nil {
 		return nil, errors.New("inbox processor: handler is nil")
 	}
-	t := cfg.Table
-	head := ""
-	if cfg.Ordered {
-		// Head of its key: no earlier row of the key is unprocessed (retrying and dead
-		// rows included), so a key moves one row at a time, in arrival order.
-		head = `
-  AND (i.ordering_key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM ` + t + ` e
-    WHERE e.consumer = i.consumer AND e.ordering_key = i.ordering_key
-      AND e.seq < i.seq AND e.processed_at IS NULL))`
-	}
 	return &Processor{
 		db:      db,
 		cfg:     cfg,
 		handler: handler,
-		log:     o.log.With(zap.String("table", t), zap.String("consumer", cfg.Consumer)),
+		log:     o.log.With(zap.String("table", cfg.Table), zap.String("consumer", cfg.Consumer)),
 		retry:   backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
-		claimSQL: `SELECT i.message_id, i.exchange, i.routing_key, coalesce(i.message_type, ''), coalesce(i.content_type, ''),
-  i.headers, i.payload, coalesce(i.ordering_key, ''), i.received_at, i.attempts
-FROM ` + t + ` i
-WHERE i.consumer = $1 AND i.processed_at IS NULL AND i.dead_at IS NULL AND i.available_at <= now()` + head + `
-ORDER BY i.seq
-LIMIT $2
-FOR UPDATE SKIP LOCKED`,
-		doneSQL: `UPDATE ` + t + ` SET processed_at = now(), last_error = NULL
-WHERE consumer = $1 AND message_id = ANY($2::text[])`,
-		failSQL: `UPDATE ` + t + ` SET attempts = attempts + 1, last_error = $3,
-  available_at = now() + $4 * interval '1 microsecond',
-  dead_at = CASE WHEN attempts + 1 >= $5 THEN now() END
-WHERE consumer = $1 AND message_id = $2
-RETURNING dead_at IS NOT NULL`,
+		sql:     inboxdb.NewProcessor(cfg.Table, cfg.Ordered),
 	}, nil
 }
 
@@ -164,8 +140,8 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 		}
 	}
 	if len(done) > 0 {
-		if _, err := tx.ExecContext(ctx, p.doneSQL, p.cfg.Consumer, pq.StringArray(done)); err != nil {
-			return 0, fmt.Errorf("mark inbox rows processed: %w", err)
+		if err := p.sql.MarkProcessed(ctx, tx, p.cfg.Consumer, done); err != nil {
+			return 0, err
 		}
 	}
 	if p.beforeCommit != nil {
@@ -178,24 +154,17 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 }
 
 func (p *Processor) claim(ctx context.Context, tx *sql.Tx) ([]Message, error) {
-	rows, err := tx.QueryContext(ctx, p.claimSQL, p.cfg.Consumer, p.cfg.BatchSize)
+	rows, err := p.sql.Claim(ctx, tx, p.cfg.Consumer, p.cfg.BatchSize)
 	if err != nil {
-		return nil, fmt.Errorf("claim inbox rows: %w", err)
+		return nil, err
 	}
-	defer rows.Close()
-	var out []Message
-	for rows.Next() {
-		m := Message{Consumer: p.cfg.Consumer}
-		var headers []byte
-		if err := rows.Scan(&m.MessageID, &m.Exchange, &m.RoutingKey, &m.Type, &m.ContentType,
-			&headers, &m.Payload, &m.OrderingKey, &m.ReceivedAt, &m.Attempts); err != nil {
-			return nil, fmt.Errorf("read inbox row: %w", err)
+	out := make([]Message, len(rows))
+	for i, r := range rows {
+		out[i] = Message{
+			Consumer: p.cfg.Consumer, MessageID: r.MessageID, Exchange: r.Exchange, RoutingKey: r.RoutingKey,
+			Type: r.MessageType, ContentType: r.ContentType, Headers: json.RawMessage(r.Headers), Payload: r.Payload,
+			OrderingKey: r.OrderingKey, ReceivedAt: r.ReceivedAt, Attempts: r.Attempts,
 		}
-		m.Headers = json.RawMessage(headers)
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim inbox rows: %w", err)
 	}
 	return out, nil
 }
@@ -222,10 +191,9 @@ func (p *Processor) handle(ctx context.Context, tx *sql.Tx, msg *Message) (bool,
 		return false, fmt.Errorf("roll back handler of inbox message %q: %w", msg.MessageID, err)
 	}
 	delay := p.retry.Delay(msg.Attempts + 1)
-	var dead bool
-	if err := tx.QueryRowContext(ctx, p.failSQL, p.cfg.Consumer, msg.MessageID, errorText(herr),
-		delay.Microseconds(), p.cfg.MaxAttempts).Scan(&dead); err != nil {
-		return false, fmt.Errorf("record failed attempt of inbox message %q: %w", msg.MessageID, err)
+	dead, err := p.sql.MarkFailed(ctx, tx, p.cfg.Consumer, msg.MessageID, pg.ErrorText(herr.Error()), delay, p.cfg.MaxAttempts)
+	if err != nil {
+		return false, err
 	}
 	if dead {
 		p.log.Error("inbox message is dead after its last attempt", zap.String("message_id", msg.MessageID),
@@ -246,16 +214,4 @@ func (p *Processor) callHandler(ctx context.Context, tx *sql.Tx, msg *Message) (
 		}
 	}()
 	return p.handler(ctx, tx, *msg)
-}
-
-// errorText is err's message as storable text, capped at 2000 bytes.
-func errorText(err error) string {
-	s := cleanText(err.Error())
-	if len(s) > 2000 {
-		s = s[:2000]
-		for !utf8.ValidString(s) {
-			s = s[:len(s)-1]
-		}
-	}
-	return s
 }

@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 // store inserts rows as the sidecar would, in arrival order: id or id:orderingKey.
@@ -51,7 +53,7 @@ func newProcessor(t *testing.T, db *sql.DB, cfg ProcessorConfig, h Handler) *Pro
 // drain calls ProcessOnce until a call handles nothing and nothing is waiting for a retry.
 func drain(t *testing.T, db *sql.DB, p *Processor) {
 	t.Helper()
-	eventually(t, 20*time.Second, "no processable rows left", func() bool {
+	testenv.Eventually(t, 20*time.Second, "no processable rows left", func() bool {
 		n, err := p.ProcessOnce(context.Background())
 		if err != nil {
 			t.Fatalf("ProcessOnce: %v", err)
@@ -254,11 +256,11 @@ func TestProcessorRunStopsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	eventually(t, 10*time.Second, "2 rows processed", func() bool {
+	testenv.Eventually(t, 10*time.Second, "2 rows processed", func() bool {
 		return countRows(t, db, `SELECT count(*) FROM inbox WHERE processed_at IS NOT NULL`) == 2
 	})
 	storeRows(t, db, "svc", "c") // picked up by polling
-	eventually(t, 10*time.Second, "the late row processed", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the late row processed", func() bool {
 		return countRows(t, db, `SELECT count(*) FROM effects WHERE message_id = 'c'`) == 1
 	})
 	cancel()

@@ -5,12 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/redact"
 )
 
@@ -40,20 +40,12 @@ func NewPurger(db *sql.DB, cfg PurgerConfig, opts ...Option) (*Purger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inbox purger: %w", err)
 	}
-	t := cfg.Table
 	return &Purger{
 		db:     db,
 		cfg:    cfg,
-		log:    o.log.With(zap.String("table", t)),
-		purged: m.InboxPurged.WithLabelValues(t),
-		// SKIP LOCKED: a row some transaction is touching is left for the next round.
-		// One round trip in one implicit transaction, without JIT: the statement's
-		// estimate grows with the table. The values are numbers, safe as literals.
-		sql: `SET LOCAL jit = off; DELETE FROM ` + t + ` WHERE (consumer, message_id) IN (
-  SELECT consumer, message_id FROM ` + t + `
-  WHERE processed_at < now() - ` + strconv.FormatFloat(cfg.Retention.Seconds(), 'f', -1, 64) + ` * interval '1 second'
-  LIMIT ` + strconv.Itoa(cfg.BatchSize) + `
-  FOR UPDATE SKIP LOCKED)`,
+		log:    o.log.With(zap.String("table", cfg.Table)),
+		purged: m.InboxPurged.WithLabelValues(cfg.Table),
+		sql:    inboxdb.PurgeSQL(cfg.Table, cfg.Retention, cfg.BatchSize),
 	}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 func TestPurgerRemovesOnlyExpiredProcessedRows(t *testing.T) {
@@ -48,7 +49,7 @@ func TestPurgerRemovesOnlyExpiredProcessedRows(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	eventually(t, 10*time.Second, "the first round", func() bool { return countRows(t, db, `SELECT count(*) FROM inbox`) == 2 })
+	testenv.Eventually(t, 10*time.Second, "the first round", func() bool { return countRows(t, db, `SELECT count(*) FROM inbox`) == 2 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run = %v", err)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 // TestConsumerCountsSeqRegressions: a delivery whose x-outbox-seq is lower than one
@@ -35,7 +37,7 @@ func TestConsumerCountsSeqRegressions(t *testing.T) {
 	publish(t, conn, queue, msgs...)
 
 	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl})
-	eventually(t, 20*time.Second, "every delivery stored", func() bool { return r.stored() == len(msgs) })
+	testenv.Eventually(t, 20*time.Second, "every delivery stored", func() bool { return r.stored() == len(msgs) })
 	r.stop(t)
 	if got := counterValue(r.m.InboxSeqRegressed.WithLabelValues(queue)); got != 2 {
 		t.Errorf("seq regressions = %d, want 2", got)

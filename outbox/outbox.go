@@ -23,6 +23,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/sidebox/sidebox/internal/amqpmap"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -53,14 +54,7 @@ func Migrate(ctx context.Context, db *sql.DB, table string) error {
 	if err != nil {
 		return fmt.Errorf("outbox table: %w", err)
 	}
-	ms, err := pg.LoadMigrations(MigrationFiles(), ".", DefaultTable)
-	if err != nil {
-		return fmt.Errorf("embedded outbox migrations: %w", err)
-	}
-	if _, err := ms.Up(ctx, db, t); err != nil {
-		return fmt.Errorf("migrate outbox table %s: %w", t, err)
-	}
-	return nil
+	return outboxdb.Migrate(ctx, db, MigrationFiles(), t)
 }
 
 // Execer is what Write needs: a *sql.Tx, or a *sql.Conn inside a transaction.
@@ -86,22 +80,18 @@ type Writer struct {
 	insert string
 }
 
-// insertInto follows `INSERT INTO <table>` in a Writer's statement.
-const insertInto = ` (id, exchange, routing_key, payload, message_type, content_type, headers, ordering_key, available_at)
-VALUES ($1, $2, $3, $4, $5, coalesce($6, 'application/json'), $7::jsonb, $8, coalesce($9::timestamptz, now()))`
-
 // NewWriter returns a Writer for table, "outbox" or "schema.name".
 func NewWriter(table string) (*Writer, error) {
 	t, err := pg.ParseTable(table)
 	if err != nil {
 		return nil, fmt.Errorf("outbox table: %w", err)
 	}
-	return &Writer{insert: `INSERT INTO ` + t.String() + insertInto}, nil
+	return &Writer{insert: outboxdb.InsertSQL(t)}, nil
 }
 
 // Write inserts msg into the "outbox" table through tx and returns the message ID.
 func Write(ctx context.Context, tx Execer, msg Message) (uuid.UUID, error) {
-	w := Writer{insert: `INSERT INTO outbox` + insertInto}
+	w := Writer{insert: `INSERT INTO outbox` + outboxdb.InsertValues} // a constant: nothing built per call
 	return w.Write(ctx, tx, msg)
 }
 

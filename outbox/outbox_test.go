@@ -21,20 +21,8 @@ import (
 
 func migrated(t *testing.T, table string) *sql.DB {
 	t.Helper()
-	db, _ := testenv.DB(t)
-	if err := outbox.Migrate(context.Background(), db, table); err != nil {
-		t.Fatalf("migrate %s: %v", table, err)
-	}
+	db, _ := testenv.Migrated(t, outbox.Migrate, table)
 	return db
-}
-
-func count(t *testing.T, db *sql.DB, q string, args ...any) int {
-	t.Helper()
-	var n int
-	if err := db.QueryRow(q, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-	return n
 }
 
 // A message written in a transaction exists if and only if the transaction commits.
@@ -72,10 +60,10 @@ func TestWriteIsPartOfTheCallersTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if n := count(t, db, `SELECT count(*) FROM outbox WHERE id = $1`, committed); n != 1 {
+	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE id = $1`, committed); n != 1 {
 		t.Errorf("committed message: %d rows, want 1", n)
 	}
-	if n := count(t, db, `SELECT count(*) FROM outbox WHERE id = $1`, rolledBack); n != 0 {
+	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE id = $1`, rolledBack); n != 0 {
 		t.Errorf("rolled-back message: %d rows, want 0", n)
 	}
 }
@@ -215,7 +203,7 @@ func TestWriteRefusesWhatTheRelayCannotPublish(t *testing.T) {
 			}
 		})
 	}
-	if n := count(t, db, `SELECT count(*) FROM outbox`); n != 0 {
+	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox`); n != 0 {
 		t.Errorf("%d rows inserted, want none", n)
 	}
 

@@ -49,7 +49,7 @@ func TestMemoryAlarmHoldsNoBatchTransaction(t *testing.T) {
 	w.stop()
 	w.wait()
 	want := w.written()
-	waitFor(t, 60*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
+	testenv.Eventually(t, 60*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
 	s.waitDistinct(t, len(want), 30*time.Second)
 	for _, id := range want {
 		if s.count(id) == 0 {
@@ -112,7 +112,7 @@ func TestBlockedPublishHoldsNoBatchTransaction(t *testing.T) {
 	holdBlocked(t, db, table, r, cfg, 8*time.Second, false)
 	mq.MemoryAlarm(t, false)
 
-	waitFor(t, 60*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
+	testenv.Eventually(t, 60*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
 	s.waitDistinct(t, 1+rows, 30*time.Second)
 	t.Logf("%d duplicates", s.total()-1-rows)
 	if n := outboxCount(t, db, table, `attempts > 0 OR dead_at IS NOT NULL`); n != 0 {
@@ -154,7 +154,7 @@ func holdBlocked(t *testing.T, db *sql.DB, table pg.Table, r *running, cfg Confi
 // during an alarm).
 func waitRelayBlocked(t *testing.T, mq *testenv.RabbitMQ) {
 	t.Helper()
-	waitFor(t, 60*time.Second, "RabbitMQ to block the relay's connection", func() bool {
+	testenv.Eventually(t, 60*time.Second, "RabbitMQ to block the relay's connection", func() bool {
 		for _, c := range mq.Connections(t) {
 			if c.Name == "sidebox-relay-test" && c.State == "blocked" {
 				return true

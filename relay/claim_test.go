@@ -67,7 +67,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 	for _, keyedFirst := range []bool{true, false} {
 		for _, cur := range []*string{nil, &cursor} {
 			name := fmt.Sprintf("keyedFirst=%v cursor=%v", keyedFirst, cur != nil)
-			sql := q.claimSQL[b2i(keyedFirst)][b2i(cur != nil)][0]
+			sql := q.Variant(keyedFirst, cur != nil, false)
 			var arg any
 			if cur != nil {
 				arg = *cur
@@ -131,7 +131,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := q.claim(context.Background(), newStatements(db, pg.PrepareOn, zap.NewNop()), tx, claimConfig(batch), keyedFirst, cur, 4*batch+16, nil)
+			c, err := q.claim(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, claimConfig(batch), keyedFirst, cur, 4*batch+16, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -175,8 +175,8 @@ func TestConcurrentClaimsTakeDisjointRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := newQueries(table)
-	st := newStatements(db, pg.PrepareOn, zap.NewNop())
-	defer st.close()
+	st := pg.NewStatements(db, pg.PrepareOn, zap.NewNop())
+	defer st.Close()
 	ctx := context.Background()
 	taken := map[string]bool{}
 	for i, keyedFirst := range []bool{true, false, true} {
@@ -228,11 +228,11 @@ func TestClaimFallsBackToPlainQueries(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := newQueries(table)
-	st := newStatements(db, pg.PrepareOn, zap.NewNop())
-	defer st.close()
+	st := pg.NewStatements(db, pg.PrepareOn, zap.NewNop())
+	defer st.Close()
 	ctx := context.Background()
-	st.prepare(ctx, q.hot()...)
-	if !st.ready(q.hot()...) {
+	st.Prepare(ctx, q.hot()...)
+	if !st.Ready(q.hot()...) {
 		t.Fatal("statements not prepared")
 	}
 	claim := func() (claimed, error) {

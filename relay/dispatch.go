@@ -250,9 +250,9 @@ func (d *dispatcher) maxVisits() int { return 4*d.r.cfg.BatchSize + 16 }
 // batch in flight is finished even when the relay is stopping.
 func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 	r := d.r
-	if hot := r.q.hot(); !r.stmts.ready(hot...) {
+	if hot := r.q.hot(); !r.stmts.Ready(hot...) {
 		pctx, cancel := context.WithTimeout(ctx, dbTimeout)
-		r.stmts.prepare(pctx, hot...)
+		r.stmts.Prepare(pctx, hot...)
 		cancel()
 	}
 	tx, err := r.db.BeginTx(context.WithoutCancel(ctx), nil)

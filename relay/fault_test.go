@@ -141,7 +141,7 @@ func TestRelaySurvivesSIGKILL(t *testing.T) {
 		before := remaining()
 		cmd, out := start()
 		// Kill it in the middle of the drain: once it has settled a few batches.
-		waitFor(t, 30*time.Second, "progress of relay process "+strconv.Itoa(i), func() bool {
+		testenv.Eventually(t, 30*time.Second, "progress of relay process "+strconv.Itoa(i), func() bool {
 			return remaining() <= before-3*batchSize
 		})
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -155,7 +155,7 @@ func TestRelaySurvivesSIGKILL(t *testing.T) {
 	t.Logf("%d rows left after %d kills, %d deliveries so far", remaining(), kills, s.total())
 
 	cmd, out := start()
-	waitFor(t, 60*time.Second, "the outbox to drain", func() bool { return remaining() == 0 })
+	testenv.Eventually(t, 60*time.Second, "the outbox to drain", func() bool { return remaining() == 0 })
 	s.waitDistinct(t, n, 30*time.Second)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -241,13 +241,13 @@ func TestBrokerRestartMidStream(t *testing.T) {
 	r := startRelay(t, db, dsn, rmq.URL(), testConfig(table))
 	w := startWriter(t, db, table, exchange, 2*time.Millisecond, 4000)
 	s.waitDistinct(t, 300, 30*time.Second)
-	waitFor(t, 5*time.Second, "readiness", r.Ready)
+	testenv.Eventually(t, 5*time.Second, "readiness", r.Ready)
 
 	rmq.Stop(t)
-	waitFor(t, 10*time.Second, "readiness to drop", func() bool { return !r.Ready() })
+	testenv.Eventually(t, 10*time.Second, "readiness to drop", func() bool { return !r.Ready() })
 	// Rows pile up while the broker is away, and none of them is charged an attempt.
 	piled := outboxCount(t, db, table, "")
-	waitFor(t, 10*time.Second, "rows to pile up", func() bool { return outboxCount(t, db, table, "") > piled+100 })
+	testenv.Eventually(t, 10*time.Second, "rows to pile up", func() bool { return outboxCount(t, db, table, "") > piled+100 })
 	if n := outboxCount(t, db, table, "attempts > 0"); n != 0 {
 		t.Errorf("%d rows were charged an attempt while the broker was away", n)
 	}
@@ -255,7 +255,7 @@ func TestBrokerRestartMidStream(t *testing.T) {
 
 	w.wait()
 	want := w.written()
-	waitFor(t, 60*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
+	testenv.Eventually(t, 60*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
 	s.waitDistinct(t, len(want), 30*time.Second)
 	for _, id := range want {
 		if s.count(id) == 0 {
@@ -296,16 +296,16 @@ func TestDatabaseRestartMidStream(t *testing.T) {
 	r := startRelay(t, db, dsn, url, cfg)
 	w := startWriter(t, db, table, exchange, 2*time.Millisecond, 3000)
 	s.waitDistinct(t, 300, 30*time.Second)
-	waitFor(t, 5*time.Second, "readiness", r.Ready)
+	testenv.Eventually(t, 5*time.Second, "readiness", r.Ready)
 
 	pgsrv.Stop(t)
-	waitFor(t, 10*time.Second, "readiness to drop", func() bool { return !r.Ready() })
+	testenv.Eventually(t, 10*time.Second, "readiness to drop", func() bool { return !r.Ready() })
 	pgsrv.Start(t)
-	waitFor(t, 20*time.Second, "readiness after the restart", r.Ready)
+	testenv.Eventually(t, 20*time.Second, "readiness after the restart", r.Ready)
 
 	w.wait()
 	want := w.written()
-	waitFor(t, 60*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
+	testenv.Eventually(t, 60*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
 	s.waitDistinct(t, len(want), 30*time.Second)
 	for _, id := range want {
 		if s.count(id) == 0 {
@@ -321,6 +321,6 @@ func TestDatabaseRestartMidStream(t *testing.T) {
 	waitIdle(t, db, r)
 	before := s.total()
 	insertRow(t, db, table, exchange, "k", "after restart", nil)
-	waitFor(t, time.Duration(cfg.PollInterval)/2, "a message written after the restart", func() bool { return s.total() > before })
+	testenv.Eventually(t, time.Duration(cfg.PollInterval)/2, "a message written after the restart", func() bool { return s.total() > before })
 	t.Logf("%d rows written, %d deliveries (%d duplicates)", len(want), s.total(), s.total()-len(want))
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 	"github.com/sidebox/sidebox/outbox"
@@ -26,9 +27,7 @@ import (
 // migrate creates the outbox table t.
 func migrate(t *testing.T, db *sql.DB, table pg.Table) {
 	t.Helper()
-	if err := outbox.Migrate(context.Background(), db, table.String()); err != nil {
-		t.Fatalf("migrate %s: %v", table, err)
-	}
+	testenv.Migrate(t, db, outbox.Migrate, table.String())
 }
 
 // setup gives a test a fresh database with the outbox table tableName migrated, and an
@@ -221,18 +220,6 @@ func (s *sink) waitDistinct(t *testing.T, n int, timeout time.Duration) {
 	}
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // running is a relay started by startRelay.
 type running struct {
 	*Relay
@@ -298,7 +285,7 @@ func startRelay(t *testing.T, db *sql.DB, dsn, amqpURL string, cfg Config, optio
 // effect in the database may look a moment too early.
 func counterReaches(t *testing.T, c *prometheus.CounterVec, table pg.Table, name string, want float64) {
 	t.Helper()
-	waitFor(t, 10*time.Second, name+" to reach its final value", func() bool { return counter(t, c, table) >= want })
+	testenv.Eventually(t, 10*time.Second, name+" to reach its final value", func() bool { return counter(t, c, table) >= want })
 	if got := counter(t, c, table); got != want {
 		t.Errorf("%s = %v, want %v", name, got, want)
 	}
@@ -367,4 +354,13 @@ func testConfig(table pg.Table) Config {
 		RetryBackoffMax: 200 * time.Millisecond,
 		PublishTimeout:  10 * time.Second,
 	}
+}
+
+// claimArgs are the claim statement's parameters; cursor is nil or the walk's key.
+func claimArgs(cfg Config, cursor any, maxVisits int, from *unkeyedCursor) []any {
+	c := outboxdb.Claim{BatchSize: cfg.BatchSize, BatchBytes: cfg.BatchBytes, MaxVisits: maxVisits, From: from}
+	if s, ok := cursor.(string); ok {
+		c.Cursor = &s
+	}
+	return c.Args()
 }

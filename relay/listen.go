@@ -13,12 +13,13 @@ import (
 	"github.com/lib/pq"
 	"go.uber.org/zap"
 
+	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/redact"
 )
 
 // listen opens the LISTEN connection for the table's wake-up channel and turns every
 // notification into a wake-up. lib/pq's Listener reconnects by itself (with backoff
-// between listenMinReconnect and listenMaxReconnect) and then sends a nil
+// between backoff.ListenBase and backoff.ListenMax) and then sends a nil
 // notification, which also wakes the relay: notifications may have been missed while
 // the connection was down. Dead peers are found by TCP keepalive, which Go enables on
 // every connection. The returned function closes the connection.
@@ -45,7 +46,7 @@ func (r *Relay) listen(wake chan<- struct{}) (stop func()) {
 		default:
 		}
 	}
-	l := pq.NewListener(r.dsn, listenMinReconnect, listenMaxReconnect, func(ev pq.ListenerEventType, err error) {
+	l := pq.NewListener(r.dsn, backoff.ListenBase, backoff.ListenMax, func(ev pq.ListenerEventType, err error) {
 		switch ev {
 		case pq.ListenerEventConnected:
 			r.log.Info("LISTEN connection open", zap.String("channel", channel))
@@ -199,9 +200,6 @@ func (r *Relay) setPolled(polled bool, warning string) {
 }
 
 const (
-	listenMinReconnect = 250 * time.Millisecond
-	listenMaxReconnect = 10 * time.Second
-
 	// probeTimeout is how long the relay waits for its own notification.
 	probeTimeout = 2 * time.Second
 	// reprobeInterval is how often a relay whose probe timed out probes again.

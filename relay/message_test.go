@@ -150,13 +150,3 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Error("New accepted both AMQPURLs and WithConnection")
 	}
 }
-
-func TestTruncateKeepsValidText(t *testing.T) {
-	if got := truncate("a\x00b", 10); got != "ab" {
-		t.Errorf("truncate with NUL = %q", got)
-	}
-	got := truncate(strings.Repeat("é", 10), 5) // cuts a two-byte rune in half
-	if got != "éé..." {
-		t.Errorf("truncate = %q", got)
-	}
-}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidebox/sidebox/internal/testenv"
 	"github.com/sidebox/sidebox/outbox"
 )
 
@@ -102,13 +103,13 @@ func TestFailingHeadBlocksOnlyItsKey(t *testing.T) {
 	r := startRelay(t, db, dsn, url, cfg)
 
 	s.waitDistinct(t, len(free), 20*time.Second)
-	waitFor(t, 10*time.Second, "the failing head to be dead", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the failing head to be dead", func() bool {
 		st, _ := stateOf(t, db, table, head)
 		return st.dead
 	})
 	// A few more rounds: the key stays blocked.
 	claims := r.claims.Load()
-	waitFor(t, 10*time.Second, "more claims", func() bool { return r.claims.Load() > claims+3 })
+	testenv.Eventually(t, 10*time.Second, "more claims", func() bool { return r.claims.Load() > claims+3 })
 	for _, id := range blocked {
 		if n := s.count(id); n != 0 {
 			t.Fatalf("message %s of the blocked key arrived while its head is dead", id)

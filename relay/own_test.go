@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/sidebox/sidebox/internal/testenv"
 )
 
 // A relay given AMQP URLs keeps its own connection for as long as it runs, and one
@@ -30,11 +32,11 @@ func TestRelayWithItsOwnConnection(t *testing.T) {
 
 	ids := backlog(t, db, table, exchange, "k", 3)
 	s.waitDistinct(t, len(ids), 30*time.Second)
-	waitFor(t, 10*time.Second, "the relay to be ready", r.Ready)
+	testenv.Eventually(t, 10*time.Second, "the relay to be ready", r.Ready)
 	if !r.WakeupsPolled() {
 		t.Error("WakeupsPolled() = false without a LISTEN URL")
 	}
-	waitFor(t, 10*time.Second, "3 published in the given registry", func() bool {
+	testenv.Eventually(t, 10*time.Second, "3 published in the given registry", func() bool {
 		return gathered(t, reg, "sidebox_outbox_published_total") == 3
 	})
 

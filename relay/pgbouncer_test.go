@@ -76,9 +76,9 @@ func TestRelayThroughPgBouncer(t *testing.T) {
 					t.Fatalf("message %s was lost", id)
 				}
 			}
-			waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
+			testenv.Eventually(t, 10*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
 			transaction := mode == testenv.PoolTransaction
-			waitFor(t, 10*time.Second, "the wake-up mode to settle", func() bool { return r.WakeupsPolled() == transaction })
+			testenv.Eventually(t, 10*time.Second, "the wake-up mode to settle", func() bool { return r.WakeupsPolled() == transaction })
 			if got := r.stmts.Prepared(); got == transaction {
 				t.Errorf("%s mode: statements prepared = %v", mode, got)
 			}
@@ -98,7 +98,7 @@ func TestForcedPrepareBehindTransactionPooler(t *testing.T) {
 	r := startRelay(t, db, dsn, url, cfg)
 	ids := writeConcurrently(t, db, table, exchange, 800)
 	s.waitDistinct(t, len(ids), 60*time.Second)
-	waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
+	testenv.Eventually(t, 10*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
 	t.Logf("prepared statements still in use: %v; %d rows, %d deliveries", r.stmts.Prepared(), len(ids), s.total())
 }
 
@@ -130,7 +130,7 @@ func TestWakeupsBehindTransactionPooler(t *testing.T) {
 				listenDSN = direct
 			}
 			r := startRelay(t, db, listenDSN, url, cfg)
-			waitFor(t, 10*time.Second, "the LISTEN probe's verdict", func() bool {
+			testenv.Eventually(t, 10*time.Second, "the LISTEN probe's verdict", func() bool {
 				if listen == "pooled" {
 					return r.probeFailed.Load() && r.WakeupsPolled()
 				}

@@ -45,7 +45,7 @@ func TestPublishTimeoutNeverDeletesReturnedRows(t *testing.T) {
 	}
 	// How fast rows progress depends on how much of the broker's answers beats the
 	// timeout; what matters is many batches, each a chance to lose rows.
-	waitFor(t, 3*time.Minute, "400 batches, or every row settled", func() bool {
+	testenv.Eventually(t, 3*time.Minute, "400 batches, or every row settled", func() bool {
 		if n := unroutableLeft(); n != unroutable {
 			t.Fatalf("%d unroutable rows left the outbox without being delivered", unroutable-n)
 		}
@@ -67,7 +67,7 @@ func TestPublishTimeoutNeverDeletesReturnedRows(t *testing.T) {
 			gone = append(gone, id)
 		}
 	}
-	waitFor(t, 30*time.Second, "every deleted row to be delivered", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every deleted row to be delivered", func() bool {
 		for _, id := range gone {
 			if s.count(id) == 0 {
 				return false
@@ -111,7 +111,7 @@ func TestConfirmsAfterTheDrainAreNotTakenAsConfirmed(t *testing.T) {
 			}
 		}
 	})
-	waitFor(t, 2*time.Minute, "30 batches with acks after the drain, or every row dead", func() bool {
+	testenv.Eventually(t, 2*time.Minute, "30 batches with acks after the drain, or every row dead", func() bool {
 		if n := outboxCount(t, db, table, ""); n != unroutable {
 			t.Fatalf("%d unroutable rows left the outbox without being delivered", unroutable-n)
 		}
@@ -176,7 +176,7 @@ func TestOrderingKeyAndSeqReachTheInbox(t *testing.T) {
 	})
 	t.Cleanup(func() { ccancel(); bcancel(); wg.Wait() })
 
-	waitFor(t, 30*time.Second, "three inbox rows", func() bool {
+	testenv.Eventually(t, 30*time.Second, "three inbox rows", func() bool {
 		var n int
 		if err := db.QueryRow(`SELECT count(*) FROM inbox`).Scan(&n); err != nil {
 			t.Fatal(err)
@@ -227,7 +227,7 @@ func TestUnpublishableRowIsDeadAtOnce(t *testing.T) {
 	}
 	for id, reason := range bad {
 		var st rowState
-		waitFor(t, 10*time.Second, "the unpublishable row to be dead", func() bool {
+		testenv.Eventually(t, 10*time.Second, "the unpublishable row to be dead", func() bool {
 			st, _ = stateOf(t, db, table, id)
 			return st.dead || st.attempts > 1
 		})

@@ -195,7 +195,7 @@ type Relay struct {
 	log    *zap.Logger
 	m      *metrics.Metrics
 	q      queries
-	stmts  *statements
+	stmts  *pg.Statements
 	flag   *wakeFlag
 
 	txSettings string // run first in every batch's transaction
@@ -268,13 +268,13 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		cfg:        cfg,
 		table:      table,
 		log:        log,
-		stmts:      newStatements(db, prepare, log),
+		stmts:      pg.NewStatements(db, prepare, log),
 		m:          m,
 		q:          q,
 		flag:       &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},
 		txSettings: claimSettings(cfg.PublishTimeout),
 		retry:      backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
-		reconnect:  backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+		reconnect:  backoff.Database(),
 		suspects:   map[string]time.Time{},
 	}, nil
 }
@@ -298,7 +298,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return errors.New("relay: Run is already running")
 	}
 	defer r.running.Store(false)
-	defer r.stmts.close()
+	defer r.stmts.Close()
 	if r.owned != nil {
 		// The relay's own connection outlives ctx: the batches in flight when it is
 		// cancelled still need their confirms.

@@ -71,7 +71,7 @@ func TestCommittedRowsArriveMappedAndRolledBackOnesNever(t *testing.T) {
 
 	r := startRelay(t, db, dsn, url, testConfig(table))
 	s.waitDistinct(t, 2, 30*time.Second)
-	waitFor(t, 10*time.Second, "outbox empty", func() bool { return outboxCount(t, db, table, "") == 0 })
+	testenv.Eventually(t, 10*time.Second, "outbox empty", func() bool { return outboxCount(t, db, table, "") == 0 })
 	// The rolled-back row cannot arrive later: the relay has drained the table. Stop it
 	// so that anything still in transit would have been confirmed by now.
 	if err := r.stop(); err != nil {
@@ -137,7 +137,7 @@ func TestBacklogDrains(t *testing.T) {
 	r := startRelay(t, db, dsn, url, testConfig(table))
 	// While it drains, the wake-up flag is down: writers would not notify.
 	var up, down int
-	waitFor(t, 60*time.Second, "the backlog to shrink", func() bool {
+	testenv.Eventually(t, 60*time.Second, "the backlog to shrink", func() bool {
 		left := outboxCount(t, db, table, "")
 		if left > n/5 && left < n*4/5 {
 			if wakeFlagValue(t, db) == 1 {
@@ -154,7 +154,7 @@ func TestBacklogDrains(t *testing.T) {
 	}
 	s.waitDistinct(t, n, 60*time.Second)
 	took := time.Since(start)
-	waitFor(t, 10*time.Second, "outbox empty", func() bool { return outboxCount(t, db, table, "") == 0 })
+	testenv.Eventually(t, 10*time.Second, "outbox empty", func() bool { return outboxCount(t, db, table, "") == 0 })
 	t.Logf("drained %d rows in %v (%.0f msg/s)", n, took, n/took.Seconds())
 	for _, id := range ids {
 		if c := s.count(id); c != 1 {
@@ -166,7 +166,7 @@ func TestBacklogDrains(t *testing.T) {
 	}
 	counterReaches(t, r.metrics.Published, table, "published_total", n)
 	// Idle now: the wake-up flag is up so that writers notify.
-	waitFor(t, 5*time.Second, "wake-up flag set", func() bool {
+	testenv.Eventually(t, 5*time.Second, "wake-up flag set", func() bool {
 		return wakeFlagValue(t, db) == 1
 	})
 	if !r.Ready() {
@@ -246,7 +246,7 @@ func TestUnroutableRowRetriesThenIsKeptDead(t *testing.T) {
 
 	s.waitDistinct(t, len(good), 20*time.Second)
 	var st rowState
-	waitFor(t, 10*time.Second, "the unroutable row to be dead", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the unroutable row to be dead", func() bool {
 		var ok bool
 		st, ok = stateOf(t, db, table, bad)
 		if !ok {
@@ -308,14 +308,14 @@ func TestMissingExchangeFailsOnlyItsRow(t *testing.T) {
 
 	s.waitDistinct(t, len(good), 20*time.Second)
 	var st rowState
-	waitFor(t, 10*time.Second, "the row for the missing exchange to be dead", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the row for the missing exchange to be dead", func() bool {
 		st, _ = stateOf(t, db, table, bad)
 		return st.dead
 	})
 	if st.attempts != 3 || !strings.Contains(st.lastError, "NOT_FOUND") {
 		t.Errorf("attempts = %d, last_error = %q; want 3 and the broker's NOT_FOUND", st.attempts, st.lastError)
 	}
-	waitFor(t, 10*time.Second, "only the dead row left", func() bool { return outboxCount(t, db, table, "") == 1 })
+	testenv.Eventually(t, 10*time.Second, "only the dead row left", func() bool { return outboxCount(t, db, table, "") == 1 })
 	for _, id := range good {
 		if s.count(id) == 0 {
 			t.Errorf("good message %s did not arrive", id)
@@ -339,7 +339,7 @@ func TestUnmappableHeadersFailTheRow(t *testing.T) {
 		t.Errorf("good message arrived %d times", s.count(good))
 	}
 	var st rowState
-	waitFor(t, 10*time.Second, "the row with bad headers to be dead", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the row with bad headers to be dead", func() bool {
 		st, _ = stateOf(t, db, table, bad)
 		return st.dead
 	})

@@ -29,7 +29,7 @@ func claimOnce(t *testing.T, db *sql.DB, cfg Config, keyedFirst bool) (claimed, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(r.stmts.close)
+	t.Cleanup(r.stmts.Close)
 	d := &dispatcher{r: r, keyedFirst: !keyedFirst} // claim flips it
 	c, tx, err := d.claim(context.Background())
 	if err != nil {
@@ -120,7 +120,7 @@ func TestClaimIsNotCompiledOnHugeTable(t *testing.T) {
 	q := newQueries(table)
 	for _, keyedFirst := range []bool{true, false} {
 		var raw []byte
-		if err := tx.QueryRow(`EXPLAIN (ANALYZE, FORMAT JSON) `+q.claimSQL[b2i(keyedFirst)][0][0],
+		if err := tx.QueryRow(`EXPLAIN (ANALYZE, FORMAT JSON) `+q.Variant(keyedFirst, false, false),
 			claimArgs(cfg, nil, 4*DefaultBatchSize+16, nil)...).Scan(&raw); err != nil {
 			t.Fatal(err)
 		}
@@ -170,7 +170,7 @@ func TestClaimCostDoesNotGrowWithTable(t *testing.T) {
 					for ua := range 2 {
 						for _, generic := range []bool{false, true} {
 							name := fmt.Sprintf("keyedFirst=%d cursor=%d unkeyedAfter=%d generic=%v", kf, ac, ua, generic)
-							cost[rows][name] = explainCost(t, db, q.claimSQL[kf][ac][ua], generic)
+							cost[rows][name] = explainCost(t, db, q.Variant(kf == 1, ac == 1, ua == 1), generic)
 						}
 					}
 				}
@@ -197,7 +197,7 @@ func explainCost(t *testing.T, db *sql.DB, claim string, generic bool) float64 {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	args := claimArgs(claimConfig(DefaultBatchSize), "key-1", 4*DefaultBatchSize+16, &unkeyedCursor{time.Now().Add(-time.Hour), 1})
+	args := claimArgs(claimConfig(DefaultBatchSize), "key-1", 4*DefaultBatchSize+16, &unkeyedCursor{At: time.Now().Add(-time.Hour), Seq: 1})
 	stmt := `EXPLAIN (FORMAT JSON) ` + claim
 	if generic {
 		if _, err := tx.Exec(`SET LOCAL plan_cache_mode = force_generic_plan`); err != nil {
@@ -298,7 +298,7 @@ func TestClaimTimeOverDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.stmts.close()
+	defer r.stmts.Close()
 	d := &dispatcher{r: r}
 	var times []time.Duration
 	var buffers []int // shared buffers the claim touched, every 100th claim
@@ -321,7 +321,7 @@ func TestClaimTimeOverDrain(t *testing.T) {
 				cur = *cursor
 			}
 			var raw []byte
-			if err := tx.QueryRow(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+r.q.claimSQL[b2i(keyedFirst)][b2i(cursor != nil)][b2i(from != nil)],
+			if err := tx.QueryRow(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+r.q.Variant(keyedFirst, cursor != nil, from != nil),
 				claimArgs(r.cfg, cur, d.maxVisits(), from)...).Scan(&raw); err != nil {
 				t.Fatal(err)
 			}
@@ -390,7 +390,7 @@ func TestUnkeyedCursorComesBackForRowsLeftBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.stmts.close()
+	defer r.stmts.Close()
 	d := &dispatcher{r: r}
 	claim := func(settle bool) string {
 		t.Helper()

@@ -3,220 +3,35 @@ package relay
 import (
 	"context"
 	"database/sql"
-	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/lib/pq"
-
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
-// queries holds the relay's SQL, written for one table.
+// queries is the relay's SQL for one table; the statements themselves live in
+// internal/outboxdb, with the rest of the outbox table's SQL.
 type queries struct {
-	claimSQL  [2][2][2]string // [keyedFirst][afterCursor][unkeyedAfter]
-	remove    string
-	fail      string
-	flag      [2]string // lower, raise the wake-up flag
+	*outboxdb.Queries
 	tableName string
+	flag      [2]string // lower, raise the wake-up flag
 }
-
-// asyncCommit makes the current transaction commit without waiting for its WAL flush.
-// The relay's own writes only remove published rows, count attempts and move the
-// wake-up flag: should the database crash before the flush, rows come back and are
-// published again (a duplicate, never a loss), and the flag is set again.
-const asyncCommit = `SET LOCAL synchronous_commit TO off`
-
-// claimSettings is run right after BEGIN in every batch's transaction, in one round
-// trip, before the claim is planned. They are transaction settings rather than
-// connection parameters so that they also hold behind a pooler in transaction mode,
-// which refuses most start-up parameters:
-//   - no JIT: the claim runs in milliseconds, and compiling it would cost hundreds
-//     of milliseconds whenever the planner's estimate passes jit_above_cost;
-//   - asynchronous commit (asyncCommit);
-//   - a batch's transaction that stays idle longer than the relay ever holds one
-//     (its confirms, then settling) is ended by the server, so that a relay that
-//     hangs or loses its process does not keep the batch's rows locked.
-func claimSettings(publishTimeout time.Duration) string {
-	idle := publishTimeout + dbTimeout + 20*time.Second // PublishTimeout + 30s
-	return fmt.Sprintf("SET LOCAL jit = off; %s; SET LOCAL idle_in_transaction_session_timeout = %d",
-		asyncCommit, idle.Milliseconds())
-}
-
-// claimColumns are the columns of a claimed row, in scan order.
-const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.message_type, o.content_type,
-        o.headers::text, o.ordering_key, o.created_at, o.attempts`
 
 // newQueries builds the SQL for table t.
-//
-// The claim takes one batch in one statement, in two parts:
-//   - keyed rows: a loose index scan walks the distinct ordering keys that have live rows
-//     (outbox_ordering_idx), a few index probes per key, starting after a cursor so that
-//     every key gets its turn. The first live row of a key is its head; it is eligible
-//     when it is due and no dead row of the same key precedes it (outbox_dead_idx).
-//     The walk stops after enough eligible heads or after a bounded number of keys, so
-//     a claim costs O(batch) probes however deep the per-key backlogs are.
-//   - unkeyed rows: due rows in order of due time, straight from outbox_unkeyed_idx.
-//
-// Each part locks with FOR UPDATE SKIP LOCKED while it scans, so concurrent batches
-// and relays take disjoint rows. A head that is in flight stays locked and present,
-// so its successors cannot become heads: one row per key in flight, in seq order.
-// The part named first takes up to the batch size and the other fills the rest; the
-// relay alternates which goes first so neither starves the other. A last row carries
-// bookkeeping: the next due time, the wake-up flag and where the walk stopped.
 func newQueries(t pg.Table) queries {
-	q := queries{
-		tableName: t.String(),
-	}
-	// One simple-protocol round trip, one implicit transaction: setval takes a
-	// transaction ID, and its commit need not wait for a WAL flush. The name is a
-	// validated identifier, safe in a literal.
-	for v := range 2 {
-		q.flag[v] = fmt.Sprintf(`%s; SELECT setval('%s', %d)`, asyncCommit, t.Ident("_wakeup"), v)
-	}
-	for kf := range 2 {
-		for ac := range 2 {
-			for ua := range 2 {
-				q.claimSQL[kf][ac][ua] = claimSQL(t, kf == 1, ac == 1, ua == 1)
-			}
-		}
-	}
-	q.remove = `DELETE FROM ` + t.String() + ` WHERE id = ANY($1::uuid[])
-RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_at))::float8`
-	q.fail = `UPDATE ` + t.String() + ` o SET attempts = o.attempts + 1, last_error = f.err,
-    available_at = clock_timestamp() + make_interval(secs => f.delay),
-    dead_at = CASE WHEN o.attempts + 1 >= $4 OR f.permanent THEN clock_timestamp() END
-FROM unnest($1::uuid[], $2::text[], $3::float8[], $5::bool[]) AS f(id, err, delay, permanent)
-WHERE o.id = f.id
-RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
-	return q
+	q := outboxdb.New(t, MaxBatchSize)
+	return queries{Queries: q, tableName: t.String(), flag: [2]string{q.Flag(0), q.Flag(1)}}
 }
 
-// claimSQL parameters: $1 batch size, $2 walk cursor (when afterCursor), $3 most keys
-// the walk visits, $4 the batch's byte budget, $5 and $6 the unkeyed cursor: the
-// (available_at, seq) after which the unkeyed part starts (when unkeyedAfter).
-//
-// The unkeyed cursor keeps a long drain from walking the index entries of the rows it
-// deleted: until a vacuum removes them they stay at the head of outbox_unkeyed_idx,
-// and a scan from the start reads them all, claim after claim.
-//
-// No estimate in the plan grows with the table (docs/DESIGN.md, "Cost at any
-// backlog"): the walk's probes are LIMIT 1 index scans, and the unkeyed scan's estimate
-// stops at MaxBatchSize rows.
-func claimSQL(t pg.Table, keyedFirst, afterCursor, unkeyedAfter bool) string {
-	tbl := t.String()
-	eligible := func(p string) string {
-		return p + `.available_at <= now() AND NOT EXISTS (SELECT 1 FROM ` + tbl + ` d
-                WHERE d.dead_at IS NOT NULL AND d.ordering_key = ` + p + `.ordering_key AND d.seq < ` + p + `.seq)`
-	}
-	// head selects the first live row of the next key: its key, seq, whether it is
-	// eligible, and its payload's size (octet_length reads a TOASTed value's header,
-	// not the value).
-	head := func(after string) string {
-		return `SELECT p.ordering_key, p.seq, ` + eligible("p") + ` AS ok, octet_length(p.payload)::bigint AS len
-        FROM ` + tbl + ` p
-        WHERE p.dead_at IS NULL` + after + `
-        ORDER BY p.ordering_key, p.seq LIMIT 1`
-	}
-	// Keep the parameter list the same for every variant.
-	start := ` AND p.ordering_key IS NOT NULL AND $2::text IS NULL`
-	if afterCursor {
-		start = ` AND p.ordering_key > $2`
-	}
-	unkeyedStart := ` AND $5::timestamptz IS NULL AND $6::bigint IS NULL`
-	if unkeyedAfter {
-		unkeyedStart = ` AND (o.available_at, o.seq) > ($5::timestamptz, $6::bigint)`
-	}
-	// The part named first may take the whole batch and the whole budget; the other
-	// takes what is left of both.
-	used := func(part string) string {
-		return `(SELECT coalesce(sum(claim_bytes), 0) FROM ` + part + `)`
-	}
-	rest := func(part string) string {
-		return `CASE WHEN ` + used(part) + ` >= $4 THEN 0 ELSE $1 - (SELECT count(*) FROM ` + part + `) END`
-	}
-	keyedLimit, keyedBudget, unkeyedLimit := `$1`, `$4`, rest("keyed")
-	first, second := "keyed", "unkeyed"
-	if !keyedFirst {
-		keyedLimit, keyedBudget, unkeyedLimit = rest("unkeyed"), `$4 - `+used("unkeyed"), `$1`
-		first, second = "unkeyed", "keyed"
-	}
-	// more: the walk would go on (it has room); a walk whose last step had room ran
-	// out of keys.
-	more := func(w string) string {
-		return w + `.found < ` + keyedLimit + ` AND ` + w + `.visited < $3 AND ` + w + `.bytes < ` + keyedBudget
-	}
-	// extra are the columns each part adds to claimColumns: the payload's size and the
-	// part's order, for the byte budget; claim_seq is also the row's x-outbox-seq.
-	extra := func(at string) string {
-		return `, octet_length(o.payload)::bigint AS claim_bytes, ` + at + ` AS claim_at, o.seq AS claim_seq`
-	}
-	// budgeted numbers a part's rows by the bytes claimed before each; a row goes when
-	// the batch stays within the budget with it, and the first row always goes,
-	// however large. Rows past the budget stay locked until the batch commits: the
-	// dispatcher sizes the row limit to the budget, so that they are few.
-	budgeted := func(part, before string) string {
-		return `SELECT c.*, ` + before + `sum(c.claim_bytes) OVER (ORDER BY c.claim_at, c.claim_seq ROWS UNBOUNDED PRECEDING) - c.claim_bytes AS claim_before
-    FROM ` + part + ` c`
-	}
-	s := `WITH RECURSIVE walk (key, seq, ok, found, visited, bytes) AS (
-    (SELECT h.ordering_key, h.seq, h.ok, h.ok::int, 1, CASE WHEN h.ok THEN h.len ELSE 0 END
-     FROM (` + head(start) + `) h
-     WHERE ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)
-  UNION ALL
-    SELECT h.ordering_key, h.seq, h.ok, w.found + h.ok::int, w.visited + 1, w.bytes + CASE WHEN h.ok THEN h.len ELSE 0 END
-    FROM walk w CROSS JOIN LATERAL (` + head(` AND p.ordering_key > w.key`) + `) h
-    WHERE ` + more("w") + `
-),
-keyed AS MATERIALIZED (
-    SELECT ` + claimColumns + extra(`NULL::timestamptz`) + `
-    FROM ` + tbl + ` o
-    WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
-      AND o.dead_at IS NULL AND o.available_at <= now()
-    ORDER BY o.seq
-    LIMIT ` + keyedLimit + `
-    FOR UPDATE OF o SKIP LOCKED
-),
-unkeyed AS MATERIALIZED (
-    SELECT * FROM (
-        SELECT ` + claimColumns + extra(`o.available_at`) + `
-        FROM ` + tbl + ` o
-        WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
-        ORDER BY o.available_at, o.seq
-        LIMIT ` + strconv.Itoa(MaxBatchSize) + `
-        FOR UPDATE OF o SKIP LOCKED) u
-    LIMIT ` + unkeyedLimit + `
-),
-part1 AS (` + budgeted(first, "") + `),
-part2 AS (` + budgeted(second, used(first)+` + `) + `)
-SELECT false, f.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::boolean
-FROM part1 f WHERE f.claim_before = 0 OR f.claim_before + f.claim_bytes <= $4
-UNION ALL
-SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s.claim_before = 0 OR s.claim_before + s.claim_bytes <= $4
-UNION ALL
-SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `
-        WHERE dead_at IS NULL AND available_at > now()),
-    (SELECT last_value FROM ` + t.Ident("_wakeup") + `),
-    (SELECT count(*) FROM walk),
-    (SELECT coalesce(max(found), 0) FROM walk),
-    (SELECT key FROM walk ORDER BY visited DESC LIMIT 1),
-    (SELECT count(*) FROM keyed) + (SELECT count(*) FROM unkeyed),
-    coalesce((SELECT ` + more("w") + ` FROM walk w ORDER BY w.visited DESC LIMIT 1), ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)`
-	return s
+// claimSettings is run right after BEGIN in every batch's transaction
+// (outboxdb.ClaimSettings): a batch's transaction that stays idle longer than the relay
+// ever holds one (its confirms, then settling) is ended by the server.
+func claimSettings(publishTimeout time.Duration) string {
+	return outboxdb.ClaimSettings(publishTimeout + dbTimeout + 20*time.Second) // PublishTimeout + 30s
 }
 
 // hot returns the queries worth preparing: every claim variant and the delete.
-func (q *queries) hot() []string {
-	var out []string
-	for _, byCursor := range q.claimSQL {
-		for _, variants := range byCursor {
-			out = append(out, variants[:]...)
-		}
-	}
-	return append(out, q.remove)
-}
+func (q *queries) hot() []string { return q.Hot() }
 
 // claimed is the outcome of one claim statement.
 type claimed struct {
@@ -236,93 +51,29 @@ type claimed struct {
 }
 
 // unkeyedCursor is a position in the order of unkeyed rows.
-type unkeyedCursor struct {
-	at  time.Time
-	seq int64
-}
-
-// after reports whether c comes after d.
-func (c unkeyedCursor) after(d unkeyedCursor) bool {
-	return c.at.After(d.at) || c.at.Equal(d.at) && c.seq > d.seq
-}
-
-// claimArgs are the claim statement's parameters.
-func claimArgs(cfg Config, cursor any, maxVisits int, from *unkeyedCursor) []any {
-	args := []any{cfg.BatchSize, cursor, maxVisits, cfg.BatchBytes, nil, nil}
-	if from != nil {
-		args[4], args[5] = from.at, from.seq
-	}
-	return args
-}
+type unkeyedCursor = outboxdb.UnkeyedCursor
 
 // claim runs the claim statement in tx, which began with claimSettings.
-func (q *queries) claim(ctx context.Context, st *statements, tx *sql.Tx, cfg Config, keyedFirst bool, cursor *string, maxVisits int, from *unkeyedCursor) (claimed, error) {
-	var c claimed
-	var cur any
-	if cursor != nil {
-		cur = *cursor
+func (q *queries) claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cfg Config, keyedFirst bool, cursor *string, maxVisits int, from *unkeyedCursor) (claimed, error) {
+	c, err := q.Claim(ctx, st, tx, outboxdb.Claim{
+		BatchSize: cfg.BatchSize, BatchBytes: cfg.BatchBytes, KeyedFirst: keyedFirst,
+		Cursor: cursor, MaxVisits: maxVisits, From: from,
+	})
+	out := claimed{
+		unkeyed: c.Unkeyed, bytes: c.Bytes, locked: c.Locked, due: c.Due, flag: c.Flag,
+		visited: c.Visited, found: c.Found, last: c.Last, walkEnded: c.WalkEnded, unkeyedLast: c.UnkeyedLast,
 	}
-	variant := q.claimSQL[b2i(keyedFirst)][b2i(cursor != nil)][b2i(from != nil)]
-	rs, err := st.query(ctx, tx, variant, claimArgs(cfg, cur, maxVisits, from)...)
-	if err != nil {
-		return c, fmt.Errorf("claim from %s: %w", q.tableName, err)
-	}
-	defer func() { _ = rs.Close() }()
-	for rs.Next() {
-		var (
-			meta                  bool
-			id, exchange, rk, ct  sql.NullString
-			mtype, key, hdr, last sql.NullString
-			payload               []byte
-			created               sql.NullTime
-			attempts              sql.NullInt64
-			size, before          sql.NullInt64
-			at                    sql.NullTime
-			seq                   sql.NullInt64
-			due                   sql.NullFloat64
-			flag, visited, found  sql.NullInt64
-			locked                sql.NullInt64
-			ended                 sql.NullBool
-		)
-		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts,
-			&size, &at, &seq, &before,
-			&due, &flag, &visited, &found, &last, &locked, &ended); err != nil {
-			return c, fmt.Errorf("read claimed rows of %s: %w", q.tableName, err)
-		}
-		if meta {
-			if due.Valid && due.Float64 > 0 {
-				c.due = time.Duration(due.Float64 * float64(time.Second))
-			}
-			c.flag = flag.Int64
-			c.visited = int(visited.Int64)
-			c.found = int(found.Int64)
-			c.last = last
-			c.locked = int(locked.Int64)
-			c.walkEnded = ended.Bool
-			continue
-		}
-		rw := row{
-			id: id.String, exchange: exchange.String, routingKey: rk.String, payload: payload,
-			messageType: mtype.String, contentType: ct.String, headers: []byte(hdr.String),
-			orderingKey: key.String, keyed: key.Valid, createdAt: created.Time, attempts: int(attempts.Int64),
-			seq: seq.Int64,
-		}
-		if rw.payload == nil {
-			rw.payload = []byte{}
-		}
-		if !rw.keyed {
-			c.unkeyed++
-			if u := (unkeyedCursor{at.Time, seq.Int64}); c.unkeyed == 1 || u.after(c.unkeyedLast) {
-				c.unkeyedLast = u
+	if len(c.Rows) > 0 {
+		out.rows = make([]row, len(c.Rows))
+		for i, r := range c.Rows {
+			out.rows[i] = row{
+				id: r.ID, exchange: r.Exchange, routingKey: r.RoutingKey, payload: r.Payload,
+				messageType: r.MessageType, contentType: r.ContentType, headers: r.Headers,
+				orderingKey: r.OrderingKey, keyed: r.Keyed, seq: r.Seq, createdAt: r.CreatedAt, attempts: r.Attempts,
 			}
 		}
-		c.bytes += int(size.Int64)
-		c.rows = append(c.rows, rw)
 	}
-	if err := rs.Err(); err != nil {
-		return c, fmt.Errorf("read claimed rows of %s: %w", q.tableName, err)
-	}
-	return c, nil
+	return out, err
 }
 
 // failure is a row whose publish attempt failed.
@@ -342,69 +93,18 @@ type failedRow struct {
 
 // settle deletes the confirmed rows and records the failed attempts, in tx. It returns
 // the delivery latencies of the removed rows and the state of the failed ones.
-func (q *queries) settle(ctx context.Context, st *statements, tx *sql.Tx, confirmed []string, failed []failure, maxAttempts int) ([]float64, []failedRow, error) {
-	var latencies []float64
-	if len(confirmed) > 0 {
-		rs, err := st.query(ctx, tx, q.remove, pq.Array(confirmed))
-		if err == nil {
-			latencies, err = scanAll(rs, func(l *float64) []any { return []any{l} })
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.tableName, err)
-		}
+func (q *queries) settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, confirmed []string, failed []failure, maxAttempts int) ([]float64, []failedRow, error) {
+	fs := make([]outboxdb.Failure, len(failed))
+	for i, f := range failed {
+		fs[i] = outboxdb.Failure{ID: f.id, Err: f.err, Delay: f.delay, Permanent: f.permanent}
+	}
+	latencies, states, err := q.Settle(ctx, st, tx, confirmed, fs, maxAttempts)
+	if err != nil {
+		return nil, nil, err
 	}
 	var out []failedRow
-	if len(failed) > 0 {
-		ids := make([]string, len(failed))
-		errs := make([]string, len(failed))
-		delays := make([]float64, len(failed))
-		permanent := make([]bool, len(failed))
-		for i, f := range failed {
-			ids[i], errs[i], delays[i], permanent[i] = f.id, truncate(f.err, 2000), f.delay.Seconds(), f.permanent
-		}
-		rs, err := tx.QueryContext(ctx, q.fail, pq.Array(ids), pq.Array(errs), pq.Array(delays), maxAttempts, pq.Array(permanent))
-		if err == nil {
-			out, err = scanAll(rs, func(f *failedRow) []any { return []any{&f.id, &f.attempts, &f.dead} })
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("record failed attempts in %s: %w", q.tableName, err)
-		}
+	for _, s := range states {
+		out = append(out, failedRow{id: s.ID, attempts: s.Attempts, dead: s.Dead})
 	}
 	return latencies, out, nil
-}
-
-// scanAll reads every row of rs into a T, through the scan destinations that dest
-// returns for it (every row overwrites them all), and closes rs.
-func scanAll[T any](rs *sql.Rows, dest func(*T) []any) ([]T, error) {
-	var out []T
-	var v T
-	d := dest(&v)
-	for rs.Next() {
-		if err := rs.Scan(d...); err != nil {
-			_ = rs.Close()
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	if err := rs.Close(); err != nil {
-		return nil, err
-	}
-	return out, rs.Err()
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// truncate shortens s to at most n bytes (plus an ellipsis) and makes it storable as
-// text: valid UTF-8 without NUL bytes.
-func truncate(s string, n int) string {
-	s = strings.ReplaceAll(s, "\x00", "")
-	if len(s) <= n {
-		return strings.ToValidUTF8(s, "")
-	}
-	return strings.ToValidUTF8(s[:n], "") + "..."
 }

@@ -48,7 +48,7 @@ func (c *Config) setDefaults() {
 	c.Heartbeat = cmp.Or(c.Heartbeat, 10*time.Second)
 	c.DialTimeout = cmp.Or(c.DialTimeout, 5*time.Second)
 	if c.Backoff.Base == 0 {
-		c.Backoff = backoff.Policy{Base: 200 * time.Millisecond, Max: 10 * time.Second}
+		c.Backoff = backoff.Broker()
 	}
 }
 

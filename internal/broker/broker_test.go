@@ -37,17 +37,6 @@ func value(g prometheus.Gauge) float64 {
 	return d.GetGauge().GetValue()
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // While RabbitMQ blocks a connection it reads nothing from it, so the client's
 // channel.open is never answered: Channel must still return when its context ends,
 // and Run must close the connection at once when its own ends.
@@ -79,7 +68,7 @@ func TestBlockedConnection(t *testing.T) {
 	if err := ch.Publish("", queue, false, false, amqp.Publishing{Body: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the block", func() bool { return b.Blocked() != "" })
+	testenv.Eventually(t, 60*time.Second, "the block", func() bool { return b.Blocked() != "" })
 	if b.Blocked() != "low on memory" || value(blocked) != 1 || !b.Ready() {
 		t.Errorf("blocked: reason %q, gauge %v, ready %v", b.Blocked(), value(blocked), b.Ready())
 	}
@@ -121,7 +110,7 @@ func TestJoinedBrokers(t *testing.T) {
 	for _, b := range []*broker.Broker{good, bad} {
 		go func() { b.Run(ctx); done <- struct{}{} }()
 	}
-	waitUntil(t, "the good connection and the bad one's error", func() bool { return good.Ready() && bad.Problem() != "not connected to RabbitMQ" })
+	testenv.Eventually(t, 60*time.Second, "the good connection and the bad one's error", func() bool { return good.Ready() && bad.Problem() != "not connected to RabbitMQ" })
 	up := m.Up.WithLabelValues(metrics.DependencyRabbitMQ)
 	if v := value(up); v != 0 {
 		t.Errorf("sidebox_up = %v with one of two connections, want 0", v)

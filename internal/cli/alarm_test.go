@@ -159,7 +159,7 @@ func TestRunDrainsInboxDuringMemoryAlarm(t *testing.T) {
 	if _, err := db.Exec(`ALTER TABLE inbox_later RENAME TO inbox`); err != nil {
 		t.Fatal(err)
 	}
-	stored := func() int { return count(t, db, `SELECT count(*) FROM inbox`) }
+	stored := func() int { return testenv.Count(t, db, `SELECT count(*) FROM inbox`) }
 	poll(t, d, 90*time.Second, func() bool { return stored() == messages },
 		func() string {
 			return fmt.Sprintf("%d of %d messages stored in the inbox while the alarm holds", stored(), messages)
@@ -169,7 +169,7 @@ func TestRunDrainsInboxDuringMemoryAlarm(t *testing.T) {
 	poll(t, d, 60*time.Second, func() bool { return strings.Contains(d.log(), "confirms did not arrive in time") },
 		func() string { return "no publish timeout logged" })
 	burnt := func() int {
-		return count(t, db, `SELECT count(*) FROM outbox WHERE attempts > 0 OR dead_at IS NOT NULL`)
+		return testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE attempts > 0 OR dead_at IS NOT NULL`)
 	}
 	if n := burnt(); n != 0 {
 		t.Errorf("%d outbox rows spent an attempt while the connection was blocked", n)
@@ -183,7 +183,7 @@ func TestRunDrainsInboxDuringMemoryAlarm(t *testing.T) {
 	d.waitFor(t, "/metrics", 200, `sidebox_up{dependency="rabbitmq"} 1`)
 
 	mq.MemoryAlarm(t, false)
-	left := func() int { return count(t, db, `SELECT count(*) FROM outbox`) }
+	left := func() int { return testenv.Count(t, db, `SELECT count(*) FROM outbox`) }
 	poll(t, d, 120*time.Second, func() bool { return left() == 0 },
 		func() string { return fmt.Sprintf("%d outbox rows left after the alarm cleared", left()) })
 	if n := targetDepth(); n < rows {
@@ -233,12 +233,12 @@ func TestShutdownWhileBlocked(t *testing.T) {
 	if code != 0 || strings.Contains(log, "did not finish") {
 		t.Errorf("exit %d after SIGTERM during the block, want 0 within SIDEBOX_SHUTDOWN_TIMEOUT; log:\n%s", code, log)
 	}
-	if n := count(t, db, `SELECT count(*) FROM outbox WHERE attempts > 0 OR dead_at IS NOT NULL`); n != 0 {
+	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE attempts > 0 OR dead_at IS NOT NULL`); n != 0 {
 		t.Errorf("%d rows spent an attempt", n)
 	}
 	noSecrets(t, "sidebox relay log", log, password)
 	if !strings.Contains(log, "apply to amqps:// URLs only") {
 		t.Error("no warning about TLS files without an amqps:// URL")
 	}
-	t.Logf("%d of %d rows left in the outbox", count(t, db, `SELECT count(*) FROM outbox`), rows)
+	t.Logf("%d of %d rows left in the outbox", testenv.Count(t, db, `SELECT count(*) FROM outbox`), rows)
 }

@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"database/sql"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -568,15 +567,6 @@ func amqpQueue(t *testing.T) (name string, count func() int) {
 	}
 }
 
-func count(t *testing.T, db *sql.DB, query string) int {
-	t.Helper()
-	var n int
-	if err := db.QueryRow(query).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	return n
-}
-
 // SIGTERM while the relay is busy: it finishes the batches in flight and exits 0;
 // every row is then either published or still in the outbox, none twice.
 func TestRelayDrainsOnSIGTERM(t *testing.T) {
@@ -610,7 +600,7 @@ func TestRelayDrainsOnSIGTERM(t *testing.T) {
 			t.Errorf("log lacks %s:\n%s", want, log)
 		}
 	}
-	left := count(t, db, `SELECT count(*) FROM outbox`)
+	left := testenv.Count(t, db, `SELECT count(*) FROM outbox`)
 	published := queued()
 	t.Logf("at SIGTERM: %d rows published, %d left in the outbox", published, left)
 	if published+left != rows {

@@ -75,9 +75,9 @@ func TestManagedProfileNonSuperuser(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for count(t, app, `SELECT count(*) FROM app.inbox`) < rows {
+	for testenv.Count(t, app, `SELECT count(*) FROM app.inbox`) < rows {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d rows in the inbox after 30 s; log:\n%s", count(t, app, `SELECT count(*) FROM app.inbox`), rows, d.log())
+			t.Fatalf("%d of %d rows in the inbox after 30 s; log:\n%s", testenv.Count(t, app, `SELECT count(*) FROM app.inbox`), rows, d.log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -6,12 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"slices"
 	"strings"
 
 	"github.com/sidebox/sidebox/inbox"
 	"github.com/sidebox/sidebox/internal/config"
+	"github.com/sidebox/sidebox/internal/inboxdb"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 	"github.com/sidebox/sidebox/internal/sidecar"
@@ -39,13 +40,12 @@ func schemas(cfg *config.Config) []schema {
 }
 
 // outboxMigrations and inboxMigrations are the embedded migrations of the two tables.
-func outboxMigrations() pg.Migrations { return mustLoad(outbox.MigrationFiles(), outbox.DefaultTable) }
-func inboxMigrations() pg.Migrations  { return mustLoad(inbox.MigrationFiles(), inbox.DefaultTable) }
+func outboxMigrations() pg.Migrations { return mustLoad(outboxdb.Migrations(outbox.MigrationFiles())) }
+func inboxMigrations() pg.Migrations  { return mustLoad(inboxdb.Migrations(inbox.MigrationFiles())) }
 
-func mustLoad(fsys fs.FS, base string) pg.Migrations {
-	ms, err := pg.LoadMigrations(fsys, ".", base)
+func mustLoad(ms pg.Migrations, err error) pg.Migrations {
 	if err != nil {
-		panic(fmt.Sprintf("embedded %s migrations are broken: %v", base, err)) // a build defect, caught by tests
+		panic(fmt.Sprintf("embedded migrations are broken: %v", err)) // a build defect, caught by tests
 	}
 	return ms
 }
@@ -130,22 +130,15 @@ func refuseDown(ctx context.Context, db *sql.DB, cfg *config.Config) error {
 	var held []string
 	for _, c := range []struct {
 		t     pg.Table
-		where string
+		count func(context.Context, *sql.DB, pg.Table) (int64, error)
 		what  string
 	}{
-		{cfg.Outbox, "true", "unpublished"},
-		{cfg.Inbox, "processed_at IS NULL", "unprocessed"},
+		{cfg.Outbox, outboxdb.Held, "unpublished"},
+		{cfg.Inbox, inboxdb.Held, "unprocessed"},
 	} {
-		ok, err := pg.TableExists(ctx, db, c.t)
+		n, err := c.count(ctx, db, c.t)
 		if err != nil {
 			return fmt.Errorf("migrate down: %w", err)
-		}
-		if !ok {
-			continue
-		}
-		var n int64
-		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM `+c.t.String()+` WHERE `+c.where).Scan(&n); err != nil {
-			return fmt.Errorf("migrate down: count rows of %s: %w", c.t, err)
 		}
 		if n > 0 {
 			held = append(held, fmt.Sprintf("%s holds %d %s rows", c.t, n, c.what))

@@ -56,14 +56,14 @@ func TestSidecarBehindPgBouncer(t *testing.T) {
 			}
 			want := rows + 20
 			deadline := time.Now().Add(60 * time.Second)
-			for count(t, db, `SELECT count(*) FROM inbox`) < want || count(t, db, `SELECT count(*) FROM outbox`) > 0 {
+			for testenv.Count(t, db, `SELECT count(*) FROM inbox`) < want || testenv.Count(t, db, `SELECT count(*) FROM outbox`) > 0 {
 				if time.Now().After(deadline) {
 					t.Fatalf("%s mode: after 60 s %d of %d rows in the inbox, %d left in the outbox; log:\n%s\n--- pgbouncer ---\n%s",
-						mode, count(t, db, `SELECT count(*) FROM inbox`), want, count(t, db, `SELECT count(*) FROM outbox`), d.log(), bouncer.Log())
+						mode, testenv.Count(t, db, `SELECT count(*) FROM inbox`), want, testenv.Count(t, db, `SELECT count(*) FROM outbox`), d.log(), bouncer.Log())
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			if n := count(t, db, `SELECT count(*) FROM inbox`); n != want {
+			if n := testenv.Count(t, db, `SELECT count(*) FROM inbox`); n != want {
 				t.Errorf("%s mode: inbox holds %d rows, want %d", mode, n, want)
 			}
 			switch mode {

@@ -107,7 +107,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	}, "relay")
 	relay.waitFor(t, "/readyz", 200, `"ready":true`)
 	poll(t, relay, 60e9, func() bool { return published() == rows }, func() string { return "rows not all published" })
-	if n := count(t, db, `SELECT count(*) FROM outbox`); n != 0 {
+	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox`); n != 0 {
 		t.Errorf("%d rows left in the outbox", n)
 	}
 	relay.waitFor(t, "/metrics", 200, `sidebox_outbox_pending{table="outbox"} 0`)

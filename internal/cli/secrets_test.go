@@ -103,7 +103,7 @@ func TestNoPasswordInLogs(t *testing.T) {
 	// Working: relay and inbox over TLS, the database as key=value.
 	d := start(t, append([]string{"SIDEBOX_DATABASE_URL=" + kv, "SIDEBOX_AMQP_URL=" + amqps, "SIDEBOX_INBOX_QUEUE=" + queue}, tlsVars...), "run")
 	d.waitFor(t, "/readyz", 200, `"ready":true`)
-	poll(t, d, 60e9, func() bool { return count(t, db, `SELECT count(*) FROM inbox`) == 30 },
+	poll(t, d, 60e9, func() bool { return testenv.Count(t, db, `SELECT count(*) FROM inbox`) == 30 },
 		func() string { return "not every message went through outbox, queue and inbox" })
 	scan(d, "sidebox run")
 

@@ -76,10 +76,10 @@ func TestRelayOverTLS(t *testing.T) {
 	d.waitFor(t, "/readyz", 200, `"ready":true`)
 	poll(t, d, 60e9, func() bool { return depth() == rows }, func() string { return "messages not all published" })
 	// The rows go once their confirms are settled, just after the broker has them.
-	poll(t, d, 30e9, func() bool { return count(t, db, `SELECT count(*) FROM outbox`) == 0 },
+	poll(t, d, 30e9, func() bool { return testenv.Count(t, db, `SELECT count(*) FROM outbox`) == 0 },
 		func() string { return "rows left in the outbox" })
 	// Every connection of the sidecar to PostgreSQL uses TLS (the server refuses others).
-	if n := count(t, db, `SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'sidebox' AND s.ssl`); n == 0 {
+	if n := testenv.Count(t, db, `SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'sidebox' AND s.ssl`); n == 0 {
 		t.Error("no sidebox session over TLS in pg_stat_activity")
 	}
 	if code := d.stop(t, syscall.SIGTERM); code != 0 {

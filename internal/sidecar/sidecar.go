@@ -363,7 +363,7 @@ type tableGate struct {
 
 // wait returns true once the table exists, false when ctx is done first.
 func (g *tableGate) wait(ctx context.Context) bool {
-	poll := backoff.Policy{Base: 250 * time.Millisecond, Max: 5 * time.Second}
+	poll := backoff.Poll()
 	warned, failed := false, false
 	for attempt := 1; ; attempt++ {
 		ok, err := pg.TableExists(ctx, g.db, g.table)

@@ -7,7 +7,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 )
@@ -68,7 +70,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, min(max(s.cfg.Interval, time.Second), 30*time.Second))
 	defer cancel()
 	if t := s.cfg.Outbox; t.Name != "" {
-		o, err := outboxStatus(ctx, s.db, t, SampleLimit)
+		o, err := outboxdb.Count(ctx, s.db, t, SampleLimit)
 		if err != nil {
 			return err
 		}
@@ -88,7 +90,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		}
 	}
 	if t := s.cfg.Inbox; t.Name != "" {
-		in, err := inboxStatus(ctx, s.db, t, SampleLimit)
+		in, err := inboxdb.Count(ctx, s.db, t, SampleLimit)
 		if err != nil {
 			return err
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"fmt"
 	"testing"
 	"time"
 
@@ -12,28 +11,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/inbox"
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 	"github.com/sidebox/sidebox/outbox"
 )
 
-func exec(t *testing.T, db *sql.DB, q string, args ...any) {
-	t.Helper()
-	if _, err := db.Exec(q, args...); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-}
-
 func migrate(t *testing.T, db *sql.DB, ob, ib pg.Table) {
 	t.Helper()
-	ctx := context.Background()
-	if err := outbox.Migrate(ctx, db, ob.String()); err != nil {
-		t.Fatal(err)
-	}
-	if err := inbox.Migrate(ctx, db, ib.String()); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Migrate(t, db, outbox.Migrate, ob.String())
+	testenv.Migrate(t, db, inbox.Migrate, ib.String())
 }
 
 func TestMissingTablesAreNull(t *testing.T) {
@@ -65,7 +54,7 @@ func TestCounts(t *testing.T) {
 	// Key a: head retrying, one behind it (blocked). Key b: head pending, a dead row
 	// behind (not blocked: the head decides). Key c: head dead (blocked). No key: one
 	// pending, one delayed an hour (not due, so not in the age), one retrying.
-	exec(t, db, `INSERT INTO app.orders_outbox (payload, ordering_key, attempts, dead_at, created_at, available_at) VALUES
+	testenv.Exec(t, db, `INSERT INTO app.orders_outbox (payload, ordering_key, attempts, dead_at, created_at, available_at) VALUES
 		('a1', 'a', 2, NULL, now() - interval '100 seconds', now() + interval '1 minute'),
 		('a2', 'a', 0, NULL, now() - interval '50 seconds', now() - interval '50 seconds'),
 		('b1', 'b', 0, NULL, now(), now()),
@@ -74,7 +63,7 @@ func TestCounts(t *testing.T) {
 		('n1', NULL, 0, NULL, now() - interval '10 seconds', now() - interval '10 seconds'),
 		('n2', NULL, 0, NULL, now() - interval '1 day', now() + interval '1 hour'),
 		('n3', NULL, 1, NULL, now(), now() + interval '1 minute')`)
-	exec(t, db, `INSERT INTO app.orders_inbox (consumer, message_id, processed_at, dead_at) VALUES
+	testenv.Exec(t, db, `INSERT INTO app.orders_inbox (consumer, message_id, processed_at, dead_at) VALUES
 		('c', '1', NULL, NULL), ('c', '2', NULL, NULL), ('c', '3', now(), NULL), ('d', '1', NULL, now())`)
 
 	o, err := OutboxStatus(ctx, db, ob)
@@ -98,17 +87,17 @@ func TestCounts(t *testing.T) {
 
 	// The Sampler's bounded counts agree below their limit, and stay at least the
 	// limit above it.
-	if so, err := outboxStatus(ctx, db, ob, 100); err != nil || so.Pending != o.Pending || so.Retrying != o.Retrying ||
+	if so, err := outboxdb.Count(ctx, db, ob, 100); err != nil || so.Pending != o.Pending || so.Retrying != o.Retrying ||
 		so.Dead != o.Dead || so.BlockedKeys != o.BlockedKeys || so.OldestPendingAgeSeconds-o.OldestPendingAgeSeconds > 1 {
 		t.Errorf("sampled outbox = %+v, %v; want %+v", so, err, *o)
 	}
-	if si, err := inboxStatus(ctx, db, ib, 100); err != nil || *si != *in {
+	if si, err := inboxdb.Count(ctx, db, ib, 100); err != nil || *si != *in {
 		t.Errorf("sampled inbox = %+v, %v; want %+v", si, err, *in)
 	}
-	if so, err := outboxStatus(ctx, db, ob, 2); err != nil || so.Pending < 0 || so.Retrying != 2 || so.Dead != 2 {
+	if so, err := outboxdb.Count(ctx, db, ob, 2); err != nil || so.Pending < 0 || so.Retrying != 2 || so.Dead != 2 {
 		t.Errorf("outbox sampled with limit 2 = %+v, %v", so, err)
 	}
-	if si, err := inboxStatus(ctx, db, ib, 2); err != nil || si.Unprocessed < 2 || si.Dead != 1 {
+	if si, err := inboxdb.Count(ctx, db, ib, 2); err != nil || si.Unprocessed < 2 || si.Dead != 1 {
 		t.Errorf("inbox sampled with limit 2 = %+v, %v", si, err)
 	}
 }
@@ -122,14 +111,15 @@ func TestSampleCostDoesNotGrowWithTable(t *testing.T) {
 	db, _ := testenv.DB(t)
 	ob, ib := pg.MustParseTable("outbox"), pg.MustParseTable("inbox")
 	migrate(t, db, ob, ib)
-	exec(t, db, `INSERT INTO outbox (payload, attempts, dead_at, ordering_key)
+	testenv.Exec(t, db, `INSERT INTO outbox (payload, attempts, dead_at, ordering_key)
 		SELECT 'x', CASE WHEN i % 100 = 0 THEN 1 ELSE 0 END, CASE WHEN i % 500 = 0 THEN now() END, 'k' || (i % 10)
 		FROM generate_series(1, 1000) i`)
-	exec(t, db, `INSERT INTO inbox (consumer, message_id, processed_at) SELECT 'c', i::text, CASE WHEN i % 2 = 0 THEN now() END FROM generate_series(1, 1000) i`)
+	testenv.Exec(t, db, `INSERT INTO inbox (consumer, message_id, processed_at) SELECT 'c', i::text, CASE WHEN i % 2 = 0 THEN now() END FROM generate_series(1, 1000) i`)
+	outboxSample, blockedSample := outboxdb.SampledCountSQL(ob)
 	queries := map[string]string{
-		"outbox sample": fmt.Sprintf(outboxSampleQuery, ob),
-		"inbox sample":  fmt.Sprintf(inboxSampleQuery, ib, indexEstimate(ib.Ident("_unprocessed_idx")), indexEstimate(ib.Ident("_dead_idx"))),
-		"blocked keys":  fmt.Sprintf(blockedSampleQuery, ob),
+		"outbox sample": outboxSample,
+		"inbox sample":  inboxdb.SampledCountSQL(ib),
+		"blocked keys":  blockedSample,
 	}
 	var super bool
 	if err := db.QueryRow(`SELECT rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&super); err != nil {
@@ -142,9 +132,9 @@ func TestSampleCostDoesNotGrowWithTable(t *testing.T) {
 	sizes := []int{10_000, 5_000_000, 50_000_000}
 	for _, rows := range sizes {
 		for _, tbl := range []pg.Table{ob, ib} {
-			exec(t, db, `ALTER TABLE `+tbl.String()+` SET (autovacuum_enabled = false)`)
-			exec(t, db, `ANALYZE `+tbl.String())
-			exec(t, db, `UPDATE pg_class SET reltuples = $1 WHERE oid = $2::regclass`, rows, tbl.String())
+			testenv.Exec(t, db, `ALTER TABLE `+tbl.String()+` SET (autovacuum_enabled = false)`)
+			testenv.Exec(t, db, `ANALYZE `+tbl.String())
+			testenv.Exec(t, db, `UPDATE pg_class SET reltuples = $1 WHERE oid = $2::regclass`, rows, tbl.String())
 		}
 		cost[rows] = map[string]float64{}
 		for name, q := range queries {
@@ -192,8 +182,8 @@ func TestSampler(t *testing.T) {
 	}
 
 	migrate(t, db, ob, ib)
-	exec(t, db, `INSERT INTO outbox (payload, created_at, available_at) VALUES ('x', now() - interval '1 minute', now() - interval '1 minute'), ('y', now(), now())`)
-	exec(t, db, `INSERT INTO inbox (consumer, message_id) VALUES ('c', '1')`)
+	testenv.Exec(t, db, `INSERT INTO outbox (payload, created_at, available_at) VALUES ('x', now() - interval '1 minute', now() - interval '1 minute'), ('y', now(), now())`)
+	testenv.Exec(t, db, `INSERT INTO inbox (consumer, message_id) VALUES ('c', '1')`)
 	if err := s.Sample(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +198,7 @@ func TestSampler(t *testing.T) {
 	}
 
 	// Run samples at once and stops with its context.
-	exec(t, db, `DELETE FROM outbox`)
+	testenv.Exec(t, db, `DELETE FROM outbox`)
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { s.Run(rctx); close(done) }()

@@ -117,8 +117,8 @@ func TestPostgresStopStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	mustExec(t, db, "CREATE TABLE kept (n int)")
-	mustExec(t, db, "INSERT INTO kept VALUES (1)")
+	Exec(t, db, "CREATE TABLE kept (n int)")
+	Exec(t, db, "INSERT INTO kept VALUES (1)")
 
 	pg.Stop(t)
 	assertRefused(t, pg.Addr())
@@ -132,7 +132,7 @@ func TestPostgresStopStart(t *testing.T) {
 	assertRows(t, db, 1)
 
 	// A killed server keeps what it committed.
-	mustExec(t, db, "INSERT INTO kept VALUES (2)")
+	Exec(t, db, "INSERT INTO kept VALUES (2)")
 	pg.Kill(t)
 	assertRefused(t, pg.Addr())
 	pg.Start(t)
@@ -268,13 +268,6 @@ func assertEcho(t *testing.T, c net.Conn, r *bufio.Reader, line string) {
 	got, err := r.ReadString('\n')
 	if err != nil || got != line {
 		t.Fatalf("echo = %q, %v; want %q", got, err, line)
-	}
-}
-
-func mustExec(t *testing.T, db *sql.DB, query string) {
-	t.Helper()
-	if _, err := db.Exec(query); err != nil {
-		t.Fatalf("%s: %v", query, err)
 	}
 }
 

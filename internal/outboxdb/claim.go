@@ -1,0 +1,445 @@
+// Package outboxdb holds the SQL of the outbox table, in one place: the writers' insert,
+// the relay's claim and settlement, the wake-up flag, the state counts behind `sidebox
+// status` and the backlog gauges, the check that guards `migrate down`, and the loading
+// of the table's migrations.
+package outboxdb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/lib/pq"
+
+	"github.com/sidebox/sidebox/internal/pg"
+)
+
+// Queries holds the outbox SQL written for one table.
+type Queries struct {
+	table    pg.Table
+	claimSQL [2][2][2]string // [keyedFirst][afterCursor][unkeyedAfter]
+	remove   string
+	fail     string
+	flag     [2]string // lower, raise the wake-up flag
+}
+
+// asyncCommit makes the current transaction commit without waiting for its WAL flush.
+// The relay's own writes only remove published rows, count attempts and move the
+// wake-up flag: should the database crash before the flush, rows come back and are
+// published again (a duplicate, never a loss), and the flag is set again.
+const asyncCommit = `SET LOCAL synchronous_commit TO off`
+
+// ClaimSettings is run right after BEGIN in every batch's transaction, in one round
+// trip, before the claim is planned. They are transaction settings rather than
+// connection parameters so that they also hold behind a pooler in transaction mode,
+// which refuses most start-up parameters:
+//   - no JIT: the claim runs in milliseconds, and compiling it would cost hundreds
+//     of milliseconds whenever the planner's estimate passes jit_above_cost;
+//   - asynchronous commit (asyncCommit);
+//   - a batch's transaction that stays idle longer than idle is ended by the server,
+//     so that a relay that hangs or loses its process does not keep the batch's rows
+//     locked.
+func ClaimSettings(idle time.Duration) string {
+	return fmt.Sprintf("SET LOCAL jit = off; %s; SET LOCAL idle_in_transaction_session_timeout = %d",
+		asyncCommit, idle.Milliseconds())
+}
+
+// claimColumns are the columns of a claimed row, in scan order.
+const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.message_type, o.content_type,
+        o.headers::text, o.ordering_key, o.created_at, o.attempts`
+
+// New builds the SQL for table t, for batches of at most maxBatch rows.
+//
+// The claim takes one batch in one statement, in two parts:
+//   - keyed rows: a loose index scan walks the distinct ordering keys that have live rows
+//     (outbox_ordering_idx), a few index probes per key, starting after a cursor so that
+//     every key gets its turn. The first live row of a key is its head; it is eligible
+//     when it is due and no dead row of the same key precedes it (outbox_dead_idx).
+//     The walk stops after enough eligible heads or after a bounded number of keys, so
+//     a claim costs O(batch) probes however deep the per-key backlogs are.
+//   - unkeyed rows: due rows in order of due time, straight from outbox_unkeyed_idx.
+//
+// Each part locks with FOR UPDATE SKIP LOCKED while it scans, so concurrent batches
+// and relays take disjoint rows. A head that is in flight stays locked and present,
+// so its successors cannot become heads: one row per key in flight, in seq order.
+// The part named first takes up to the batch size and the other fills the rest; the
+// relay alternates which goes first so neither starves the other. A last row carries
+// bookkeeping: the next due time, the wake-up flag and where the walk stopped.
+func New(t pg.Table, maxBatch int) *Queries {
+	q := &Queries{
+		table: t,
+	}
+	// One simple-protocol round trip, one implicit transaction: setval takes a
+	// transaction ID, and its commit need not wait for a WAL flush. The name is a
+	// validated identifier, safe in a literal.
+	for v := range 2 {
+		q.flag[v] = fmt.Sprintf(`%s; SELECT setval('%s', %d)`, asyncCommit, t.Ident("_wakeup"), v)
+	}
+	for kf := range 2 {
+		for ac := range 2 {
+			for ua := range 2 {
+				q.claimSQL[kf][ac][ua] = claimSQL(t, maxBatch, kf == 1, ac == 1, ua == 1)
+			}
+		}
+	}
+	q.remove = `DELETE FROM ` + t.String() + ` WHERE id = ANY($1::uuid[])
+RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_at))::float8`
+	q.fail = `UPDATE ` + t.String() + ` o SET attempts = o.attempts + 1, last_error = f.err,
+    available_at = clock_timestamp() + make_interval(secs => f.delay),
+    dead_at = CASE WHEN o.attempts + 1 >= $4 OR f.permanent THEN clock_timestamp() END
+FROM unnest($1::uuid[], $2::text[], $3::float8[], $5::bool[]) AS f(id, err, delay, permanent)
+WHERE o.id = f.id
+RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
+	return q
+}
+
+// claimSQL parameters: $1 batch size, $2 walk cursor (when afterCursor), $3 most keys
+// the walk visits, $4 the batch's byte budget, $5 and $6 the unkeyed cursor: the
+// (available_at, seq) after which the unkeyed part starts (when unkeyedAfter).
+//
+// The unkeyed cursor keeps a long drain from walking the index entries of the rows it
+// deleted: until a vacuum removes them they stay at the head of outbox_unkeyed_idx,
+// and a scan from the start reads them all, claim after claim.
+//
+// No estimate in the plan grows with the table (docs/DESIGN.md, "Cost at any
+// backlog"): the walk's probes are LIMIT 1 index scans, and the unkeyed scan's estimate
+// stops at maxBatch rows, the largest batch size the relay accepts.
+func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bool) string {
+	tbl := t.String()
+	eligible := func(p string) string {
+		return p + `.available_at <= now() AND NOT EXISTS (SELECT 1 FROM ` + tbl + ` d
+                WHERE d.dead_at IS NOT NULL AND d.ordering_key = ` + p + `.ordering_key AND d.seq < ` + p + `.seq)`
+	}
+	// head selects the first live row of the next key: its key, seq, whether it is
+	// eligible, and its payload's size (octet_length reads a TOASTed value's header,
+	// not the value).
+	head := func(after string) string {
+		return `SELECT p.ordering_key, p.seq, ` + eligible("p") + ` AS ok, octet_length(p.payload)::bigint AS len
+        FROM ` + tbl + ` p
+        WHERE p.dead_at IS NULL` + after + `
+        ORDER BY p.ordering_key, p.seq LIMIT 1`
+	}
+	// Keep the parameter list the same for every variant.
+	start := ` AND p.ordering_key IS NOT NULL AND $2::text IS NULL`
+	if afterCursor {
+		start = ` AND p.ordering_key > $2`
+	}
+	unkeyedStart := ` AND $5::timestamptz IS NULL AND $6::bigint IS NULL`
+	if unkeyedAfter {
+		unkeyedStart = ` AND (o.available_at, o.seq) > ($5::timestamptz, $6::bigint)`
+	}
+	// The part named first may take the whole batch and the whole budget; the other
+	// takes what is left of both.
+	used := func(part string) string {
+		return `(SELECT coalesce(sum(claim_bytes), 0) FROM ` + part + `)`
+	}
+	rest := func(part string) string {
+		return `CASE WHEN ` + used(part) + ` >= $4 THEN 0 ELSE $1 - (SELECT count(*) FROM ` + part + `) END`
+	}
+	keyedLimit, keyedBudget, unkeyedLimit := `$1`, `$4`, rest("keyed")
+	first, second := "keyed", "unkeyed"
+	if !keyedFirst {
+		keyedLimit, keyedBudget, unkeyedLimit = rest("unkeyed"), `$4 - `+used("unkeyed"), `$1`
+		first, second = "unkeyed", "keyed"
+	}
+	// more: the walk would go on (it has room); a walk whose last step had room ran
+	// out of keys.
+	more := func(w string) string {
+		return w + `.found < ` + keyedLimit + ` AND ` + w + `.visited < $3 AND ` + w + `.bytes < ` + keyedBudget
+	}
+	// extra are the columns each part adds to claimColumns: the payload's size and the
+	// part's order, for the byte budget; claim_seq is also the row's x-outbox-seq.
+	extra := func(at string) string {
+		return `, octet_length(o.payload)::bigint AS claim_bytes, ` + at + ` AS claim_at, o.seq AS claim_seq`
+	}
+	// budgeted numbers a part's rows by the bytes claimed before each; a row goes when
+	// the batch stays within the budget with it, and the first row always goes,
+	// however large. Rows past the budget stay locked until the batch commits: the
+	// dispatcher sizes the row limit to the budget, so that they are few.
+	budgeted := func(part, before string) string {
+		return `SELECT c.*, ` + before + `sum(c.claim_bytes) OVER (ORDER BY c.claim_at, c.claim_seq ROWS UNBOUNDED PRECEDING) - c.claim_bytes AS claim_before
+    FROM ` + part + ` c`
+	}
+	s := `WITH RECURSIVE walk (key, seq, ok, found, visited, bytes) AS (
+    (SELECT h.ordering_key, h.seq, h.ok, h.ok::int, 1, CASE WHEN h.ok THEN h.len ELSE 0 END
+     FROM (` + head(start) + `) h
+     WHERE ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)
+  UNION ALL
+    SELECT h.ordering_key, h.seq, h.ok, w.found + h.ok::int, w.visited + 1, w.bytes + CASE WHEN h.ok THEN h.len ELSE 0 END
+    FROM walk w CROSS JOIN LATERAL (` + head(` AND p.ordering_key > w.key`) + `) h
+    WHERE ` + more("w") + `
+),
+keyed AS MATERIALIZED (
+    SELECT ` + claimColumns + extra(`NULL::timestamptz`) + `
+    FROM ` + tbl + ` o
+    WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
+      AND o.dead_at IS NULL AND o.available_at <= now()
+    ORDER BY o.seq
+    LIMIT ` + keyedLimit + `
+    FOR UPDATE OF o SKIP LOCKED
+),
+unkeyed AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT ` + claimColumns + extra(`o.available_at`) + `
+        FROM ` + tbl + ` o
+        WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
+        ORDER BY o.available_at, o.seq
+        LIMIT ` + strconv.Itoa(maxBatch) + `
+        FOR UPDATE OF o SKIP LOCKED) u
+    LIMIT ` + unkeyedLimit + `
+),
+part1 AS (` + budgeted(first, "") + `),
+part2 AS (` + budgeted(second, used(first)+` + `) + `)
+SELECT false, f.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::boolean
+FROM part1 f WHERE f.claim_before = 0 OR f.claim_before + f.claim_bytes <= $4
+UNION ALL
+SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s.claim_before = 0 OR s.claim_before + s.claim_bytes <= $4
+UNION ALL
+SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `
+        WHERE dead_at IS NULL AND available_at > now()),
+    (SELECT last_value FROM ` + t.Ident("_wakeup") + `),
+    (SELECT count(*) FROM walk),
+    (SELECT coalesce(max(found), 0) FROM walk),
+    (SELECT key FROM walk ORDER BY visited DESC LIMIT 1),
+    (SELECT count(*) FROM keyed) + (SELECT count(*) FROM unkeyed),
+    coalesce((SELECT ` + more("w") + ` FROM walk w ORDER BY w.visited DESC LIMIT 1), ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)`
+	return s
+}
+
+// Flag returns the statement that sets the wake-up flag to v (0: lowered, 1: raised),
+// in one simple-protocol round trip with asynchronous commit.
+func (q *Queries) Flag(v int) string { return q.flag[v] }
+
+// Hot returns the queries worth preparing: every claim variant and the delete.
+func (q *Queries) Hot() []string {
+	var out []string
+	for _, byCursor := range q.claimSQL {
+		for _, variants := range byCursor {
+			out = append(out, variants[:]...)
+		}
+	}
+	return append(out, q.remove)
+}
+
+// Row is one claimed outbox row.
+type Row struct {
+	ID          string // canonical lower-case UUID text, as PostgreSQL prints it
+	Exchange    string
+	RoutingKey  string
+	Payload     []byte
+	MessageType string
+	ContentType string
+	Headers     []byte // jsonb text
+	OrderingKey string
+	Keyed       bool
+	Seq         int64
+	CreatedAt   time.Time
+	Attempts    int
+}
+
+// Claimed is the outcome of one claim statement.
+type Claimed struct {
+	Rows      []Row
+	Unkeyed   int           // rows without an ordering key
+	Bytes     int           // payload bytes of Rows
+	Locked    int           // rows locked; more than len(Rows) when the byte budget cut the batch
+	Due       time.Duration // until the next row that is not yet due; 0: none
+	Flag      int64         // the wake-up flag as the database had it
+	Visited   int           // keys the walk visited
+	Found     int           // eligible heads the walk found
+	Last      sql.NullString
+	WalkEnded bool // the walk reached the last key
+	// UnkeyedLast is the (available_at, seq) of the last unkeyed row claimed; valid
+	// when Unkeyed > 0.
+	UnkeyedLast UnkeyedCursor
+}
+
+// UnkeyedCursor is a position in the order of unkeyed rows.
+type UnkeyedCursor struct {
+	At  time.Time
+	Seq int64
+}
+
+// After reports whether c comes after d.
+func (c UnkeyedCursor) After(d UnkeyedCursor) bool {
+	return c.At.After(d.At) || c.At.Equal(d.At) && c.Seq > d.Seq
+}
+
+// Claim is what one claim asks for.
+type Claim struct {
+	BatchSize  int  // most rows
+	BatchBytes int  // byte budget of the payloads
+	KeyedFirst bool // the keyed part takes first
+	// Cursor is the ordering key after which the walk starts; nil: at the start.
+	Cursor *string
+	// MaxVisits bounds the keys the walk visits.
+	MaxVisits int
+	// From is where the unkeyed part starts; nil: at the start.
+	From *UnkeyedCursor
+}
+
+// Args are the claim statement's parameters.
+func (c Claim) Args() []any {
+	var cur any
+	if c.Cursor != nil {
+		cur = *c.Cursor
+	}
+	args := []any{c.BatchSize, cur, c.MaxVisits, c.BatchBytes, nil, nil}
+	if c.From != nil {
+		args[4], args[5] = c.From.At, c.From.Seq
+	}
+	return args
+}
+
+// SQL returns the variant of the claim statement for c.
+func (q *Queries) SQL(c Claim) string {
+	return q.Variant(c.KeyedFirst, c.Cursor != nil, c.From != nil)
+}
+
+// Variant returns one variant of the claim statement: the keyed part first or not, the
+// walk starting after a cursor or not, the unkeyed part starting after a cursor or not.
+func (q *Queries) Variant(keyedFirst, afterCursor, unkeyedAfter bool) string {
+	return q.claimSQL[b2i(keyedFirst)][b2i(afterCursor)][b2i(unkeyedAfter)]
+}
+
+// Claim runs the claim statement in tx, which began with ClaimSettings.
+func (q *Queries) Claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cl Claim) (Claimed, error) {
+	var c Claimed
+	rs, err := st.Query(ctx, tx, q.SQL(cl), cl.Args()...)
+	if err != nil {
+		return c, fmt.Errorf("claim from %s: %w", q.table, err)
+	}
+	defer func() { _ = rs.Close() }()
+	for rs.Next() {
+		var (
+			meta                  bool
+			id, exchange, rk, ct  sql.NullString
+			mtype, key, hdr, last sql.NullString
+			payload               []byte
+			created               sql.NullTime
+			attempts              sql.NullInt64
+			size, before          sql.NullInt64
+			at                    sql.NullTime
+			seq                   sql.NullInt64
+			due                   sql.NullFloat64
+			flag, visited, found  sql.NullInt64
+			locked                sql.NullInt64
+			ended                 sql.NullBool
+		)
+		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts,
+			&size, &at, &seq, &before,
+			&due, &flag, &visited, &found, &last, &locked, &ended); err != nil {
+			return c, fmt.Errorf("read claimed rows of %s: %w", q.table, err)
+		}
+		if meta {
+			if due.Valid && due.Float64 > 0 {
+				c.Due = time.Duration(due.Float64 * float64(time.Second))
+			}
+			c.Flag = flag.Int64
+			c.Visited = int(visited.Int64)
+			c.Found = int(found.Int64)
+			c.Last = last
+			c.Locked = int(locked.Int64)
+			c.WalkEnded = ended.Bool
+			continue
+		}
+		rw := Row{
+			ID: id.String, Exchange: exchange.String, RoutingKey: rk.String, Payload: payload,
+			MessageType: mtype.String, ContentType: ct.String, Headers: []byte(hdr.String),
+			OrderingKey: key.String, Keyed: key.Valid, CreatedAt: created.Time, Attempts: int(attempts.Int64),
+			Seq: seq.Int64,
+		}
+		if rw.Payload == nil {
+			rw.Payload = []byte{}
+		}
+		if !rw.Keyed {
+			c.Unkeyed++
+			if u := (UnkeyedCursor{at.Time, seq.Int64}); c.Unkeyed == 1 || u.After(c.UnkeyedLast) {
+				c.UnkeyedLast = u
+			}
+		}
+		c.Bytes += int(size.Int64)
+		c.Rows = append(c.Rows, rw)
+	}
+	if err := rs.Err(); err != nil {
+		return c, fmt.Errorf("read claimed rows of %s: %w", q.table, err)
+	}
+	return c, nil
+}
+
+// Failure is a row whose publish attempt failed.
+type Failure struct {
+	ID        string
+	Err       string
+	Delay     time.Duration
+	Permanent bool // the row can never be published: dead at once
+}
+
+// FailedRow is what the database says about a row after a failed attempt.
+type FailedRow struct {
+	ID       string
+	Attempts int
+	Dead     bool
+}
+
+// Settle deletes the confirmed rows and records the failed attempts, in tx. It returns
+// the delivery latencies of the removed rows and the state of the failed ones.
+func (q *Queries) Settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, confirmed []string, failed []Failure, maxAttempts int) ([]float64, []FailedRow, error) {
+	var latencies []float64
+	if len(confirmed) > 0 {
+		rs, err := st.Query(ctx, tx, q.remove, pq.Array(confirmed))
+		if err == nil {
+			latencies, err = scanAll(rs, func(l *float64) []any { return []any{l} })
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.table, err)
+		}
+	}
+	var out []FailedRow
+	if len(failed) > 0 {
+		ids := make([]string, len(failed))
+		errs := make([]string, len(failed))
+		delays := make([]float64, len(failed))
+		permanent := make([]bool, len(failed))
+		for i, f := range failed {
+			ids[i], errs[i], delays[i], permanent[i] = f.ID, pg.ErrorText(f.Err), f.Delay.Seconds(), f.Permanent
+		}
+		rs, err := tx.QueryContext(ctx, q.fail, pq.Array(ids), pq.Array(errs), pq.Array(delays), maxAttempts, pq.Array(permanent))
+		if err == nil {
+			out, err = scanAll(rs, func(f *FailedRow) []any { return []any{&f.ID, &f.Attempts, &f.Dead} })
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("record failed attempts in %s: %w", q.table, err)
+		}
+	}
+	return latencies, out, nil
+}
+
+// scanAll reads every row of rs into a T, through the scan destinations that dest
+// returns for it (every row overwrites them all), and closes rs.
+func scanAll[T any](rs *sql.Rows, dest func(*T) []any) ([]T, error) {
+	var out []T
+	var v T
+	d := dest(&v)
+	for rs.Next() {
+		if err := rs.Scan(d...); err != nil {
+			_ = rs.Close()
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	if err := rs.Close(); err != nil {
+		return nil, err
+	}
+	return out, rs.Err()
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
