@@ -263,3 +263,38 @@ func TableExists(ctx context.Context, db *sql.DB, t Table) (bool, error) {
 	}
 	return ok, nil
 }
+
+// LoadTableMigrations reads the migration snippets at the root of fsys, written for
+// the table name base.
+func LoadTableMigrations(fsys fs.FS, base string) (Migrations, error) {
+	ms, err := LoadMigrations(fsys, ".", base)
+	if err != nil {
+		return Migrations{}, fmt.Errorf("%s migrations: %w", base, err)
+	}
+	return ms, nil
+}
+
+// MigrateTable applies the snippets of fsys (written for base) not yet recorded for t.
+func MigrateTable(ctx context.Context, db *sql.DB, fsys fs.FS, base string, t Table) error {
+	ms, err := LoadTableMigrations(fsys, base)
+	if err != nil {
+		return err
+	}
+	if _, err := ms.Up(ctx, db, t); err != nil {
+		return fmt.Errorf("migrate %s table %s: %w", base, t, err)
+	}
+	return nil
+}
+
+// CountRows counts the rows of t that match where (SQL); 0 when t does not exist.
+func CountRows(ctx context.Context, db *sql.DB, t Table, where string) (int64, error) {
+	ok, err := TableExists(ctx, db, t)
+	if err != nil || !ok {
+		return 0, err
+	}
+	var n int64
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM `+t.String()+` WHERE `+where).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count rows of %s: %w", t, err)
+	}
+	return n, nil
+}
