@@ -19,8 +19,10 @@ import (
 
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
+	"github.com/sidebox/sidebox/outbox"
 )
 
 // memoryLimitKiB is the sidecar chart's default memory limit (charts/sidebox values).
@@ -105,11 +107,7 @@ func TestHelperRelayMemory(t *testing.T) {
 	}
 	total, _ := strconv.Atoi(os.Getenv("HELPER_TOTAL"))
 	dsn := os.Getenv("HELPER_DB")
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
-	db, err := sql.Open("postgres", dsn+sep+"binary_parameters=yes")
+	db, err := sql.Open("postgres", withBinaryParameters(dsn))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,4 +143,56 @@ func TestHelperRelayMemory(t *testing.T) {
 			fmt.Printf("peak_rss_kib=%s\n", strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 		}
 	}
+}
+
+// withBinaryParameters adds lib/pq's binary_parameters=yes to dsn, as the sidecar
+// does (internal/sidecar.DSN).
+func withBinaryParameters(dsn string) string {
+	if strings.Contains(dsn, "://") {
+		sep := "?"
+		if strings.Contains(dsn, "?") {
+			sep = "&"
+		}
+		return dsn + sep + "binary_parameters=yes"
+	}
+	return dsn + " binary_parameters=yes"
+}
+
+// TestRelayReadsLargePayloadsInChunks publishes rows around the sizes where the relay
+// leaves a payload out of the claim (outboxdb.InlinePayload) and reads it in chunks
+// (outboxdb.PayloadChunk), two of them above BatchBytes (each a batch of its own, one
+// in memory at a time): every body arrives whole, and the rows are gone. It passes on
+// the code before chunked reads too; it guards the chunked path.
+func TestRelayReadsLargePayloadsInChunks(t *testing.T) {
+	t.Parallel()
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "big")
+	sizes := []int{
+		outboxdb.InlinePayload, // inline
+		outboxdb.InlinePayload + 1,
+		outboxdb.PayloadChunk*2 + 3,
+		outboxdb.PayloadChunk * 2, // with the one above: two rows above the 1 MiB BatchBytes, in two batches
+		10,
+	}
+	bodies := map[string][]byte{}
+	for i, n := range sizes {
+		body := make([]byte, n)
+		for j := range body {
+			body[j] = byte(j*7 + i)
+		}
+		id, err := outbox.Write(context.Background(), db, outbox.Message{Exchange: exchange, RoutingKey: "big", Payload: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies[id.String()] = body
+	}
+	cfg := testConfig(table)
+	cfg.BatchBytes = 1 << 20
+	startRelay(t, db, dsn, url, cfg)
+	s.waitDistinct(t, len(sizes), time.Minute)
+	for _, m := range s.messages() {
+		if want := bodies[m.MessageId]; !bytes.Equal(m.Body, want) {
+			t.Errorf("message %s: %d bytes, want %d, equal: false", m.MessageId, len(m.Body), len(want))
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "the published rows deleted", func() bool { return outboxCount(t, db, table, "") == 0 })
 }

@@ -217,6 +217,10 @@ type Relay struct {
 
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
+
+	// large is held by the worker that has a batch above BatchBytes (one row, read
+	// from the table in chunks) in memory: one such payload at a time.
+	large chan struct{}
 }
 
 // New returns a relay for cfg.Table. db is the pool for claims and settlement. The relay
@@ -276,6 +280,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		retry:      backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
 		reconnect:  backoff.Database(),
 		suspects:   map[string]time.Time{},
+		large:      make(chan struct{}, 1),
 	}, nil
 }
 
