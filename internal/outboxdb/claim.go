@@ -8,7 +8,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"runtime"
 	"strconv"
 	"time"
 
@@ -56,7 +55,7 @@ func ClaimSettings(idle time.Duration) string {
 const InlinePayload = 4 << 20
 
 // PayloadChunk is the most bytes of a payload Payload reads per round trip.
-const PayloadChunk = 4 << 20
+const PayloadChunk = pg.Chunk
 
 // claimColumns returns the columns of a claimed row, in scan order.
 func claimColumns() string {
@@ -398,7 +397,7 @@ func (q *Queries) Payload(ctx context.Context, st *pg.Statements, tx *sql.Tx, id
 		if err := q.payloadChunk(ctx, st, tx, id, &buf, n); err != nil {
 			return nil, fmt.Errorf("read payload of outbox row %s from %s: %w", id, q.table, err)
 		}
-		collect(len(buf), n)
+		pg.Collect(len(buf), n)
 	}
 	return buf, nil
 }
@@ -425,21 +424,6 @@ func (q *Queries) payloadChunk(ctx context.Context, st *pg.Statements, tx *sql.T
 	}
 	*buf = append(*buf, chunk...)
 	return rs.Close()
-}
-
-// collectEvery is how many bytes of large values pass through the driver's buffers
-// between two garbage collections; see collect.
-const collectEvery = 32 << 20
-
-// collect runs a garbage collection after every collectEvery bytes read, done being
-// the bytes read so far and n the last read. Each chunk arrives in a buffer of its
-// own, garbage once copied: with the whole payload live, the collector's default pacing
-// would let that garbage grow to the payload's size again before it ran. The heap holds
-// few pointers, so a collection takes milliseconds.
-func collect(done, n int) {
-	if done/collectEvery != (done-n)/collectEvery {
-		runtime.GC()
-	}
 }
 
 // Failure is a row whose publish attempt failed.
