@@ -77,6 +77,9 @@ type Consumer struct {
 	// afterCommit, when set (tests only), runs after a batch committed and before it is
 	// acknowledged.
 	afterCommit func()
+	// beforeStore, when set (tests only), runs when a batch's deliveries are in and
+	// before it is stored.
+	beforeStore func()
 }
 
 // NewConsumer returns a Consumer. cfg is completed with defaults and validated. The
@@ -657,6 +660,9 @@ func (c *Consumer) storeOne(ctx context.Context, ch *amqp.Channel, closed <-chan
 // storeBatch rejects the deliveries that cannot be stored, stores the others and
 // records which delivery acknowledges the batch.
 func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
+	if c.beforeStore != nil {
+		c.beforeStore()
+	}
 	b.start = time.Now()
 	c.received.Add(float64(len(b.deliveries)))
 
@@ -807,12 +813,18 @@ func (c *Consumer) store(ctx context.Context, ch *amqp.Channel, closed <-chan *a
 	}
 }
 
+// insert stores r in one statement; payloads above BatchBytes (a large message alone)
+// and inboxdb.LargePayloads go in chunks first, in a transaction.
 func (c *Consumer) insert(ctx context.Context, r *rows) (int, error) {
 	blob, offsets, lengths := r.payloadParams()
-	return inboxdb.Insert(ctx, c.stmts, c.insertSQL, c.cfg.Consumer, inboxdb.Batch{
+	b := inboxdb.Batch{
 		IDs: r.ids, Exchanges: r.exchanges, RoutingKeys: r.keys, Types: r.types, ContentTypes: r.contentTypes,
 		Headers: r.headers, OrderingKeys: r.orderingKeys, Payloads: blob, Offsets: offsets, Lengths: lengths,
-	})
+	}
+	if len(blob) > c.cfg.BatchBytes && len(blob) > inboxdb.LargePayloads {
+		return inboxdb.InsertLarge(ctx, c.db, inboxdb.InsertLargeSQL(c.cfg.Table), c.cfg.Consumer, b)
+	}
+	return inboxdb.Insert(ctx, c.stmts, c.insertSQL, c.cfg.Consumer, b)
 }
 
 // insertEach stores rows one at a time and rejects those the database refuses. Rows it
