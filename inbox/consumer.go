@@ -644,8 +644,7 @@ func (r *rows) payloadParams() (blob []byte, offsets, lengths pq.Int32Array) {
 }
 
 // storeOne stores b; batches above BatchBytes (a large message alone) are stored one at
-// a time, since sending one takes about four times its size in memory (hex encoding,
-// then the protocol message).
+// a time: each holds a large payload in memory until it is stored.
 func (c *Consumer) storeOne(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
 	if b.bytes > c.cfg.BatchBytes {
 		if err := b.waitForPredecessors(ctx); err != nil { // not while holding the lock

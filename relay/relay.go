@@ -76,7 +76,8 @@ type Config struct {
 	// (default: unless the connection is pooled per transaction), "on" or "off".
 	Prepare string
 	// BatchBytes bounds the payload bytes of one batch; default 8 MiB. A row larger
-	// than it goes alone. Workers × BatchBytes bounds the payloads in memory.
+	// than it goes alone, one such row at a time. Workers × BatchBytes, plus one row
+	// above it, bounds the payloads in memory.
 	BatchBytes int
 }
 
