@@ -77,6 +77,9 @@ type Consumer struct {
 	// afterCommit, when set (tests only), runs after a batch committed and before it is
 	// acknowledged.
 	afterCommit func()
+	// beforeStore, when set (tests only), runs when a batch's deliveries are in and
+	// before it is stored.
+	beforeStore func()
 }
 
 // NewConsumer returns a Consumer. cfg is completed with defaults and validated. The
@@ -641,8 +644,7 @@ func (r *rows) payloadParams() (blob []byte, offsets, lengths pq.Int32Array) {
 }
 
 // storeOne stores b; batches above BatchBytes (a large message alone) are stored one at
-// a time, since sending one takes about four times its size in memory (hex encoding,
-// then the protocol message).
+// a time: each holds a large payload in memory until it is stored.
 func (c *Consumer) storeOne(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
 	if b.bytes > c.cfg.BatchBytes {
 		if err := b.waitForPredecessors(ctx); err != nil { // not while holding the lock
@@ -657,6 +659,9 @@ func (c *Consumer) storeOne(ctx context.Context, ch *amqp.Channel, closed <-chan
 // storeBatch rejects the deliveries that cannot be stored, stores the others and
 // records which delivery acknowledges the batch.
 func (c *Consumer) storeBatch(ctx context.Context, ch *amqp.Channel, closed <-chan *amqp.Error, b *batch) error {
+	if c.beforeStore != nil {
+		c.beforeStore()
+	}
 	b.start = time.Now()
 	c.received.Add(float64(len(b.deliveries)))
 
@@ -807,12 +812,18 @@ func (c *Consumer) store(ctx context.Context, ch *amqp.Channel, closed <-chan *a
 	}
 }
 
+// insert stores r in one statement; payloads above BatchBytes (a large message alone)
+// and inboxdb.LargePayloads go in chunks first, in a transaction.
 func (c *Consumer) insert(ctx context.Context, r *rows) (int, error) {
 	blob, offsets, lengths := r.payloadParams()
-	return inboxdb.Insert(ctx, c.stmts, c.insertSQL, c.cfg.Consumer, inboxdb.Batch{
+	b := inboxdb.Batch{
 		IDs: r.ids, Exchanges: r.exchanges, RoutingKeys: r.keys, Types: r.types, ContentTypes: r.contentTypes,
 		Headers: r.headers, OrderingKeys: r.orderingKeys, Payloads: blob, Offsets: offsets, Lengths: lengths,
-	})
+	}
+	if len(blob) > c.cfg.BatchBytes && len(blob) > inboxdb.LargePayloads {
+		return inboxdb.InsertLarge(ctx, c.db, inboxdb.InsertLargeSQL(c.cfg.Table), c.cfg.Consumer, b)
+	}
+	return inboxdb.Insert(ctx, c.stmts, c.insertSQL, c.cfg.Consumer, b)
 }
 
 // insertEach stores rows one at a time and rejects those the database refuses. Rows it

@@ -14,7 +14,8 @@ type row struct {
 	id          string // canonical lower-case UUID text, as PostgreSQL prints it
 	exchange    string
 	routingKey  string
-	payload     []byte
+	payload     []byte // nil until read when size > outboxdb.InlinePayload (see worker.payloads)
+	size        int    // payload bytes
 	messageType string
 	contentType string
 	headers     []byte // jsonb text

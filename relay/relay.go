@@ -76,7 +76,8 @@ type Config struct {
 	// (default: unless the connection is pooled per transaction), "on" or "off".
 	Prepare string
 	// BatchBytes bounds the payload bytes of one batch; default 8 MiB. A row larger
-	// than it goes alone. Workers × BatchBytes bounds the payloads in memory.
+	// than it goes alone, one such row at a time. Workers × BatchBytes, plus one row
+	// above it, bounds the payloads in memory.
 	BatchBytes int
 }
 
@@ -217,6 +218,10 @@ type Relay struct {
 
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
+
+	// large is held by the worker that has a batch above BatchBytes (one row, read
+	// from the table in chunks) in memory: one such payload at a time.
+	large chan struct{}
 }
 
 // New returns a relay for cfg.Table. db is the pool for claims and settlement. The relay
@@ -276,6 +281,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		retry:      backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
 		reconnect:  backoff.Database(),
 		suspects:   map[string]time.Time{},
+		large:      make(chan struct{}, 1),
 	}, nil
 }
 

@@ -8,6 +8,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
+
+	"github.com/sidebox/sidebox/internal/outboxdb"
 )
 
 // worker publishes the batches the dispatcher hands it, on a confirm-mode channel it
@@ -177,7 +179,13 @@ func (w *worker) abandon(pc *pubChannel) {
 // their key), or rows that stay in the outbox (retries, rows without a confirm).
 func (w *worker) process(ctx context.Context, b *batch) (followUp bool) {
 	start := time.Now()
-	results := w.publish(ctx, b.rows)
+	var results []result
+	if release, ok := w.payloads(ctx, b); ok {
+		results = w.publish(ctx, b.rows)
+		release()
+	} else {
+		results = make([]result, len(b.rows)) // unknown: the rows stay as they are
+	}
 	ok := w.r.settle(ctx, b, results, start)
 	if !ok {
 		return true
@@ -188,6 +196,63 @@ func (w *worker) process(ctx context.Context, b *batch) (followUp bool) {
 		}
 	}
 	return false
+}
+
+// payloads reads the payloads the claim left in the table (outboxdb.InlinePayload), in
+// the batch's transaction. A batch above BatchBytes (one large row) first waits, until
+// PublishTimeout, for any other worker's to be published: one such payload is in
+// memory at a time. When it returns true, release drops the payloads it read and lets
+// the next large batch go; false: a payload could not be read, and the batch is left
+// as it is.
+func (w *worker) payloads(ctx context.Context, b *batch) (release func(), ok bool) {
+	r := w.r
+	var left []int
+	size := 0
+	for i := range b.rows {
+		if b.rows[i].payload == nil {
+			left = append(left, i)
+			size += b.rows[i].size
+		}
+	}
+	if len(left) == 0 {
+		return func() {}, true
+	}
+	unlock := func() {}
+	if size > r.cfg.BatchBytes {
+		t := time.NewTimer(r.cfg.PublishTimeout)
+		defer t.Stop()
+		select {
+		case r.large <- struct{}{}:
+			unlock = func() { <-r.large }
+		case <-t.C:
+			r.log.Warn("another large outbox row took too long to publish; this one will be published again",
+				zap.Int("worker", w.id), zap.Int("payload_bytes", size))
+			return nil, false
+		}
+	}
+	release = func() {
+		for _, i := range left {
+			b.rows[i].payload = nil
+		}
+		unlock()
+	}
+	// Its own deadline, as settling has: the batch is finished even when the relay is
+	// stopping. A few seconds per chunk.
+	dbctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(1+size/outboxdb.PayloadChunk)*dbTimeout)
+	defer cancel()
+	for _, i := range left {
+		rw := &b.rows[i]
+		p, err := r.q.Payload(dbctx, r.stmts, b.tx, rw.id, rw.size)
+		if err != nil {
+			release()
+			r.setDBOK(false)
+			r.log.Warn("cannot read the payload of an outbox row; its batch stays in the outbox and will be published again",
+				zap.Int("rows", len(b.rows)), errField(err))
+			return nil, false
+		}
+		rw.payload = p
+	}
+	return release, true
 }
 
 // publish sends the batch and collects the outcome of every row. Rows that made the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/lib/pq"
@@ -27,6 +28,17 @@ func InsertSQL(table string) string {
 	ON CONFLICT (consumer, message_id) DO NOTHING
 	RETURNING 1)
 SELECT count(*) FROM ins`
+}
+
+// LargePayloads is the size above which the payloads of a batch (one large message,
+// normally) go to the database in chunks, with InsertLarge: lib/pq builds a whole
+// protocol message in memory, in a buffer grown by appending, so that sending a
+// 128 MiB payload in one statement takes about three times its size at once.
+const LargePayloads = pg.Chunk
+
+// InsertLargeSQL is InsertSQL with the payloads read from a large object, $8 its oid.
+func InsertLargeSQL(table string) string {
+	return strings.Replace(InsertSQL(table), `substr($8::bytea, u.off, u.len)`, `lo_get($8::oid, u.off - 1, u.len)`, 1)
 }
 
 // Batch is a batch of deliveries for InsertSQL, as parallel arrays: element i of each
@@ -70,6 +82,47 @@ func Insert(ctx context.Context, st *pg.Statements, insert, consumer string, b B
 		return 0, fmt.Errorf("insert inbox rows: %w", err)
 	}
 	if err := rs.Close(); err != nil {
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
+	}
+	return n, nil
+}
+
+// InsertLarge runs insertLarge (InsertLargeSQL for the table) for b as consumer's rows
+// and returns how many rows were new. In one transaction it first writes b.Payloads to
+// a new large object, pg.Chunk bytes per round trip, and removes the object after the
+// insert: the client never holds more than a chunk beyond b itself.
+func InsertLarge(ctx context.Context, db *sql.DB, insertLarge, consumer string, b Batch) (n int, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	p := b.Payloads
+	first := min(len(p), pg.Chunk)
+	var oid int64
+	if err := tx.QueryRowContext(ctx, `SELECT lo_from_bytea(0, $1)`, p[:first]).Scan(&oid); err != nil {
+		return 0, fmt.Errorf("insert inbox rows: write payloads: %w", err)
+	}
+	for off := first; off < len(p); {
+		end := min(len(p), off+pg.Chunk)
+		if _, err := tx.ExecContext(ctx, `SELECT lo_put($1, $2, $3)`, oid, off, p[off:end]); err != nil {
+			return 0, fmt.Errorf("insert inbox rows: write payloads: %w", err)
+		}
+		pg.Collect(end, end-off)
+		off = end
+	}
+	if err := tx.QueryRowContext(ctx, insertLarge, consumer, b.IDs, b.Exchanges, b.RoutingKeys, b.Types, b.ContentTypes,
+		b.Headers, oid, b.Offsets, b.Lengths, b.OrderingKeys).Scan(&n); err != nil {
+		return 0, fmt.Errorf("insert inbox rows: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT lo_unlink($1)`, oid); err != nil {
+		return 0, fmt.Errorf("insert inbox rows: remove payloads: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("insert inbox rows: %w", err)
 	}
 	return n, nil

@@ -22,6 +22,7 @@ type Queries struct {
 	claimSQL [2][2][2]string // [keyedFirst][afterCursor][unkeyedAfter]
 	remove   string
 	fail     string
+	payload  string
 	flag     [2]string // lower, raise the wake-up flag
 }
 
@@ -46,9 +47,22 @@ func ClaimSettings(idle time.Duration) string {
 		asyncCommit, idle.Milliseconds())
 }
 
-// claimColumns are the columns of a claimed row, in scan order.
-const claimColumns = `o.id::text, o.exchange, o.routing_key, o.payload, o.message_type, o.content_type,
-        o.headers::text, o.ordering_key, o.created_at, o.attempts`
+// InlinePayload is the largest payload a claim returns with its row. A larger one is
+// left in the table (the claim returns NULL and its size) and read with Payload, in
+// chunks of PayloadChunk bytes: the driver holds a whole result value in memory, in
+// hex when it comes as text, so a row near the broker's largest message (128 MiB)
+// would otherwise need several times its size at once.
+const InlinePayload = 4 << 20
+
+// PayloadChunk is the most bytes of a payload Payload reads per round trip.
+const PayloadChunk = pg.Chunk
+
+// claimColumns returns the columns of a claimed row, in scan order.
+func claimColumns() string {
+	return `o.id::text, o.exchange, o.routing_key,
+        CASE WHEN octet_length(o.payload) <= ` + strconv.Itoa(InlinePayload) + ` THEN o.payload END,
+        o.message_type, o.content_type, o.headers::text, o.ordering_key, o.created_at, o.attempts`
+}
 
 // New builds the SQL for table t, for batches of at most maxBatch rows.
 //
@@ -92,6 +106,7 @@ RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_
 FROM unnest($1::uuid[], $2::text[], $3::float8[], $5::bool[]) AS f(id, err, delay, permanent)
 WHERE o.id = f.id
 RETURNING o.id::text, o.attempts, o.dead_at IS NOT NULL`
+	q.payload = `SELECT substring(payload FROM $2 FOR $3) FROM ` + t.String() + ` WHERE id = $1::uuid`
 	return q
 }
 
@@ -172,7 +187,7 @@ func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bo
     WHERE ` + more("w") + `
 ),
 keyed AS MATERIALIZED (
-    SELECT ` + claimColumns + extra(`NULL::timestamptz`) + `
+    SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `
     FROM ` + tbl + ` o
     WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
       AND o.dead_at IS NULL AND o.available_at <= now()
@@ -182,7 +197,7 @@ keyed AS MATERIALIZED (
 ),
 unkeyed AS MATERIALIZED (
     SELECT * FROM (
-        SELECT ` + claimColumns + extra(`o.available_at`) + `
+        SELECT ` + claimColumns() + extra(`o.available_at`) + `
         FROM ` + tbl + ` o
         WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
         ORDER BY o.available_at, o.seq
@@ -213,7 +228,8 @@ SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 // in one simple-protocol round trip with asynchronous commit.
 func (q *Queries) Flag(v int) string { return q.flag[v] }
 
-// Hot returns the queries worth preparing: every claim variant and the delete.
+// Hot returns the queries worth preparing: every claim variant, the delete and the
+// payload read (prepared, its bytea comes in binary rather than hex).
 func (q *Queries) Hot() []string {
 	var out []string
 	for _, byCursor := range q.claimSQL {
@@ -221,7 +237,7 @@ func (q *Queries) Hot() []string {
 			out = append(out, variants[:]...)
 		}
 	}
-	return append(out, q.remove)
+	return append(out, q.remove, q.payload)
 }
 
 // Row is one claimed outbox row.
@@ -229,7 +245,8 @@ type Row struct {
 	ID          string // canonical lower-case UUID text, as PostgreSQL prints it
 	Exchange    string
 	RoutingKey  string
-	Payload     []byte
+	Payload     []byte // nil when Size > InlinePayload: read it with Payload
+	Size        int    // payload bytes
 	MessageType string
 	ContentType string
 	Headers     []byte // jsonb text
@@ -350,9 +367,9 @@ func (q *Queries) Claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cl C
 			ID: id.String, Exchange: exchange.String, RoutingKey: rk.String, Payload: payload,
 			MessageType: mtype.String, ContentType: ct.String, Headers: []byte(hdr.String),
 			OrderingKey: key.String, Keyed: key.Valid, CreatedAt: created.Time, Attempts: int(attempts.Int64),
-			Seq: seq.Int64,
+			Seq: seq.Int64, Size: int(size.Int64),
 		}
-		if rw.Payload == nil {
+		if rw.Payload == nil && rw.Size <= InlinePayload { // payload is NOT NULL: NULL means left out
 			rw.Payload = []byte{}
 		}
 		if !rw.Keyed {
@@ -368,6 +385,45 @@ func (q *Queries) Claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cl C
 		return c, fmt.Errorf("read claimed rows of %s: %w", q.table, err)
 	}
 	return c, nil
+}
+
+// Payload reads the payload of the claimed row id, of size bytes, in tx, in chunks of
+// at most PayloadChunk bytes into one slice of that size: the row is locked by the
+// claim, so its payload cannot change in between.
+func (q *Queries) Payload(ctx context.Context, st *pg.Statements, tx *sql.Tx, id string, size int) ([]byte, error) {
+	buf := make([]byte, 0, size)
+	for len(buf) < size {
+		n := min(PayloadChunk, size-len(buf))
+		if err := q.payloadChunk(ctx, st, tx, id, &buf, n); err != nil {
+			return nil, fmt.Errorf("read payload of outbox row %s from %s: %w", id, q.table, err)
+		}
+		pg.Collect(len(buf), n)
+	}
+	return buf, nil
+}
+
+// payloadChunk appends the next n bytes of the payload of row id to buf.
+func (q *Queries) payloadChunk(ctx context.Context, st *pg.Statements, tx *sql.Tx, id string, buf *[]byte, n int) error {
+	rs, err := st.Query(ctx, tx, q.payload, id, len(*buf)+1, n)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = rs.Close() }()
+	if !rs.Next() {
+		if err := rs.Err(); err != nil {
+			return err
+		}
+		return sql.ErrNoRows
+	}
+	var chunk sql.RawBytes // the driver's buffer: copied once, into buf
+	if err := rs.Scan(&chunk); err != nil {
+		return err
+	}
+	if len(chunk) != n {
+		return fmt.Errorf("read %d bytes at offset %d, want %d", len(chunk), len(*buf), n)
+	}
+	*buf = append(*buf, chunk...)
+	return rs.Close()
 }
 
 // Failure is a row whose publish attempt failed.

@@ -1,0 +1,6 @@
+//go:build race
+
+package relay
+
+// raceEnabled reports whether the race detector is on: it multiplies memory use.
+const raceEnabled = true
