@@ -204,7 +204,14 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	}
 	defer func() { _ = ch.Close() }() // unacknowledged deliveries go back to the queue
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	win := &window{ch: ch, queue: c.cfg.Queue, max: c.cfg.Prefetch, bytes: c.cfg.PrefetchBytes, size: &c.sizeSeen}
+	win := &window{ch: ch, queue: c.cfg.Queue, max: c.cfg.Prefetch, bytes: c.cfg.PrefetchBytes, size: &c.sizeSeen,
+		changed: func(count int) {
+			c.prefetch.Set(float64(count))
+			if c.prefetchChanged != nil {
+				c.prefetchChanged(count)
+			}
+			c.log.Debug("inbox prefetch changed", zap.Int("prefetch", count), zap.Int("message_bytes", c.sizeSeen))
+		}}
 	if err := win.start(win.want(cmp.Or(c.sizeSeen, sizeGuess))); err != nil {
 		return false, err
 	}
@@ -400,8 +407,7 @@ func (k *keyTracker) add(b *batch, key string) {
 // handed over once it is full (BatchSize deliveries, or the next one would take it past
 // BatchBytes), or BatchWait after its first delivery; while every worker is busy it
 // keeps growing up to those bounds. When ctx is done, the batch in hand
-// is handed over and collect returns; open is false when the delivery channel closed
-// (other than for a prefetch change of win).
+// is handed over and collect returns; open is false when the delivery channel closed.
 func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *batch) (open bool, err error) {
 	var (
 		seq   uint64
@@ -462,18 +468,6 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 			return true, nil
 		case d, ok := <-in:
 			if !ok {
-				if resumed, err := win.resume(); resumed || err != nil {
-					if err != nil {
-						handOver()
-						return true, err
-					}
-					c.prefetch.Set(float64(win.count))
-					if c.prefetchChanged != nil {
-						c.prefetchChanged(win.count)
-					}
-					c.log.Debug("inbox prefetch changed", zap.Int("prefetch", win.count), zap.Int("message_bytes", c.sizeSeen))
-					continue
-				}
 				handOver()
 				return false, nil
 			}
