@@ -74,13 +74,13 @@ func TestErrors(t *testing.T) {
 		want   []string // one expected line per error, in order
 	}{
 		{"batch size", map[string]string{"SIDEBOX_BATCH_SIZE": "0"}, Relay,
-			[]string{`SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got "0"`}},
+			[]string{`SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got 0`}},
 		{"duration", map[string]string{"SIDEBOX_POLL_INTERVAL": "fast"}, Relay,
 			[]string{`SIDEBOX_POLL_INTERVAL: must be a duration such as 500ms, 30s, 5m or 1h, got "fast"`}},
 		{"negative duration", map[string]string{"SIDEBOX_PUBLISH_TIMEOUT": "-1s"}, Relay,
-			[]string{`SIDEBOX_PUBLISH_TIMEOUT: must be a positive duration, got "-1s"`}},
+			[]string{`SIDEBOX_PUBLISH_TIMEOUT: must be positive, got -1s`}},
 		{"backoff cap", map[string]string{"SIDEBOX_RETRY_BACKOFF": "1m", "SIDEBOX_RETRY_BACKOFF_MAX": "10s"}, Relay,
-			[]string{`SIDEBOX_RETRY_BACKOFF_MAX: must be at least SIDEBOX_RETRY_BACKOFF (1m0s), got "10s"`}},
+			[]string{`SIDEBOX_RETRY_BACKOFF_MAX: must be at least SIDEBOX_RETRY_BACKOFF (1m0s), got 10s`}},
 		{"table", map[string]string{"SIDEBOX_OUTBOX_TABLE": "Outbox; drop table x"}, Outbox,
 			[]string{`SIDEBOX_OUTBOX_TABLE: "Outbox; drop table x" is not a lower-case SQL identifier`}},
 		{"same tables", map[string]string{"SIDEBOX_OUTBOX_TABLE": "app.box", "SIDEBOX_INBOX_TABLE": "app.box"}, Outbox | Inbox,
@@ -102,9 +102,9 @@ func TestErrors(t *testing.T) {
 		{"missing queue", nil, Consumer,
 			[]string{`SIDEBOX_INBOX_QUEUE: must be set`}},
 		{"inbox batch over prefetch", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_PREFETCH": "10", "SIDEBOX_INBOX_BATCH_SIZE": "11"}, Consumer,
-			[]string{`SIDEBOX_INBOX_BATCH_SIZE: must be between 1 and 10, got "11"`}},
+			[]string{`SIDEBOX_INBOX_BATCH_SIZE: must be between 1 and SIDEBOX_INBOX_PREFETCH (10), got 11`}},
 		{"inbox workers", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_WORKERS": "17"}, Consumer,
-			[]string{`SIDEBOX_INBOX_WORKERS: must be between 1 and 16, got "17"`}},
+			[]string{`SIDEBOX_INBOX_WORKERS: must be between 1 and 16, got 17`}},
 		{"bindings", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_BINDINGS": "orders"}, Consumer,
 			[]string{`SIDEBOX_INBOX_BINDINGS: binding "orders" has no colon`}},
 		{"bool", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_DECLARE": "yes please"}, Consumer,
@@ -112,7 +112,7 @@ func TestErrors(t *testing.T) {
 		{"log", map[string]string{"SIDEBOX_LOG_LEVEL": "loud", "SIDEBOX_LOG_FORMAT": "xml"}, Log,
 			[]string{`SIDEBOX_LOG_LEVEL: must be debug, info, warn or error, got "loud"`, `SIDEBOX_LOG_FORMAT: must be json or console, got "xml"`}},
 		{"batch bytes", map[string]string{"SIDEBOX_BATCH_BYTES": "512"}, Relay,
-			[]string{`SIDEBOX_BATCH_BYTES: must be between 1024 and 1073741824, got "512"`}},
+			[]string{`SIDEBOX_BATCH_BYTES: must be between 1024 and 1073741824, got 512`}},
 		{"http addr", map[string]string{"SIDEBOX_HTTP_ADDR": "9719"}, Server,
 			[]string{`SIDEBOX_HTTP_ADDR: must be host:port or :port, got "9719"`}},
 		{"several at once, in variable order", map[string]string{
@@ -120,7 +120,7 @@ func TestErrors(t *testing.T) {
 			"SIDEBOX_RELAY_WORKERS": "x", "SIDEBOX_BATCH_SIZE": "20000", "SIDEBOX_STATUS_INTERVAL": "0s",
 		}, all &^ Consumer, []string{
 			`SIDEBOX_STATUS_INTERVAL: must be a positive duration, got "0s"`,
-			`SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got "20000"`,
+			`SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got 20000`,
 			`SIDEBOX_RELAY_WORKERS: must be an integer, got "x"`,
 		}},
 	}
