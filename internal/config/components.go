@@ -172,7 +172,8 @@ func fieldsToVars(problem string, toVar func(string) string) string {
 // Errors naming the variables, toVar giving the variable of a field. It leaves out a
 // field no variable sets (the component fills it with its default), a variable of
 // another group (checked, or not used, with its own group) and a variable whose value
-// did not parse (already reported).
+// did not parse (already reported), or whose problem compares it with such a variable
+// (which holds its default, not the value given).
 func (c *Config) componentErrors(group Group, err error, toVar func(string) string) Errors {
 	var out Errors
 	for _, leaf := range leaves(err) {
@@ -193,12 +194,23 @@ func (c *Config) componentErrors(group Group, err error, toVar func(string) stri
 			continue
 		}
 		name := toVar(field)
-		if name == "" || varGroup(name) != group || c.parseErrors[name] != nil {
+		if name == "" || varGroup(name) != group || c.parseErrors[name] != nil || c.refersToUnparsed(problem, toVar) {
 			continue
 		}
 		out = append(out, &Error{Var: name, Problem: fieldsToVars(problem, toVar)})
 	}
 	return out
+}
+
+// refersToUnparsed reports whether a problem text names a field whose variable did
+// not parse.
+func (c *Config) refersToUnparsed(problem string, toVar func(string) string) bool {
+	for _, w := range goName.FindAllString(problem, -1) {
+		if name := toVar(w); name != "" && c.parseErrors[name] != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // leaves returns the errors joined in err (itself when it joins none); nil for nil.

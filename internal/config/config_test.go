@@ -115,6 +115,18 @@ func TestErrors(t *testing.T) {
 			[]string{`SIDEBOX_BATCH_BYTES: must be between 1024 and 1073741824, got 512`}},
 		{"http addr", map[string]string{"SIDEBOX_HTTP_ADDR": "9719"}, Server,
 			[]string{`SIDEBOX_HTTP_ADDR: must be host:port or :port, got "9719"`}},
+		{"components' problems all at once, each variable once", map[string]string{
+			"SIDEBOX_OUTBOX_TABLE": "Bad", "SIDEBOX_INBOX_QUEUE": "q",
+			"SIDEBOX_BATCH_SIZE": "0", "SIDEBOX_RELAY_WORKERS": "0", "SIDEBOX_INBOX_WORKERS": "0", "SIDEBOX_INBOX_RETENTION": "1s",
+		}, Outbox | Relay | Consumer, []string{
+			`SIDEBOX_OUTBOX_TABLE: "Bad" is not a lower-case SQL identifier`,
+			`SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got 0`,
+			`SIDEBOX_RELAY_WORKERS: must be between 1 and 64, got 0`,
+			`SIDEBOX_INBOX_WORKERS: must be between 1 and 16, got 0`,
+			`SIDEBOX_INBOX_RETENTION: must be at least 1m0s, got 1s`,
+		}},
+		{"no comparison with a value that did not parse", map[string]string{"SIDEBOX_RETRY_BACKOFF": "soon", "SIDEBOX_RETRY_BACKOFF_MAX": "50ms"}, Relay,
+			[]string{`SIDEBOX_RETRY_BACKOFF: must be a duration`}},
 		{"several at once, in variable order", map[string]string{
 			"SIDEBOX_DATABASE_URL": "postgres://h/db", "SIDEBOX_AMQP_URL": "amqp://h/",
 			"SIDEBOX_RELAY_WORKERS": "x", "SIDEBOX_BATCH_SIZE": "20000", "SIDEBOX_STATUS_INTERVAL": "0s",
