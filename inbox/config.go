@@ -2,7 +2,9 @@ package inbox
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -20,13 +22,13 @@ type ConfigError struct {
 
 func (e *ConfigError) Error() string { return e.Field + ": " + e.Problem }
 
-// check keeps the first problem found in a config.
-type check struct{ err *ConfigError }
+// check collects every problem found in a config.
+type check struct{ errs []error }
 
-// fail records problem (a format) for field when bad and no earlier check failed.
+// fail records problem (a format) for field when bad.
 func (k *check) fail(bad bool, field, problem string, args ...any) {
-	if bad && k.err == nil {
-		k.err = &ConfigError{field, fmt.Sprintf(problem, args...)}
+	if bad {
+		k.errs = append(k.errs, &ConfigError{field, fmt.Sprintf(problem, args...)})
 	}
 }
 
@@ -46,13 +48,8 @@ func (k *check) table(v string) {
 	k.fail(err != nil, "Table", "%v", err)
 }
 
-// result is the first problem, or nil.
-func (k *check) result() error {
-	if k.err == nil {
-		return nil
-	}
-	return k.err
-}
+// result is every problem, each a *ConfigError, joined with errors.Join; nil for none.
+func (k *check) result() error { return errors.Join(k.errs...) }
 
 // Defaults of ConsumerConfig.
 const (
@@ -173,24 +170,26 @@ func (c *ConsumerConfig) SetDefaults() {
 	}
 }
 
-// Validate checks a config after SetDefaults.
+// Validate checks a config after SetDefaults and reports every problem, each a
+// *ConfigError (joined with errors.Join when there are several).
 func (c *ConsumerConfig) Validate() error {
 	var k check
-	k.required("Queue", c.Queue)
+	k.fail(c.Queue == "", "Queue", "must be set: it names the queue the inbox consumer reads")
 	k.fail(len(c.Queue) > MaxQueueBytes, "Queue", "must be at most %d bytes, got %d", MaxQueueBytes, len(c.Queue))
 	k.fail(len(c.Consumer) > MaxConsumerBytes, "Consumer", "must be at most %d bytes, got %d", MaxConsumerBytes, len(c.Consumer))
 	k.table(c.Table)
-	k.required("Consumer", c.Consumer)
+	k.fail(c.Queue != "" && c.Consumer == "", "Consumer", "must be set") // defaults to Queue
 	for _, u := range c.AMQPURLs {
 		problem := broker.CheckURL(u)
 		k.fail(problem != "", "AMQPURLs", "a URL %s", problem)
 	}
 	k.between("Prefetch", c.Prefetch, 1, MaxPrefetch)
-	k.fail(c.BatchSize < 1 || c.BatchSize > c.Prefetch, "BatchSize", "must be between 1 and the prefetch (%d), got %d", c.Prefetch, c.BatchSize)
+	prefetchOK := c.Prefetch >= 1 && c.Prefetch <= MaxPrefetch // else only Prefetch is reported
+	k.fail(c.BatchSize < 1 || prefetchOK && c.BatchSize > c.Prefetch, "BatchSize", "must be between 1 and Prefetch (%d), got %d", c.Prefetch, c.BatchSize)
 	k.fail(c.BatchWait <= 0 || c.BatchWait > MaxBatchWait, "BatchWait", "must be positive and at most %s, got %s", MaxBatchWait, c.BatchWait)
 	k.between("Workers", c.Workers, 1, MaxWorkers)
 	k.between("BatchBytes", c.BatchBytes, 1, MaxBatchBytes)
-	k.fail(c.PrefetchBytes < 1, "PrefetchBytes", "must be positive, got %d", c.PrefetchBytes)
+	k.between("PrefetchBytes", c.PrefetchBytes, 1, math.MaxInt32)
 	k.fail(c.DrainTimeout < 0, "DrainTimeout", "must not be negative, got %s", c.DrainTimeout)
 	k.positive("Backoff", c.Backoff)
 	k.fail(c.BackoffMax < c.Backoff, "BackoffMax", "must be at least Backoff (%s), got %s", c.Backoff, c.BackoffMax)
@@ -288,7 +287,8 @@ func (c *ProcessorConfig) SetDefaults() {
 	}
 }
 
-// Validate checks a config after SetDefaults.
+// Validate checks a config after SetDefaults and reports every problem, each a
+// *ConfigError (joined with errors.Join when there are several).
 func (c *ProcessorConfig) Validate() error {
 	var k check
 	k.table(c.Table)
@@ -333,7 +333,8 @@ func (c *PurgerConfig) SetDefaults() {
 	}
 }
 
-// Validate checks a config after SetDefaults.
+// Validate checks a config after SetDefaults and reports every problem, each a
+// *ConfigError (joined with errors.Join when there are several).
 func (c *PurgerConfig) Validate() error {
 	var k check
 	k.table(c.Table)

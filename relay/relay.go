@@ -147,42 +147,34 @@ type ConfigError struct {
 
 func (e *ConfigError) Error() string { return "relay: " + e.Field + ": " + e.Problem }
 
-// Validate reports the first invalid setting, as a *ConfigError. Zero values are
-// invalid here; New fills them with the defaults before it validates.
+// Validate reports every invalid setting, each a *ConfigError (joined with errors.Join
+// when there are several). Zero values are invalid here; New fills them with the
+// defaults before it validates.
 func (c Config) Validate() error {
-	bad := func(field, format string, args ...any) error {
-		return &ConfigError{Field: field, Problem: fmt.Sprintf(format, args...)}
-	}
-	if _, err := pg.ParseTable(c.Table); err != nil {
-		return bad("Table", "%v", err)
-	}
-	for _, u := range c.AMQPURLs {
-		if err := checkAMQPURL(u); err != nil {
-			return bad("AMQPURLs", "%v", err)
+	var errs []error
+	check := func(bad bool, field, format string, args ...any) {
+		if bad {
+			errs = append(errs, &ConfigError{Field: field, Problem: fmt.Sprintf(format, args...)})
 		}
 	}
-	switch {
-	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
-		return bad("BatchSize", "must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
-	case c.PollInterval <= 0:
-		return bad("PollInterval", "must be positive, got %v", c.PollInterval)
-	case c.RetryBackoff <= 0:
-		return bad("RetryBackoff", "must be positive, got %v", c.RetryBackoff)
-	case c.RetryBackoffMax < c.RetryBackoff:
-		return bad("RetryBackoffMax", "must be at least RetryBackoff (%v), got %v", c.RetryBackoff, c.RetryBackoffMax)
-	case c.PublishTimeout <= 0:
-		return bad("PublishTimeout", "must be positive, got %v", c.PublishTimeout)
-	case c.MaxAttempts < 1 || c.MaxAttempts > MaxMaxAttempts:
-		return bad("MaxAttempts", "must be between 1 and %d, got %d", MaxMaxAttempts, c.MaxAttempts)
-	case c.Workers < 1 || c.Workers > MaxWorkers:
-		return bad("Workers", "must be between 1 and %d, got %d", MaxWorkers, c.Workers)
-	case c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes:
-		return bad("BatchBytes", "must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
+	_, err := pg.ParseTable(c.Table)
+	check(err != nil, "Table", "%v", err)
+	for _, u := range c.AMQPURLs {
+		err := checkAMQPURL(u)
+		check(err != nil, "AMQPURLs", "%v", err)
 	}
-	if _, err := pg.ParsePrepareMode(c.Prepare); err != nil {
-		return bad("Prepare", "%v", err)
-	}
-	return nil
+	check(c.BatchSize < 1 || c.BatchSize > MaxBatchSize, "BatchSize", "must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
+	check(c.PollInterval <= 0, "PollInterval", "must be positive, got %v", c.PollInterval)
+	check(c.RetryBackoff <= 0, "RetryBackoff", "must be positive, got %v", c.RetryBackoff)
+	check(c.RetryBackoffMax > 0 && c.RetryBackoffMax < c.RetryBackoff, "RetryBackoffMax", "must be at least RetryBackoff (%v), got %v", c.RetryBackoff, c.RetryBackoffMax)
+	check(c.RetryBackoffMax <= 0, "RetryBackoffMax", "must be positive, got %v", c.RetryBackoffMax)
+	check(c.PublishTimeout <= 0, "PublishTimeout", "must be positive, got %v", c.PublishTimeout)
+	check(c.MaxAttempts < 1 || c.MaxAttempts > MaxMaxAttempts, "MaxAttempts", "must be between 1 and %d, got %d", MaxMaxAttempts, c.MaxAttempts)
+	check(c.Workers < 1 || c.Workers > MaxWorkers, "Workers", "must be between 1 and %d, got %d", MaxWorkers, c.Workers)
+	check(c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes, "BatchBytes", "must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
+	_, err = pg.ParsePrepareMode(c.Prepare)
+	check(err != nil, "Prepare", "%v", err)
+	return errors.Join(errs...)
 }
 
 // Relay publishes one outbox table. Create it with New and start it with Run.

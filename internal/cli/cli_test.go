@@ -171,7 +171,7 @@ func TestBadConfiguration(t *testing.T) {
 		want string
 	}{
 		{"batch size", []string{"relay"}, []string{db, mq, "SIDEBOX_BATCH_SIZE=0"},
-			`SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got "0"`},
+			`SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got 0`},
 		{"duration", []string{"run"}, []string{db, mq, "SIDEBOX_POLL_INTERVAL=fast"},
 			`SIDEBOX_POLL_INTERVAL: must be a duration`},
 		{"table name", []string{"migrate", "up"}, []string{db, "SIDEBOX_OUTBOX_TABLE=Outbox; drop table x"},
@@ -187,7 +187,7 @@ func TestBadConfiguration(t *testing.T) {
 		{"missing queue", []string{"inbox"}, []string{db, mq},
 			`SIDEBOX_INBOX_QUEUE: must be set`},
 		{"inbox knobs checked by run with a queue", []string{"run"}, []string{db, mq, "SIDEBOX_INBOX_QUEUE=q", "SIDEBOX_INBOX_PREFETCH=0"},
-			`SIDEBOX_INBOX_PREFETCH: must be between 1 and 65535, got "0"`},
+			`SIDEBOX_INBOX_PREFETCH: must be between 1 and 65535, got 0`},
 		{"log level", []string{"relay"}, []string{db, mq, "SIDEBOX_LOG_LEVEL=loud"},
 			`SIDEBOX_LOG_LEVEL: must be debug, info, warn or error, got "loud"`},
 		{"webhook image", []string{"inject"}, []string{"SIDEBOX_INJECT_TLS_CERT=/c", "SIDEBOX_INJECT_TLS_KEY=/k"},

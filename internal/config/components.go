@@ -1,7 +1,9 @@
 package config
 
 import (
+	"cmp"
 	"errors"
+	"regexp"
 
 	"github.com/sidebox/sidebox/inbox"
 	"github.com/sidebox/sidebox/internal/inject"
@@ -82,6 +84,14 @@ func relayVar(field string) string {
 	}[field]
 }
 
+// purgerVar names the variable behind a field of inbox.PurgerConfig.
+func purgerVar(field string) string {
+	return map[string]string{
+		"Table":     "SIDEBOX_INBOX_TABLE",
+		"Retention": "SIDEBOX_INBOX_RETENTION",
+	}[field]
+}
+
 func consumerVar(field string) string {
 	return map[string]string{
 		"Queue":         "SIDEBOX_INBOX_QUEUE",
@@ -138,13 +148,102 @@ func collect(err error, out *Errors) bool {
 	case errors.As(err, &ie):
 		name, problem = ie.Var, ie.Problem
 	case errors.As(err, &re):
-		name, problem = relayVar(re.Field), re.Problem
+		name, problem = relayVar(re.Field), fieldsToVars(re.Problem, relayVar)
 	case errors.As(err, &ce):
-		name, problem = consumerVar(ce.Field), ce.Problem
+		name, problem = consumerVar(ce.Field), fieldsToVars(ce.Problem, consumerVar)
 	}
 	if name == "" {
 		return false
 	}
 	*out = append(*out, &Error{Var: name, Problem: problem})
 	return true
+}
+
+// goName matches a word that may be a Go field name in a component's problem text.
+var goName = regexp.MustCompile(`\b[A-Z][A-Za-z]+\b`)
+
+// fieldsToVars names the variables instead of the fields a problem text refers to
+// ("must be at least RetryBackoff (1m0s)" becomes "... SIDEBOX_RETRY_BACKOFF (1m0s)").
+func fieldsToVars(problem string, toVar func(string) string) string {
+	return goName.ReplaceAllStringFunc(problem, func(w string) string { return cmp.Or(toVar(w), w) })
+}
+
+// componentErrors turns the errors of a component's Validate, checked for group, into
+// Errors naming the variables, toVar giving the variable of a field. It leaves out a
+// field no variable sets (the component fills it with its default), a variable of
+// another group (checked, or not used, with its own group) and a variable whose value
+// did not parse (already reported), or whose problem compares it with such a variable
+// (which holds its default, not the value given).
+func (c *Config) componentErrors(group Group, err error, toVar func(string) string) Errors {
+	var out Errors
+	for _, leaf := range leaves(err) {
+		var (
+			re             *relay.ConfigError
+			ce             *inbox.ConfigError
+			field, problem string
+		)
+		switch {
+		case errors.As(leaf, &re):
+			field, problem = re.Field, re.Problem
+		case errors.As(leaf, &ce):
+			field, problem = ce.Field, ce.Problem
+		default:
+			// Validate returns only *ConfigError; anything else is a defect, reported
+			// rather than lost, under the group's first variable.
+			out = append(out, &Error{Var: firstVar(group), Problem: leaf.Error()})
+			continue
+		}
+		name := toVar(field)
+		if name == "" || varGroup(name) != group || c.parseErrors[name] != nil || c.refersToUnparsed(problem, toVar) {
+			continue
+		}
+		out = append(out, &Error{Var: name, Problem: fieldsToVars(problem, toVar)})
+	}
+	return out
+}
+
+// refersToUnparsed reports whether a problem text names a field whose variable did
+// not parse.
+func (c *Config) refersToUnparsed(problem string, toVar func(string) string) bool {
+	for _, w := range goName.FindAllString(problem, -1) {
+		if name := toVar(w); name != "" && c.parseErrors[name] != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// leaves returns the errors joined in err (itself when it joins none); nil for nil.
+func leaves(err error) []error {
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		if err == nil {
+			return nil
+		}
+		return []error{err}
+	}
+	var out []error
+	for _, e := range joined.Unwrap() {
+		out = append(out, leaves(e)...)
+	}
+	return out
+}
+
+// varGroup returns the group of a variable; firstVar the first variable of a group.
+func varGroup(name string) Group {
+	for _, f := range envFields() {
+		if f.Tag.Get("envconfig") == name {
+			return groupOf(f)
+		}
+	}
+	return 0
+}
+
+func firstVar(g Group) string {
+	for _, f := range envFields() {
+		if groupOf(f) == g {
+			return f.Tag.Get("envconfig")
+		}
+	}
+	return ""
 }

@@ -2,10 +2,12 @@
 // with envconfig and validates, for each command, only the variables that command uses.
 //
 // Each variable is defined once: its name, group and help text in Config's tags, its
-// default in defaults (a component's setting takes the component's Default constant),
-// its bounds in Check (a component's setting uses the component's Min and Max
-// constants). RelayConfig, ConsumerConfig, PurgerConfig and InjectConfig map the
-// variables onto the components' configurations, which the components validate too.
+// default in defaults (a component's setting takes the component's Default constant).
+// A component's setting is validated by the component alone: Check maps the variables
+// onto the components' configurations (RelayConfig, ConsumerConfig, PurgerConfig,
+// InjectConfig), calls their Validate and names the variable behind each field in
+// error (relayVar, consumerVar). Check validates itself only the variables that are
+// no component's setting (URLs, TLS files, log, HTTP address, the sidecar's timeouts).
 //
 // Every problem is reported at once as a *Error naming the variable; the CLI turns them
 // into exit code 2. Values of URL variables are never part of an error message, since
@@ -45,8 +47,8 @@ const Prefix = "SIDEBOX_"
 
 // Config is the process's configuration. The struct tags are the source of truth for
 // variable names, the group a variable belongs to and its documentation; defaults
-// gives the defaults, most of them the components' own Default constants, and Check
-// the bounds, the components' own Min and Max constants.
+// gives the defaults, most of them the components' own Default constants; the
+// components' Validate apply the bounds, their own Min and Max constants.
 //
 // Tags carry the full variable name and Load passes envconfig no prefix: with a prefix,
 // envconfig falls back to the unprefixed name (DATABASE_URL, LOG_LEVEL) when the
@@ -367,25 +369,24 @@ func (c *Config) Check(groups Group) error {
 		}
 	}
 	if groups&Relay != 0 {
-		inLimits(bad, parsed, "SIDEBOX_BATCH_SIZE", c.BatchSize)
-		positive(bad, parsed, "SIDEBOX_POLL_INTERVAL", c.PollInterval)
-		inLimits(bad, parsed, "SIDEBOX_MAX_ATTEMPTS", c.MaxAttempts)
-		positive(bad, parsed, "SIDEBOX_RETRY_BACKOFF", c.RetryBackoff)
-		positive(bad, parsed, "SIDEBOX_RETRY_BACKOFF_MAX", c.RetryBackoffMax)
-		if parsed("SIDEBOX_RETRY_BACKOFF") && parsed("SIDEBOX_RETRY_BACKOFF_MAX") && c.RetryBackoff > 0 && c.RetryBackoffMax < c.RetryBackoff {
-			bad("SIDEBOX_RETRY_BACKOFF_MAX", "must be at least SIDEBOX_RETRY_BACKOFF (%s), got %q", c.RetryBackoff, c.RetryBackoffMax.String())
-		}
-		positive(bad, parsed, "SIDEBOX_PUBLISH_TIMEOUT", c.PublishTimeout)
-		inLimits(bad, parsed, "SIDEBOX_RELAY_WORKERS", c.RelayWorkers)
 		if c.ListenDatabaseURL != "" {
 			if p := checkDatabaseURL(c.ListenDatabaseURL); p != "" {
 				bad("SIDEBOX_LISTEN_DATABASE_URL", "%s", p)
 			}
 		}
-		inLimits(bad, parsed, "SIDEBOX_BATCH_BYTES", c.BatchBytes)
+		// The relay validates its own configuration.
+		errs = append(errs, c.componentErrors(Relay, c.RelayConfig("").Validate(), relayVar)...)
 	}
 	if groups&Consumer != 0 {
-		c.checkConsumer(bad, parsed)
+		b, err := inbox.ParseBindings(c.InboxBindings)
+		if err != nil {
+			bad("SIDEBOX_INBOX_BINDINGS", "%v", err)
+		}
+		c.Bindings = b
+		// The consumer and the purger validate their own configurations.
+		cc, pc := c.ConsumerConfig(), c.PurgerConfig()
+		errs = append(errs, c.componentErrors(Consumer, cc.Validate(), consumerVar)...)
+		errs = append(errs, c.componentErrors(Consumer, pc.Validate(), purgerVar)...)
 	}
 	if groups&Inject != 0 {
 		// The webhook validates its own configuration; its errors name the variables.
@@ -454,36 +455,6 @@ func fileError(err error) string {
 	return err.Error()
 }
 
-func (c *Config) checkConsumer(bad func(string, string, ...any), parsed func(string) bool) {
-	switch {
-	case c.InboxQueue == "":
-		bad("SIDEBOX_INBOX_QUEUE", "must be set: it names the queue the inbox consumer reads")
-	case len(c.InboxQueue) > inbox.MaxQueueBytes:
-		bad("SIDEBOX_INBOX_QUEUE", "must be at most %d bytes, got %d", inbox.MaxQueueBytes, len(c.InboxQueue))
-	}
-	if len(c.InboxConsumer) > inbox.MaxConsumerBytes {
-		bad("SIDEBOX_INBOX_CONSUMER", "must be at most %d bytes, got %d", inbox.MaxConsumerBytes, len(c.InboxConsumer))
-	}
-	inLimits(bad, parsed, "SIDEBOX_INBOX_PREFETCH", c.InboxPrefetch)
-	inLimits(bad, parsed, "SIDEBOX_INBOX_WORKERS", c.InboxWorkers)
-	inLimits(bad, parsed, "SIDEBOX_INBOX_BATCH_BYTES", c.InboxBatchBytes)
-	inLimits(bad, parsed, "SIDEBOX_INBOX_PREFETCH_BYTES", c.InboxPrefetchBytes)
-	if parsed("SIDEBOX_INBOX_PREFETCH") && c.InboxPrefetch >= 1 && c.InboxPrefetch <= inbox.MaxPrefetch {
-		between(bad, parsed, "SIDEBOX_INBOX_BATCH_SIZE", c.InboxBatchSize, 1, c.InboxPrefetch)
-	}
-	if _, maxWait, _ := limits("SIDEBOX_INBOX_BATCH_WAIT"); parsed("SIDEBOX_INBOX_BATCH_WAIT") && (c.InboxBatchWait <= 0 || c.InboxBatchWait > maxWait.(time.Duration)) {
-		bad("SIDEBOX_INBOX_BATCH_WAIT", "must be a positive duration of at most %s, got %q", inbox.MaxBatchWait, c.InboxBatchWait.String())
-	}
-	if minRetention, _, _ := limits("SIDEBOX_INBOX_RETENTION"); parsed("SIDEBOX_INBOX_RETENTION") && c.InboxRetention < minRetention.(time.Duration) {
-		bad("SIDEBOX_INBOX_RETENTION", "must be at least %s, got %q", formatDefault(reflect.ValueOf(minRetention)), c.InboxRetention.String())
-	}
-	b, err := inbox.ParseBindings(c.InboxBindings)
-	if err != nil {
-		bad("SIDEBOX_INBOX_BINDINGS", "%v", err)
-	}
-	c.Bindings = b
-}
-
 func positive(bad func(string, string, ...any), parsed func(string) bool, name string, d time.Duration) {
 	if parsed(name) && d <= 0 {
 		bad(name, "must be a positive duration, got %q", d.String())
@@ -491,8 +462,8 @@ func positive(bad func(string, string, ...any), parsed func(string) bool, name s
 }
 
 // limits returns the bounds of a variable, as given by its component; ok is false for
-// a variable with none. They are checked by Check and shown in the variable's help
-// text, where {min} and {max} stand for them.
+// a variable with none. The component's Validate checks them; the variable's help text
+// shows them, where {min} and {max} stand for them.
 func limits(name string) (lo, hi any, ok bool) {
 	switch name {
 	case "SIDEBOX_BATCH_SIZE":
@@ -526,18 +497,6 @@ func help(name, desc string) string {
 		return desc
 	}
 	return strings.NewReplacer("{min}", formatDefault(reflect.ValueOf(lo)), "{max}", formatDefault(reflect.ValueOf(hi))).Replace(desc)
-}
-
-// inLimits checks an integer variable against its limits.
-func inLimits(bad func(string, string, ...any), parsed func(string) bool, name string, n int) {
-	lo, hi, _ := limits(name)
-	between(bad, parsed, name, n, lo.(int), hi.(int))
-}
-
-func between(bad func(string, string, ...any), parsed func(string) bool, name string, n, lo, hi int) {
-	if parsed(name) && (n < lo || n > hi) {
-		bad(name, "must be between %d and %d, got %q", lo, hi, strconv.Itoa(n))
-	}
 }
 
 // checkDatabaseURL returns what is wrong with a lib/pq connection string, without

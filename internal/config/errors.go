@@ -3,7 +3,7 @@ package config
 import "strings"
 
 // Error is one invalid variable. It prints as
-// `SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got "0"`.
+// `SIDEBOX_BATCH_SIZE: must be between 1 and 10000, got 0`.
 //
 // It is sidebox's one configuration error: Check returns them, FromComponent turns the
 // components' own (relay, inbox, webhook) into them, and the CLI exits with code 2 on
