@@ -73,6 +73,7 @@ type Consumer struct {
 
 	// prefetchChanged, when set (tests only), gets each new prefetch count of a session.
 	prefetchChanged func(count int)
+	lastPrefetch    int // the prefetch count of the last session
 
 	// afterCommit, when set (tests only), runs after a batch committed and before it is
 	// acknowledged.
@@ -144,6 +145,10 @@ func (c *Consumer) Ready() bool {
 // deliveries are redelivered by the broker and deduplicated then.
 var errChannelClosed = errors.New("AMQP channel closed")
 
+// errPrefetchChange ends a session whose prefetch count no longer suits the message
+// sizes; the next session starts at once with the new count (see window).
+var errPrefetchChange = errors.New("prefetch count changes")
+
 // Run consumes until ctx is cancelled, then stops consuming, stores and acknowledges the
 // batches in hand (within DrainTimeout) and returns nil. A lost broker connection, a
 // missing queue or an unreachable database are logged and retried with backoff; Ready is
@@ -171,11 +176,19 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer stopDrainTimer()
 
 	failures := 0
+	resumed := false // the last session ended for a new prefetch count
 	for ctx.Err() == nil {
-		progressed, err := c.session(ctx, work)
-		c.consuming.Store(false)
+		progressed, err := c.session(ctx, work, resumed)
+		resumed = errors.Is(err, errPrefetchChange)
+		if !resumed {
+			c.consuming.Store(false) // a new prefetch count takes milliseconds, not an outage
+		}
 		if ctx.Err() != nil {
 			break
+		}
+		if resumed {
+			c.log.Debug("inbox prefetch changes", zap.Int("message_bytes", c.sizeSeen))
+			continue
 		}
 		if progressed {
 			failures = 0
@@ -192,7 +205,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 // session consumes on one AMQP channel until ctx is done or the channel fails. It
 // reports whether it acknowledged at least one batch.
-func (c *Consumer) session(ctx, work context.Context) (progressed bool, err error) {
+func (c *Consumer) session(ctx, work context.Context, resumed bool) (progressed bool, err error) {
 	if c.cfg.Declare || len(c.cfg.Bindings) > 0 {
 		if err := c.declare(ctx); err != nil {
 			return false, err
@@ -204,21 +217,24 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	}
 	defer func() { _ = ch.Close() }() // unacknowledged deliveries go back to the queue
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	win := &window{ch: ch, queue: c.cfg.Queue, max: c.cfg.Prefetch, bytes: c.cfg.PrefetchBytes, size: &c.sizeSeen,
-		changed: func(count int) {
-			c.prefetch.Set(float64(count))
-			if c.prefetchChanged != nil {
-				c.prefetchChanged(count)
-			}
-			c.log.Debug("inbox prefetch changed", zap.Int("prefetch", count), zap.Int("message_bytes", c.sizeSeen))
-		}}
+	win := &window{ch: ch, queue: c.cfg.Queue, max: c.cfg.Prefetch, bytes: c.cfg.PrefetchBytes, size: &c.sizeSeen}
 	if err := win.start(win.want(cmp.Or(c.sizeSeen, sizeGuess))); err != nil {
 		return false, err
 	}
 	c.prefetch.Set(float64(win.count))
-	c.dbOK.Store(c.db.PingContext(ctx) == nil)
+	if c.prefetchChanged != nil && win.count != c.lastPrefetch {
+		c.prefetchChanged(win.count)
+	}
+	c.lastPrefetch = win.count
+	if !resumed {
+		c.dbOK.Store(c.db.PingContext(ctx) == nil)
+	}
 	c.consuming.Store(true)
-	c.log.Info("inbox consumer started", zap.Int("prefetch", win.count), zap.Int("batch_size", c.cfg.BatchSize),
+	started := c.log.Info
+	if resumed {
+		started = c.log.Debug // a new prefetch count, not news for the log
+	}
+	started("inbox consumer started", zap.Int("prefetch", win.count), zap.Int("batch_size", c.cfg.BatchSize),
 		zap.Int("workers", c.cfg.Workers))
 
 	// sess ends the pipeline early when a worker or the acker fails.
@@ -253,7 +269,8 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	}()
 
 	open, err := c.collect(ctx, sess, win, todo)
-	if err != nil {
+	resize := errors.Is(err, errPrefetchChange)
+	if err != nil && !resize {
 		abort(err)
 	}
 	if ctx.Err() != nil {
@@ -267,6 +284,10 @@ func (c *Consumer) session(ctx, work context.Context) (progressed bool, err erro
 	switch cause := context.Cause(sess); {
 	case sess.Err() != nil && !errors.Is(cause, context.Canceled):
 		return progressed, cause // a worker or the acker failed
+	case resize:
+		// Everything batched is stored and acknowledged; closing the channel returns
+		// the rest to the queue.
+		return progressed, err
 	case ctx.Err() != nil:
 		return progressed, nil
 	case open:
@@ -471,8 +492,11 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 				handOver()
 				return false, nil
 			}
-			if err := win.observe(len(d.Body)); err != nil {
-				return true, err // the session ends; d goes back to the queue
+			if win.observe(len(d.Body)) {
+				// d and what follows go back to the queue when the session closes its
+				// channel, after the batches in hand are stored.
+				handOver()
+				return true, errPrefetchChange
 			}
 			if cur != nil && cur.bytes+len(d.Body) > c.cfg.BatchBytes {
 				next = &d // cur is full
