@@ -130,21 +130,13 @@ func (b *PgBouncer) Log() string { return b.proc.logTail() }
 // waitListening waits until PgBouncer accepts TCP connections, failing early if it
 // exits.
 func (b *PgBouncer) waitListening(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
+	return b.proc.waitUntil(timeout, 20*time.Millisecond, "listening", func() error {
 		c, err := net.DialTimeout("tcp", b.Addr(), time.Second)
 		if err == nil {
 			_ = c.Close()
-			return nil
 		}
-		if b.proc.exited() {
-			return fmt.Errorf("pgbouncer exited (%v) before listening", b.proc.err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not listening after %s: %w", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 func (b *PgBouncer) cleanup(t testing.TB) {

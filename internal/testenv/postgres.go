@@ -187,22 +187,11 @@ func (p *Postgres) waitReady(timeout time.Duration) error {
 		return fmt.Errorf("open: %w", err)
 	}
 	defer db.Close()
-	deadline := time.Now().Add(timeout)
-	for {
+	return p.proc.waitUntil(timeout, 20*time.Millisecond, "accepting connections", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err = db.PingContext(ctx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if p.proc.exited() {
-			return fmt.Errorf("server exited (%v) before accepting connections", p.proc.err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready after %s: %w", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		defer cancel()
+		return db.PingContext(ctx)
+	})
 }
 
 // cleanup kills the server and removes its directory.

@@ -189,3 +189,22 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b) // never fails on Linux
 	return hex.EncodeToString(b)
 }
+
+// waitUntil calls probe every pause until it succeeds, failing early when the process
+// exits (what says what it was waiting for) and after timeout.
+func (p *process) waitUntil(timeout, pause time.Duration, what string, probe func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := probe()
+		if err == nil {
+			return nil
+		}
+		if p.exited() {
+			return fmt.Errorf("exited (%v) before %s", p.err, what)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not %s after %s: %w", what, timeout, err)
+		}
+		time.Sleep(pause)
+	}
+}

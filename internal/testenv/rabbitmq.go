@@ -240,20 +240,9 @@ func (r *RabbitMQ) env() []string {
 
 // waitReady polls until the node accepts an AMQP connection, fails early if it exits.
 func (r *RabbitMQ) waitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := probeAMQP(r.URL(), 2*time.Second)
-		if err == nil {
-			return nil
-		}
-		if r.proc.exited() {
-			return fmt.Errorf("node exited (%v) before accepting AMQP connections", r.proc.err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready after %s: %w", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return r.proc.waitUntil(timeout, 50*time.Millisecond, "accepting AMQP connections", func() error {
+		return probeAMQP(r.URL(), 2*time.Second)
+	})
 }
 
 // cleanup kills the node and removes its directory.
