@@ -340,7 +340,7 @@ func TestClaimTimeOverDrain(t *testing.T) {
 		for i, rw := range c.rows {
 			ids[i] = rw.id
 		}
-		if _, _, err := r.q.settle(context.Background(), r.stmts, tx, ids, nil, 10); err != nil {
+		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, ids, nil, 10); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.Commit(); err != nil {
@@ -407,7 +407,7 @@ func TestUnkeyedCursorComesBackForRowsLeftBehind(t *testing.T) {
 			_ = tx.Rollback()
 			return strings.Join(got, ",")
 		}
-		if _, _, err := r.q.settle(context.Background(), r.stmts, tx, ids, nil, 10); err != nil {
+		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, ids, nil, 10); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.Commit(); err != nil {

@@ -75,36 +75,3 @@ func (q *queries) claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cfg 
 	}
 	return out, err
 }
-
-// failure is a row whose publish attempt failed.
-type failure struct {
-	id        string
-	err       string
-	delay     time.Duration
-	permanent bool // the row can never be published: dead at once
-}
-
-// failedRow is what the database says about a row after a failed attempt.
-type failedRow struct {
-	id       string
-	attempts int
-	dead     bool
-}
-
-// settle deletes the confirmed rows and records the failed attempts, in tx. It returns
-// the delivery latencies of the removed rows and the state of the failed ones.
-func (q *queries) settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, confirmed []string, failed []failure, maxAttempts int) ([]float64, []failedRow, error) {
-	fs := make([]outboxdb.Failure, len(failed))
-	for i, f := range failed {
-		fs[i] = outboxdb.Failure{ID: f.id, Err: f.err, Delay: f.delay, Permanent: f.permanent}
-	}
-	latencies, states, err := q.Settle(ctx, st, tx, confirmed, fs, maxAttempts)
-	if err != nil {
-		return nil, nil, err
-	}
-	var out []failedRow
-	for _, s := range states {
-		out = append(out, failedRow{id: s.ID, attempts: s.Attempts, dead: s.Dead})
-	}
-	return latencies, out, nil
-}

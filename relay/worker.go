@@ -492,7 +492,7 @@ const maxRetryLogs = 10
 func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.Time) bool {
 	var (
 		ids      []string
-		failures []failure
+		failures []outboxdb.Failure
 		failedAt = map[string]int{} // index in b.rows of each failed row
 		returned int
 		nacked   int
@@ -504,7 +504,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 		case confirmed:
 			ids = append(ids, rw.id)
 		case failed:
-			failures = append(failures, failure{id: rw.id, err: x.reason, delay: r.retry.Delay(rw.attempts + 1), permanent: x.kind == failPermanent})
+			failures = append(failures, outboxdb.Failure{ID: rw.id, Err: x.reason, Delay: r.retry.Delay(rw.attempts + 1), Permanent: x.kind == failPermanent})
 			failedAt[rw.id] = i
 			switch x.kind {
 			case failReturned:
@@ -518,7 +518,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 	}
 	dbctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
 	defer cancel()
-	latencies, states, err := r.q.settle(dbctx, r.stmts, b.tx, ids, failures, r.cfg.MaxAttempts)
+	latencies, states, err := r.q.Settle(dbctx, r.stmts, b.tx, ids, failures, r.cfg.MaxAttempts)
 	if err == nil {
 		err = b.tx.Commit()
 		if err != nil {
@@ -544,9 +544,9 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 	r.m.Nacked.WithLabelValues(table).Add(float64(nacked))
 	dead, retried := 0, 0
 	for _, s := range states {
-		fields := []zap.Field{zap.String("id", s.id), zap.Int("attempts", s.attempts)}
+		fields := []zap.Field{zap.String("id", s.ID), zap.Int("attempts", s.Attempts)}
 		permanent := false
-		if i, ok := failedAt[s.id]; ok {
+		if i, ok := failedAt[s.ID]; ok {
 			permanent = res[i].kind == failPermanent
 			rw := &b.rows[i]
 			fields = append(fields, zap.String("reason", res[i].reason), zap.String("exchange", rw.exchange), zap.String("routing_key", rw.routingKey))
@@ -555,10 +555,10 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 			}
 		}
 		switch {
-		case s.dead && permanent:
+		case s.Dead && permanent:
 			dead++
 			r.log.Error("outbox row can never be published; it is kept as dead, and blocks its ordering key if it has one", fields...)
-		case s.dead:
+		case s.Dead:
 			dead++
 			r.log.Error("outbox row is dead after its last allowed attempt; it is kept, and blocks its ordering key if it has one", fields...)
 		default:
