@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,11 +39,8 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	sideboxBin = filepath.Join(dir, "sidebox")
-	// Default build flags, so the packages compiled for the other tests are reused.
-	build := exec.Command("go", "build", "-o", sideboxBin, "github.com/sidebox/sidebox/cmd/sidebox")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/sidebox: %v\n%s", err, out)
+	if sideboxBin, err = testenv.BuildSidebox(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
 	return m.Run()
@@ -149,7 +145,7 @@ func TestOrdersToShipmentsWithRelayKilled(t *testing.T) {
 			return attempted.Load() >= mark
 		})
 		published := relay.counter("sidebox_outbox_published_total")
-		relay.kill(t)
+		relay.Kill(t)
 		t.Logf("relay SIGKILLed after %d orders placed; it had published %d rows", attempted.Load(), published)
 		relay = startSidebox(t, "relay", relayEnv)
 	}
@@ -195,7 +191,7 @@ func TestOrdersToShipmentsWithRelayKilled(t *testing.T) {
 	// SIGTERM drains and exits 0.
 	for _, p := range []*proc{relay, inbox} {
 		if err := p.stop(); err != nil {
-			t.Errorf("%v; log:\n%s", err, p.logTail())
+			t.Errorf("%v; log:\n%s", err, p.LogTail())
 		}
 	}
 }
