@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/config"
@@ -28,6 +29,7 @@ func daemon(ctx context.Context, md sidecar.Mode, args []string, stderr io.Write
 		return err // unreachable after Check(config.Log)
 	}
 	defer func() { _ = log.Sync() }()
+	setMemoryLimit(log, memlimit.FromCgroup)
 
 	version, commit := buildVersion()
 	err = sidecar.Run(ctx, md, cfg, log, sidecar.Build{Version: version, Commit: commit}, forcedChan(ctx))
