@@ -392,7 +392,7 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), 131072), 'UTF8') FROM 
 		if name == "" {
 			name = fmt.Sprintf("%d (default)", relay.DefaultBatchBytes)
 		}
-		r.row(name, fmt.Sprintf("%.0f MiB", float64(peak)/(1<<20)), took.Round(10*time.Millisecond).String(), "≤ 256 MiB (the chart's limit)")
+		r.row(name, fmt.Sprintf("%.0f MiB", float64(peak)/(1<<20)), took.Round(10*time.Millisecond).String(), "≤ 256 MiB (half the chart's limit)")
 		tb.ReportMetric(float64(peak)/(1<<20), "peak-MiB-"+strings.Fields(name)[0])
 		e.exec(ctx, `DELETE FROM outbox`)
 	}

@@ -84,7 +84,7 @@ func publish(t *testing.T, conn *amqp.Connection, queue string, msgs ...amqp.Pub
 	if err := ch.Confirm(false); err != nil {
 		t.Fatalf("confirm mode: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var confirms []*amqp.DeferredConfirmation
 	for _, m := range msgs {
