@@ -10,6 +10,7 @@ import (
 
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -244,7 +245,7 @@ const (
 	DefaultMaxAttempts        = 10
 	DefaultRetryBackoff       = time.Second
 	DefaultRetryBackoffMax    = 5 * time.Minute
-	maxProcessorBatch         = 64 // one savepoint per message; stay within PostgreSQL's subtransaction cache
+	maxProcessorBatch         = inboxdb.MaxClaim // one savepoint per message; stay within PostgreSQL's subtransaction cache
 )
 
 // ProcessorConfig configures a Processor. Zero values take the defaults; Consumer is
