@@ -10,6 +10,7 @@ import (
 
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -244,7 +245,7 @@ const (
 	DefaultMaxAttempts        = 10
 	DefaultRetryBackoff       = time.Second
 	DefaultRetryBackoffMax    = 5 * time.Minute
-	maxProcessorBatch         = 64 // one savepoint per message; stay within PostgreSQL's subtransaction cache
+	maxProcessorBatch         = inboxdb.MaxClaim // one savepoint per message; stay within PostgreSQL's subtransaction cache
 )
 
 // ProcessorConfig configures a Processor. Zero values take the defaults; Consumer is
@@ -259,9 +260,11 @@ type ProcessorConfig struct {
 	RetryBackoff    time.Duration // first retry delay, doubling per attempt with jitter; default 1s
 	RetryBackoffMax time.Duration // cap of the retry delay; default 5m
 
-	// Ordered processes rows with the same ordering_key one at a time in arrival order;
-	// a retrying or dead row blocks its key (and only its key). Rows without a key are
-	// never held up.
+	// Ordered processes rows with the same ordering_key one at a time in arrival order,
+	// by one Processor at a time: a batch takes a key's next rows in a run, so that one
+	// busy key moves at the handler's speed, and other Processors skip the key until
+	// the batch ends. A retrying or dead row blocks its key (and only its key). Rows
+	// without a key are never held up.
 	Ordered bool
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -48,6 +49,10 @@ type Processor struct {
 	retry   backoff.Policy
 
 	sql inboxdb.Processor
+
+	mu         sync.Mutex
+	cursor     *string // ordered: the key after which the next claim's walk starts
+	keyedFirst bool    // ordered: the next claim takes keyed rows first
 
 	// beforeCommit, when set (tests only), runs after a batch was handled and marked and
 	// before its transaction commits.
@@ -111,9 +116,11 @@ func (p *Processor) Run(ctx context.Context) error {
 }
 
 // ProcessOnce claims up to BatchSize due rows in one transaction and calls the handler
-// for each, inside a savepoint: a failing handler's effect is rolled back and the row's
-// attempt recorded, the others are marked processed; then it commits. It returns the
-// number of rows handled (processed or failed).
+// for each, in arrival order, inside a savepoint: a failing handler's effect is rolled
+// back and the row's attempt recorded, the others are marked processed; then it commits.
+// Ordered, a batch may hold several consecutive rows of a key; after a failure the
+// key's later rows in the batch are left for a later batch, behind the failed row. It
+// returns the number of rows handled (processed or failed).
 func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 	tx, err := p.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -125,18 +132,28 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("begin inbox batch: %w", err)
 	}
 
-	msgs, err := p.claim(ctx, tx)
-	if err != nil || len(msgs) == 0 {
+	rows, err := p.claim(ctx, tx)
+	if err != nil || len(rows) == 0 {
 		return 0, err
 	}
 	var done []string
-	for i := range msgs {
-		ok, err := p.handle(ctx, tx, &msgs[i])
+	handled := 0
+	failed := map[string]bool{} // ordered: keys whose row failed in this batch
+	for _, r := range rows {
+		if r.Keyed && failed[r.OrderingKey] {
+			continue
+		}
+		msg := p.message(r)
+		ok, err := p.handle(ctx, tx, &msg)
 		if err != nil {
 			return 0, err
 		}
-		if ok {
-			done = append(done, msgs[i].MessageID)
+		handled++
+		switch {
+		case ok:
+			done = append(done, msg.MessageID)
+		case p.cfg.Ordered && r.Keyed:
+			failed[r.OrderingKey] = true
 		}
 	}
 	if len(done) > 0 {
@@ -150,23 +167,53 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("commit inbox batch: %w", err)
 	}
-	return len(msgs), nil
+	return handled, nil
 }
 
-func (p *Processor) claim(ctx context.Context, tx *sql.Tx) ([]Message, error) {
-	rows, err := p.sql.Claim(ctx, tx, p.cfg.Consumer, p.cfg.BatchSize)
+// maxVisits bounds the keys one claim's walk visits, so that many blocked keys cannot
+// make a claim long; the cursor lets the next claim go on from there.
+func (p *Processor) maxVisits() int { return 4*p.cfg.BatchSize + 16 }
+
+// claim locks the batch's rows. Ordered, the walk over the keys goes on from where the
+// last claim left it, and keyed and unkeyed rows take first in turn.
+func (p *Processor) claim(ctx context.Context, tx *sql.Tx) ([]inboxdb.Row, error) {
+	p.mu.Lock()
+	c := inboxdb.Claim{Limit: p.cfg.BatchSize, KeyedFirst: p.keyedFirst, Cursor: p.cursor, MaxVisits: p.maxVisits()}
+	p.keyedFirst = !p.keyedFirst
+	p.mu.Unlock()
+	got, err := p.sql.Claim(ctx, tx, p.cfg.Consumer, c)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Message, len(rows))
-	for i, r := range rows {
-		out[i] = Message{
-			Consumer: p.cfg.Consumer, MessageID: r.MessageID, Exchange: r.Exchange, RoutingKey: r.RoutingKey,
-			Type: r.MessageType, ContentType: r.ContentType, Headers: json.RawMessage(r.Headers), Payload: r.Payload,
-			OrderingKey: r.OrderingKey, ReceivedAt: r.ReceivedAt, Attempts: r.Attempts,
+	if p.cfg.Ordered && len(got.Rows) == 0 && c.Cursor != nil && got.WalkEnded {
+		// Nothing after the cursor: start again at the first key. The claim that found
+		// nothing holds no row.
+		c.Cursor = nil
+		if got, err = p.sql.Claim(ctx, tx, p.cfg.Consumer, c); err != nil {
+			return nil, err
 		}
 	}
-	return out, nil
+	if p.cfg.Ordered {
+		p.mu.Lock()
+		switch {
+		case got.WalkEnded:
+			p.cursor = nil
+		case got.Last.Valid:
+			last := got.Last.String
+			p.cursor = &last
+		}
+		p.mu.Unlock()
+	}
+	return got.Rows, nil
+}
+
+// message is the Message of claimed row r.
+func (p *Processor) message(r inboxdb.Row) Message {
+	return Message{
+		Consumer: p.cfg.Consumer, MessageID: r.MessageID, Exchange: r.Exchange, RoutingKey: r.RoutingKey,
+		Type: r.MessageType, ContentType: r.ContentType, Headers: json.RawMessage(r.Headers), Payload: r.Payload,
+		OrderingKey: r.OrderingKey, ReceivedAt: r.ReceivedAt, Attempts: r.Attempts,
+	}
 }
 
 // handle runs the handler for msg in a savepoint. It reports whether the handler

@@ -176,30 +176,6 @@ func TestProcessorPerKeyOrder(t *testing.T) {
 	}
 }
 
-func TestProcessorOrderedBatchTakesOneRowPerKey(t *testing.T) {
-	t.Parallel()
-	db, _, _ := migrated(t, "inbox")
-	storeRows(t, db, "svc", "a1:a", "a2:a", "b1:b")
-	var batches [][]string
-	var cur []string
-	p := newProcessor(t, db, ProcessorConfig{Consumer: "svc", Ordered: true, BatchSize: 10},
-		func(ctx context.Context, tx *sql.Tx, msg Message) error { cur = append(cur, msg.MessageID); return nil })
-	for {
-		cur = nil
-		n, err := p.ProcessOnce(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		batches = append(batches, cur)
-	}
-	if len(batches) != 2 || strings.Join(batches[0], ",") != "a1,b1" || strings.Join(batches[1], ",") != "a2" {
-		t.Errorf("batches %v, want [[a1 b1] [a2]]", batches)
-	}
-}
-
 // TestProcessorCrashBeforeCommit kills a processing process after the handler ran and
 // the row was marked, before the commit: neither the effect nor the mark survives, and
 // the next processor does the work once.

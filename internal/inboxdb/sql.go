@@ -138,31 +138,20 @@ func ClaimSQL(table string) string { return `INSERT INTO ` + table + ClaimValues
 
 // Processor is the SQL of a processor of one table.
 type Processor struct {
-	claim, done, fail string
+	ordered   bool
+	unordered string
+	claim     [2][2]string // ordered: [keyedFirst][afterCursor]
+	done      string
+	fail      string
 }
 
-// NewProcessor builds a processor's SQL for table. Ordered: a row is claimed only as the
-// head of its ordering key.
+// NewProcessor builds a processor's SQL for table. Ordered: the rows of an ordering key
+// are claimed from the head of the key, in seq order (orderedClaimSQL).
 func NewProcessor(table string, ordered bool) Processor {
 	t := table
-	head := ""
-	if ordered {
-		// Head of its key: no earlier row of the key is unprocessed (retrying and dead
-		// rows included), so a key moves one row at a time, in arrival order.
-		head = `
-  AND (i.ordering_key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM ` + t + ` e
-    WHERE e.consumer = i.consumer AND e.ordering_key = i.ordering_key
-      AND e.seq < i.seq AND e.processed_at IS NULL))`
-	}
-	return Processor{
-		claim: `SELECT i.message_id, i.exchange, i.routing_key, coalesce(i.message_type, ''), coalesce(i.content_type, ''),
-  i.headers, i.payload, coalesce(i.ordering_key, ''), i.received_at, i.attempts
-FROM ` + t + ` i
-WHERE i.consumer = $1 AND i.processed_at IS NULL AND i.dead_at IS NULL AND i.available_at <= now()` + head + `
-ORDER BY i.seq
-LIMIT $2
-FOR UPDATE SKIP LOCKED`,
+	p := Processor{
+		ordered:   ordered,
+		unordered: unorderedClaimSQL(t),
 		done: `UPDATE ` + t + ` SET processed_at = now(), last_error = NULL
 WHERE consumer = $1 AND message_id = ANY($2::text[])`,
 		fail: `UPDATE ` + t + ` SET attempts = attempts + 1, last_error = $3,
@@ -171,6 +160,12 @@ WHERE consumer = $1 AND message_id = ANY($2::text[])`,
 WHERE consumer = $1 AND message_id = $2
 RETURNING dead_at IS NOT NULL`,
 	}
+	for kf := range 2 {
+		for ac := range 2 {
+			p.claim[kf][ac] = orderedClaimSQL(t, kf == 1, ac == 1)
+		}
+	}
+	return p
 }
 
 // Row is one claimed inbox row. Absent optional columns are "".
@@ -183,36 +178,10 @@ type Row struct {
 	Headers     []byte // jsonb text
 	Payload     []byte
 	OrderingKey string
+	Keyed       bool // ordering_key is not NULL
 	ReceivedAt  time.Time
 	Attempts    int
-}
-
-// scan reads the columns of the claim into r, in the claim's order.
-func (r *Row) scan(rows *sql.Rows) error {
-	return rows.Scan(&r.MessageID, &r.Exchange, &r.RoutingKey, &r.MessageType, &r.ContentType,
-		&r.Headers, &r.Payload, &r.OrderingKey, &r.ReceivedAt, &r.Attempts)
-}
-
-// Claim locks and returns up to limit due rows of consumer in tx, in arrival order,
-// skipping rows other transactions hold.
-func (p Processor) Claim(ctx context.Context, tx *sql.Tx, consumer string, limit int) ([]Row, error) {
-	rows, err := tx.QueryContext(ctx, p.claim, consumer, limit)
-	if err != nil {
-		return nil, fmt.Errorf("claim inbox rows: %w", err)
-	}
-	defer rows.Close()
-	var out []Row
-	for rows.Next() {
-		var r Row
-		if err := r.scan(rows); err != nil {
-			return nil, fmt.Errorf("read inbox row: %w", err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim inbox rows: %w", err)
-	}
-	return out, nil
+	Seq         int64
 }
 
 // MarkProcessed marks consumer's rows ids processed, in tx.

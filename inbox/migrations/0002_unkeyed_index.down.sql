@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS inbox_unkeyed_idx;
