@@ -79,6 +79,11 @@ type Config struct {
 	// than it goes alone, one such row at a time. Workers × BatchBytes, plus one row
 	// above it, bounds the payloads in memory.
 	BatchBytes int
+	// MaxMessageBytes is the largest payload the broker takes (RabbitMQ's
+	// max_message_size, which it does not announce); default 128 MiB, RabbitMQ's
+	// default. A larger row is kept as dead at once, without being read or sent. A
+	// broker that refuses a message as too large lowers it for the rest of Run.
+	MaxMessageBytes int
 }
 
 // Defaults.
@@ -91,6 +96,7 @@ const (
 	DefaultMaxAttempts     = 10
 	DefaultWorkers         = 2
 	DefaultBatchBytes      = 8 << 20
+	DefaultMaxMessageBytes = 128 << 20
 
 	// MaxBatchSize is the largest accepted BatchSize.
 	MaxBatchSize = 10000
@@ -101,6 +107,10 @@ const (
 	// MinBatchBytes and MaxBatchBytes bound BatchBytes.
 	MinBatchBytes = 1 << 10
 	MaxBatchBytes = 1 << 30
+	// MinMaxMessageBytes and MaxMaxMessageBytes bound MaxMessageBytes; RabbitMQ
+	// accepts no max_message_size above 512 MiB.
+	MinMaxMessageBytes = 1 << 10
+	MaxMaxMessageBytes = 512 << 20
 )
 
 const (
@@ -136,6 +146,7 @@ func (c *Config) setDefaults() {
 	c.Table = cmp.Or(c.Table, outbox.DefaultTable)
 	c.ConnectionName = cmp.Or(c.ConnectionName, "sidebox relay")
 	c.BatchBytes = cmp.Or(c.BatchBytes, DefaultBatchBytes)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultMaxMessageBytes)
 }
 
 // ConfigError reports an invalid Config field. Field is the Go field name (BatchSize,
@@ -172,6 +183,7 @@ func (c Config) Validate() error {
 	check(c.MaxAttempts < 1 || c.MaxAttempts > MaxMaxAttempts, "MaxAttempts", "must be between 1 and %d, got %d", MaxMaxAttempts, c.MaxAttempts)
 	check(c.Workers < 1 || c.Workers > MaxWorkers, "Workers", "must be between 1 and %d, got %d", MaxWorkers, c.Workers)
 	check(c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes, "BatchBytes", "must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
+	check(c.MaxMessageBytes < MinMaxMessageBytes || c.MaxMessageBytes > MaxMaxMessageBytes, "MaxMessageBytes", "must be between %d and %d, got %d", MinMaxMessageBytes, MaxMaxMessageBytes, c.MaxMessageBytes)
 	_, err = pg.ParsePrepareMode(c.Prepare)
 	check(err != nil, "Prepare", "%v", err)
 	return errors.Join(errs...)
@@ -210,6 +222,10 @@ type Relay struct {
 
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
+
+	// brokerMax is the largest message the broker said it takes, learned from its
+	// refusal of a larger one; 0: not known.
+	brokerMax atomic.Int64
 
 	// large is held by the worker that has a batch above BatchBytes (one row, read
 	// from the table in chunks) in memory: one such payload at a time.
