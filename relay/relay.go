@@ -84,6 +84,10 @@ type Config struct {
 	// default. A larger row is kept as dead at once, without being read or sent. A
 	// broker that refuses a message as too large lowers it for the rest of Run.
 	MaxMessageBytes int
+	// Retention keeps published rows (published_at set) for this long for audit, then
+	// purges them in small batches; 0 (the default): a row is deleted once confirmed.
+	// Needs the outbox migration 0003.
+	Retention time.Duration
 }
 
 // Defaults.
@@ -111,6 +115,8 @@ const (
 	// accepts no max_message_size above 512 MiB.
 	MinMaxMessageBytes = 1 << 10
 	MaxMaxMessageBytes = 512 << 20
+	// MinRetention is the shortest Retention above 0.
+	MinRetention = time.Minute
 )
 
 const (
@@ -184,6 +190,7 @@ func (c Config) Validate() error {
 	check(c.Workers < 1 || c.Workers > MaxWorkers, "Workers", "must be between 1 and %d, got %d", MaxWorkers, c.Workers)
 	check(c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes, "BatchBytes", "must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
 	check(c.MaxMessageBytes < MinMaxMessageBytes || c.MaxMessageBytes > MaxMaxMessageBytes, "MaxMessageBytes", "must be between %d and %d, got %d", MinMaxMessageBytes, MaxMaxMessageBytes, c.MaxMessageBytes)
+	check(c.Retention < 0 || c.Retention > 0 && c.Retention < MinRetention, "Retention", "must be 0 (delete on confirm) or at least %v, got %v", MinRetention, c.Retention)
 	_, err = pg.ParsePrepareMode(c.Prepare)
 	check(err != nil, "Prepare", "%v", err)
 	return errors.Join(errs...)
@@ -226,6 +233,8 @@ type Relay struct {
 	// brokerMax is the largest message the broker said it takes, learned from its
 	// refusal of a larger one; 0: not known.
 	brokerMax atomic.Int64
+
+	purgeEvery time.Duration // pause between purges of kept rows (Retention)
 
 	// large is held by the worker that has a batch above BatchBytes (one row, read
 	// from the table in chunks) in memory: one such payload at a time.
@@ -272,6 +281,9 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		conn = owned
 	}
 	q := newQueries(table)
+	if cfg.Retention > 0 {
+		q.KeepPublished()
+	}
 	log = log.With(zap.String("table", table.String()))
 	return &Relay{
 		db:         db,
@@ -290,6 +302,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		reconnect:  backoff.Database(),
 		suspects:   map[string]time.Time{},
 		large:      make(chan struct{}, 1),
+		purgeEvery: purgeEvery,
 	}, nil
 }
 
@@ -349,6 +362,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		w := &worker{r: r, d: d, id: i, in: make(chan *batch, 1)}
 		workers[i] = w
 		wg.Go(func() { w.run(ctx) })
+	}
+	if r.cfg.Retention > 0 {
+		wg.Go(func() { r.purge(ctx) })
 	}
 	d.run(ctx)
 

@@ -27,6 +27,7 @@ func (c *Config) RelayConfig(listenDSN string) relay.Config {
 		Prepare:           string(c.Prepare),
 		BatchBytes:        c.BatchBytes,
 		MaxMessageBytes:   c.MaxMessageBytes,
+		Retention:         c.OutboxRetention,
 	}
 }
 
@@ -83,6 +84,7 @@ func relayVar(field string) string {
 		"Prepare":         "SIDEBOX_DATABASE_PREPARE",
 		"BatchBytes":      "SIDEBOX_BATCH_BYTES",
 		"MaxMessageBytes": "SIDEBOX_MAX_MESSAGE_BYTES",
+		"Retention":       "SIDEBOX_OUTBOX_RETENTION",
 	}[field]
 }
 
