@@ -143,4 +143,3 @@ func benchClaimRetention(tb *testing.B) *report {
 	r.note("load average at start: %s", e.load)
 	return r
 }
-

@@ -66,7 +66,7 @@ func TestRetentionKeepsPublishedRowsThenPurges(t *testing.T) {
 	for _, m := range s.messages() {
 		seqs[m.MessageId], _ = m.Headers["x-outbox-seq"].(int64)
 	}
-	since := time.Now().Add(-30 * time.Minute)
+	since := outboxdb.Since{Ago: 30 * time.Minute}
 	if n, err := outboxdb.Replay(ctx, db, table, since, true); err != nil || n != 31 {
 		t.Fatalf("Replay dry run = %d, %v; want 31", n, err)
 	}

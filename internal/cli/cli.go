@@ -153,6 +153,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return statusCmd(ctx, rest, stdout)
 	case "dead":
 		return deadCmd(ctx, rest, stdout)
+	case "replay":
+		return replayCmd(ctx, rest, stdout)
 	case "inject":
 		return injectCmd(ctx, rest, stderr)
 	default:

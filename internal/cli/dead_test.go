@@ -393,3 +393,30 @@ func TestDeadInboxRoundTripWhileProcessorRuns(t *testing.T) {
 	}
 	t.Logf("%d messages sent while the tools ran, each took effect once, in order per key", len(sent))
 }
+
+// replay republishes kept rows published since a time or a duration ago, and refuses
+// a missing or malformed --since.
+func TestReplayCommand(t *testing.T) {
+	t.Parallel()
+	db, dsn := testenv.DB(t)
+	vars := []string{"SIDEBOX_DATABASE_URL=" + withPassword(t, dsn)}
+	if r := run(t, vars, "migrate", "up"); r.code != 0 {
+		t.Fatal(r)
+	}
+	testenv.Exec(t, db, `INSERT INTO outbox (payload, published_at) VALUES ('old', now() - interval '3 hours'), ('a', now() - interval '10 minutes'), ('b', now())`)
+	for _, bad := range [][]string{{"replay"}, {"replay", "--since", "yesterday"}, {"replay", "--since", "-1h"}} {
+		if r := run(t, vars, bad...); r.code != 2 {
+			t.Errorf("sidebox %v: want exit 2, got %s", bad, r)
+		}
+	}
+	mustRun(t, vars, []string{"would republish 2 rows", "dry run"}, "replay", "--since", "1h", "--dry-run")
+	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE published_at IS NULL`); n != 0 {
+		t.Errorf("the dry run changed %d rows", n)
+	}
+	since := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	mustRun(t, vars, []string{"republishing 2 rows"}, "replay", "--since", since)
+	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE published_at IS NULL AND attempts = 0 AND payload IN ('a', 'b')`); n != 2 {
+		t.Errorf("%d rows pending again, want 2", n)
+	}
+	mustRun(t, vars, []string{"no kept rows published since"}, "replay", "--since", "1m")
+}

@@ -27,6 +27,10 @@ Commands:
                       for deduplication); the rows behind them in their keys move on
                       SELECTOR: --id ID, --key K (repeatable), --older-than D (ANDed),
                       or --all; retry and discard require one. --consumer C (inbox)
+  replay --since T [--dry-run]
+                      publish again the outbox rows kept by SIDEBOX_OUTBOX_RETENTION
+                      and published since T (RFC 3339, or a duration ago: 90m), with
+                      their ids (inboxes deduplicate them) and in their order
   inject              the Kubernetes admission webhook that adds the sidecar to pods
   version             print the version and commit
   help                print this help

@@ -45,15 +45,30 @@ func Purge(ctx context.Context, db *sql.DB, t pg.Table, retention time.Duration)
 	return n, nil
 }
 
+// Since is the start of a replay: a time, or a duration before the database's now.
+type Since struct {
+	At  time.Time     // used when not zero
+	Ago time.Duration // otherwise: now() - Ago
+}
+
+func (s Since) args() []any {
+	if !s.At.IsZero() {
+		return []any{s.At, nil}
+	}
+	return []any{nil, s.Ago.Seconds()}
+}
+
+const sinceWhere = `published_at >= coalesce($1::timestamptz, now() - $2::float8 * interval '1 second')`
+
 // Replay makes the rows of t published at or after since pending again, as they were
 // written: same id (the AMQP message_id, so that an inbox recognises a message it
 // already has), same seq (a key's rows go out again in their order, ahead of the
 // key's newer rows), attempts 0, due now. It wakes the relays and returns the number
 // of rows; with dryRun it only counts them.
-func Replay(ctx context.Context, db *sql.DB, t pg.Table, since time.Time, dryRun bool) (int64, error) {
+func Replay(ctx context.Context, db *sql.DB, t pg.Table, since Since, dryRun bool) (int64, error) {
 	if dryRun {
 		var n int64
-		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM `+t.String()+` WHERE published_at >= $1`, since).Scan(&n); err != nil {
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM `+t.String()+` WHERE `+sinceWhere, since.args()...).Scan(&n); err != nil {
 			return 0, fmt.Errorf("replay %s: %w", t, err)
 		}
 		return n, nil
@@ -64,7 +79,7 @@ func Replay(ctx context.Context, db *sql.DB, t pg.Table, since time.Time, dryRun
 	}
 	defer func() { _ = tx.Rollback() }()
 	res, err := tx.ExecContext(ctx, `UPDATE `+t.String()+` SET published_at = NULL, attempts = 0, available_at = now()
-WHERE published_at >= $1`, since)
+WHERE `+sinceWhere, since.args()...)
 	if err != nil {
 		return 0, fmt.Errorf("replay %s: %w", t, err)
 	}
