@@ -55,6 +55,10 @@ func mustRun(t *testing.T, vars []string, want []string, args ...string) string 
 	return r.stdout
 }
 
+// maxWritten bounds the rows (messages) the round-trip tests write while the tools
+// run, so that a slow machine does not make them drain more.
+const maxWritten = 600
+
 // orderedSink records the messages of a queue in arrival order.
 type orderedSink struct {
 	mu   sync.Mutex
@@ -145,7 +149,7 @@ func TestDeadOutboxRoundTripWhileRelayRuns(t *testing.T) {
 		wg      sync.WaitGroup
 	)
 	wg.Go(func() {
-		for i := 0; !stop.Load(); i++ {
+		for i := 0; !stop.Load() && i < maxWritten; i++ {
 			var key any = keys[i%len(keys)]
 			if i%5 == 4 {
 				key = nil
@@ -164,13 +168,13 @@ func TestDeadOutboxRoundTripWhileRelayRuns(t *testing.T) {
 		lost[k] = insert("later", k)
 	}
 	lost[""] = insert("later", nil)
-	testenv.Eventually(t, 30*time.Second, "four dead rows", func() bool {
+	testenv.Eventually(t, 60*time.Second, "four dead rows", func() bool {
 		return testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL`) == 4
 	})
 	table := mustRun(t, vars, []string{"ID", "LAST ERROR", "NO_ROUTE", lost["k1"], lost["k2"], lost["k3"], lost[""]}, "dead", "list")
 	t.Logf("dead list:\n%s", table)
 	// The blocked keys wait behind their dead rows while the writer goes on.
-	testenv.Eventually(t, 10*time.Second, "rows waiting behind the dead ones", func() bool {
+	testenv.Eventually(t, 30*time.Second, "rows waiting behind the dead ones", func() bool {
 		return testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE ordering_key = 'k2' AND dead_at IS NULL`) >= 3
 	})
 
@@ -191,7 +195,7 @@ func TestDeadOutboxRoundTripWhileRelayRuns(t *testing.T) {
 
 	stop.Store(true)
 	wg.Wait()
-	testenv.Eventually(t, 30*time.Second, "the outbox drained", func() bool {
+	testenv.Eventually(t, 60*time.Second, "the outbox drained", func() bool {
 		return testenv.Count(t, db, `SELECT count(*) FROM outbox`) == 0
 	})
 	want := map[string]bool{lost["k1"]: true, lost["k3"]: true, lost[""]: true}
@@ -200,7 +204,7 @@ func TestDeadOutboxRoundTripWhileRelayRuns(t *testing.T) {
 		want[id] = true
 	}
 	wmu.Unlock()
-	testenv.Eventually(t, 10*time.Second, "every row delivered", func() bool { return len(sink.all()) >= len(want) })
+	testenv.Eventually(t, 30*time.Second, "every row delivered", func() bool { return len(sink.all()) >= len(want) })
 	time.Sleep(200 * time.Millisecond) // a duplicate, were there one, would be in by now
 
 	seen := map[string]int{}
@@ -313,7 +317,7 @@ func TestDeadInboxRoundTripWhileProcessorRuns(t *testing.T) {
 		publish(id, key, body)
 	}
 	pwg.Go(func() {
-		for i := 0; !stop.Load(); i++ {
+		for i := 0; !stop.Load() && i < maxWritten; i++ {
 			key := keys[i%len(keys)]
 			if i%5 == 4 {
 				key = ""
@@ -327,12 +331,12 @@ func TestDeadInboxRoundTripWhileProcessorRuns(t *testing.T) {
 		poison[k] = "poison-" + k
 		send(poison[k], k, "poison "+k)
 	}
-	testenv.Eventually(t, 30*time.Second, "four dead inbox rows", func() bool {
+	testenv.Eventually(t, 60*time.Second, "four dead inbox rows", func() bool {
 		return testenv.Count(t, db, `SELECT count(*) FROM inbox WHERE dead_at IS NOT NULL`) == 4
 	})
 	mustRun(t, vars, []string{"CONSUMER", "MESSAGE ID", "cannot handle poison", poison["k1"], poison["k2"], poison["k3"], poison[""]},
 		"dead", "list", "--inbox")
-	testenv.Eventually(t, 10*time.Second, "rows waiting behind the dead ones", func() bool {
+	testenv.Eventually(t, 30*time.Second, "rows waiting behind the dead ones", func() bool {
 		return testenv.Count(t, db, `SELECT count(*) FROM inbox WHERE ordering_key = 'k2' AND processed_at IS NULL AND dead_at IS NULL`) >= 3
 	})
 
@@ -354,7 +358,7 @@ func TestDeadInboxRoundTripWhileProcessorRuns(t *testing.T) {
 	smu.Lock()
 	want := len(sent) - 1
 	smu.Unlock()
-	testenv.Eventually(t, 30*time.Second, "every message took effect", func() bool {
+	testenv.Eventually(t, 60*time.Second, "every message took effect", func() bool {
 		return testenv.Count(t, db, `SELECT count(*) FROM effects`) >= want &&
 			testenv.Count(t, db, `SELECT count(*) FROM inbox WHERE processed_at IS NULL`) == 0
 	})
