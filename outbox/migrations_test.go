@@ -70,7 +70,7 @@ func TestMigrationsUpDownUp(t *testing.T) {
 			n := tc.name
 			want := []string{
 				"S:" + n + "_seq_seq", "S:" + n + "_wakeup", "f:" + n + "_wakeup",
-				"i:" + n + "_available_idx", "i:" + n + "_dead_idx", "i:" + n + "_ordering_idx", "i:" + n + "_pkey", "i:" + n + "_retrying_idx", "i:" + n + "_unkeyed_idx",
+				"i:" + n + "_available_idx", "i:" + n + "_dead_idx", "i:" + n + "_ordering_idx", "i:" + n + "_pkey", "i:" + n + "_published_idx", "i:" + n + "_retrying_idx", "i:" + n + "_unkeyed_idx",
 				"r:" + n, "t:" + n + "_wakeup",
 			}
 			sort.Strings(want)

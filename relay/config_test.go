@@ -12,7 +12,7 @@ import (
 func TestConfigValidateReportsEveryField(t *testing.T) {
 	c := Config{Table: "Bad.Table.Name", BatchSize: 0, PollInterval: -time.Second, RetryBackoff: time.Minute,
 		RetryBackoffMax: time.Second, PublishTimeout: time.Second, MaxAttempts: 1, Workers: MaxWorkers + 1,
-		BatchBytes: MinBatchBytes, Prepare: "sometimes"}
+		BatchBytes: MinBatchBytes, MaxMessageBytes: MinMaxMessageBytes, Prepare: "sometimes"}
 	err := c.Validate()
 	joined, ok := err.(interface{ Unwrap() []error })
 	if !ok {

@@ -106,7 +106,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	want := Config{Table: "outbox", ConnectionName: "sidebox relay", BatchSize: 500, PollInterval: time.Second, RetryBackoff: time.Second,
-		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2, Prepare: "auto", BatchBytes: 8 << 20}
+		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2, Prepare: "auto", BatchBytes: 8 << 20, MaxMessageBytes: 128 << 20}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults = %+v, want %+v", c, want)
 	}
@@ -128,6 +128,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{func(c *Config) { c.Workers = 65 }, "Workers"},
 		{func(c *Config) { c.Prepare = "sometimes" }, "Prepare"},
 		{func(c *Config) { c.BatchBytes = 1000 }, "BatchBytes"},
+		{func(c *Config) { c.MaxMessageBytes = 512<<20 + 1 }, "MaxMessageBytes"},
 	} {
 		c := want
 		tc.change(&c)

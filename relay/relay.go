@@ -79,6 +79,15 @@ type Config struct {
 	// than it goes alone, one such row at a time. Workers × BatchBytes, plus one row
 	// above it, bounds the payloads in memory.
 	BatchBytes int
+	// MaxMessageBytes is the largest payload the broker takes (RabbitMQ's
+	// max_message_size, which it does not announce); default 128 MiB, RabbitMQ's
+	// default. A larger row is kept as dead at once, without being read or sent. A
+	// broker that refuses a message as too large lowers it for the rest of Run.
+	MaxMessageBytes int
+	// Retention keeps published rows (published_at set) for this long for audit, then
+	// purges them in small batches; 0 (the default): a row is deleted once confirmed.
+	// Needs the outbox migration 0003.
+	Retention time.Duration
 }
 
 // Defaults.
@@ -91,6 +100,7 @@ const (
 	DefaultMaxAttempts     = 10
 	DefaultWorkers         = 2
 	DefaultBatchBytes      = 8 << 20
+	DefaultMaxMessageBytes = 128 << 20
 
 	// MaxBatchSize is the largest accepted BatchSize.
 	MaxBatchSize = 10000
@@ -101,6 +111,12 @@ const (
 	// MinBatchBytes and MaxBatchBytes bound BatchBytes.
 	MinBatchBytes = 1 << 10
 	MaxBatchBytes = 1 << 30
+	// MinMaxMessageBytes and MaxMaxMessageBytes bound MaxMessageBytes; RabbitMQ
+	// accepts no max_message_size above 512 MiB.
+	MinMaxMessageBytes = 1 << 10
+	MaxMaxMessageBytes = 512 << 20
+	// MinRetention is the shortest Retention above 0.
+	MinRetention = time.Minute
 )
 
 const (
@@ -136,6 +152,7 @@ func (c *Config) setDefaults() {
 	c.Table = cmp.Or(c.Table, outbox.DefaultTable)
 	c.ConnectionName = cmp.Or(c.ConnectionName, "sidebox relay")
 	c.BatchBytes = cmp.Or(c.BatchBytes, DefaultBatchBytes)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultMaxMessageBytes)
 }
 
 // ConfigError reports an invalid Config field. Field is the Go field name (BatchSize,
@@ -172,6 +189,8 @@ func (c Config) Validate() error {
 	check(c.MaxAttempts < 1 || c.MaxAttempts > MaxMaxAttempts, "MaxAttempts", "must be between 1 and %d, got %d", MaxMaxAttempts, c.MaxAttempts)
 	check(c.Workers < 1 || c.Workers > MaxWorkers, "Workers", "must be between 1 and %d, got %d", MaxWorkers, c.Workers)
 	check(c.BatchBytes < MinBatchBytes || c.BatchBytes > MaxBatchBytes, "BatchBytes", "must be between %d and %d, got %d", MinBatchBytes, MaxBatchBytes, c.BatchBytes)
+	check(c.MaxMessageBytes < MinMaxMessageBytes || c.MaxMessageBytes > MaxMaxMessageBytes, "MaxMessageBytes", "must be between %d and %d, got %d", MinMaxMessageBytes, MaxMaxMessageBytes, c.MaxMessageBytes)
+	check(c.Retention < 0 || c.Retention > 0 && c.Retention < MinRetention, "Retention", "must be 0 (delete on confirm) or at least %v, got %v", MinRetention, c.Retention)
 	_, err = pg.ParsePrepareMode(c.Prepare)
 	check(err != nil, "Prepare", "%v", err)
 	return errors.Join(errs...)
@@ -210,6 +229,12 @@ type Relay struct {
 
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
+
+	// brokerMax is the largest message the broker said it takes, learned from its
+	// refusal of a larger one; 0: not known.
+	brokerMax atomic.Int64
+
+	purgeEvery time.Duration // pause between purges of kept rows (Retention)
 
 	// large is held by the worker that has a batch above BatchBytes (one row, read
 	// from the table in chunks) in memory: one such payload at a time.
@@ -256,6 +281,9 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		conn = owned
 	}
 	q := newQueries(table)
+	if cfg.Retention > 0 {
+		q.KeepPublished()
+	}
 	log = log.With(zap.String("table", table.String()))
 	return &Relay{
 		db:         db,
@@ -274,6 +302,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		reconnect:  backoff.Database(),
 		suspects:   map[string]time.Time{},
 		large:      make(chan struct{}, 1),
+		purgeEvery: purgeEvery,
 	}, nil
 }
 
@@ -333,6 +362,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		w := &worker{r: r, d: d, id: i, in: make(chan *batch, 1)}
 		workers[i] = w
 		wg.Go(func() { w.run(ctx) })
+	}
+	if r.cfg.Retention > 0 {
+		wg.Go(func() { r.purge(ctx) })
 	}
 	d.run(ctx)
 

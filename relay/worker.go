@@ -209,7 +209,7 @@ func (w *worker) payloads(ctx context.Context, b *batch) (release func(), ok boo
 	var left []int
 	size := 0
 	for i := range b.rows {
-		if b.rows[i].payload == nil {
+		if b.rows[i].payload == nil && r.oversized(b.rows[i].size) == "" { // a row too large is never read
 			left = append(left, i)
 			size += b.rows[i].size
 		}
@@ -265,6 +265,10 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 	frameMax := r.broker.FrameSize()
 	var alone, pipelined []int
 	for i := range rows {
+		if why := r.oversized(rows[i].size); why != "" {
+			res[i] = result{outcome: failed, kind: failPermanent, reason: why}
+			continue
+		}
 		msg, err := rows[i].publishing(frameMax)
 		if err != nil {
 			res[i] = result{outcome: failed, kind: failPermanent, reason: "cannot map the row to an AMQP message: " + err.Error()}
@@ -291,6 +295,9 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 			// Alone on the channel, so this row did it. It stays a suspect: its
 			// next attempt goes alone too.
 			res[i] = result{outcome: failed, reason: "the broker closed the channel on it: " + ce.Error()}
+			if r.refusedAsTooLarge(ce) {
+				res[i].kind = failPermanent // never smaller next time
+			}
 		}
 	}
 	if len(pipelined) == 0 || !w.ready(ctx, deadline) {
@@ -299,6 +306,7 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 	pc := w.pc
 	w.send(pc, rows, msgs, pipelined, res, deadline)
 	if ce := pc.closeReason(); ce != nil && isSoftError(ce) {
+		r.refusedAsTooLarge(ce) // learn the limit: the next attempt refuses the row up front
 		// One of the unconfirmed rows probably caused it (a missing exchange, a
 		// message too large); next time they go one at a time.
 		var ids []string

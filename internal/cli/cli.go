@@ -151,6 +151,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return migrateCmd(ctx, rest, stdout)
 	case "status":
 		return statusCmd(ctx, rest, stdout)
+	case "dead":
+		return deadCmd(ctx, rest, stdout)
+	case "replay":
+		return replayCmd(ctx, rest, stdout)
 	case "inject":
 		return injectCmd(ctx, rest, stderr)
 	default:

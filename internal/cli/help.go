@@ -16,6 +16,21 @@ Commands:
                       print the SQL snippets (up, or down with --down)
   status [--json]     backlog, retrying, dead and blocked keys of the outbox, and the
                       inbox's unprocessed and dead rows
+  dead list [--inbox] [--json] [--limit N] [SELECTOR]
+                      dead rows of the outbox (of the inbox with --inbox), in seq
+                      order: id, key, exchange, routing key, attempts, last error, age
+  dead retry [--inbox] [--dry-run] SELECTOR
+                      make the selected dead rows due again; each keeps its place
+                      (seq) in its key's order
+  dead discard [--inbox] [--dry-run] SELECTOR
+                      drop the selected dead rows (the inbox keeps them as processed,
+                      for deduplication); the rows behind them in their keys move on
+                      SELECTOR: --id ID, --key K (repeatable), --older-than D (ANDed),
+                      or --all; retry and discard require one. --consumer C (inbox)
+  replay --since T [--dry-run]
+                      publish again the outbox rows kept by SIDEBOX_OUTBOX_RETENTION
+                      and published since T (RFC 3339, or a duration ago: 90m), with
+                      their ids (inboxes deduplicate them) and in their order
   inject              the Kubernetes admission webhook that adds the sidecar to pods
   version             print the version and commit
   help                print this help

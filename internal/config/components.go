@@ -26,6 +26,8 @@ func (c *Config) RelayConfig(listenDSN string) relay.Config {
 		Workers:           c.RelayWorkers,
 		Prepare:           string(c.Prepare),
 		BatchBytes:        c.BatchBytes,
+		MaxMessageBytes:   c.MaxMessageBytes,
+		Retention:         c.OutboxRetention,
 	}
 }
 
@@ -81,6 +83,8 @@ func relayVar(field string) string {
 		"Workers":         "SIDEBOX_RELAY_WORKERS",
 		"Prepare":         "SIDEBOX_DATABASE_PREPARE",
 		"BatchBytes":      "SIDEBOX_BATCH_BYTES",
+		"MaxMessageBytes": "SIDEBOX_MAX_MESSAGE_BYTES",
+		"Retention":       "SIDEBOX_OUTBOX_RETENTION",
 	}[field]
 }
 

@@ -29,6 +29,7 @@ func TestBoundsAgreeWithComponents(t *testing.T) {
 		{"SIDEBOX_MAX_ATTEMPTS", []string{"0", "1", "1000000", "1000001"}},
 		{"SIDEBOX_RELAY_WORKERS", []string{"0", "1", "64", "65"}},
 		{"SIDEBOX_BATCH_BYTES", []string{"1023", "1024", "1073741824", "1073741825"}},
+		{"SIDEBOX_MAX_MESSAGE_BYTES", []string{"1023", "1024", "536870912", "536870913"}},
 		{"SIDEBOX_POLL_INTERVAL", []string{"-1s", "1ms"}},
 		{"SIDEBOX_PUBLISH_TIMEOUT", []string{"-1s", "1ms"}},
 		{"SIDEBOX_RETRY_BACKOFF", []string{"-1s", "1ms"}},

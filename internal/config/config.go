@@ -80,6 +80,8 @@ type Config struct {
 	PublishTimeout  time.Duration `envconfig:"SIDEBOX_PUBLISH_TIMEOUT" group:"relay" desc:"longest wait for the broker's confirms of one batch"`
 	RelayWorkers    int           `envconfig:"SIDEBOX_RELAY_WORKERS" group:"relay" desc:"batches in flight at once, each in its own transaction and channel ({min}-{max})"`
 	BatchBytes      int           `envconfig:"SIDEBOX_BATCH_BYTES" group:"relay" desc:"payload bytes claimed per relay batch ({min}-{max}); a larger row goes alone"`
+	OutboxRetention time.Duration `envconfig:"SIDEBOX_OUTBOX_RETENTION" group:"relay" desc:"keep published outbox rows this long for audit (published_at set), then purge them; 0: delete each row once the broker confirmed it (at least {min} otherwise)"`
+	MaxMessageBytes int           `envconfig:"SIDEBOX_MAX_MESSAGE_BYTES" group:"relay" desc:"largest payload the broker takes, its max_message_size ({min}-{max}); a larger row is kept as dead at once, unsent"`
 
 	InboxQueue     string        `envconfig:"SIDEBOX_INBOX_QUEUE" group:"consumer" desc:"queue the inbox consumer reads; unset: no inbox consumer (sidebox inbox requires it)"`
 	InboxConsumer  string        `envconfig:"SIDEBOX_INBOX_CONSUMER" group:"consumer" desc:"consumer name stored with each inbox row (deduplication is per consumer); default: the queue name"`
@@ -136,6 +138,7 @@ func defaults() Config {
 		PublishTimeout:  relay.DefaultPublishTimeout,
 		RelayWorkers:    relay.DefaultWorkers,
 		BatchBytes:      relay.DefaultBatchBytes,
+		MaxMessageBytes: relay.DefaultMaxMessageBytes,
 
 		InboxPrefetch:      inbox.DefaultPrefetch,
 		InboxBatchSize:     inbox.DefaultConsumerBatchSize,
@@ -474,6 +477,10 @@ func limits(name string) (lo, hi any, ok bool) {
 		return 1, relay.MaxWorkers, true
 	case "SIDEBOX_BATCH_BYTES":
 		return relay.MinBatchBytes, relay.MaxBatchBytes, true
+	case "SIDEBOX_OUTBOX_RETENTION":
+		return relay.MinRetention, time.Duration(math.MaxInt64), true
+	case "SIDEBOX_MAX_MESSAGE_BYTES":
+		return relay.MinMaxMessageBytes, relay.MaxMaxMessageBytes, true
 	case "SIDEBOX_INBOX_PREFETCH":
 		return 1, inbox.MaxPrefetch, true
 	case "SIDEBOX_INBOX_WORKERS":

@@ -133,7 +133,7 @@ func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bo
 	head := func(after string) string {
 		return `SELECT p.ordering_key, p.seq, ` + eligible("p") + ` AS ok, octet_length(p.payload)::bigint AS len
         FROM ` + tbl + ` p
-        WHERE p.dead_at IS NULL` + after + `
+        WHERE p.dead_at IS NULL AND p.published_at IS NULL` + after + `
         ORDER BY p.ordering_key, p.seq LIMIT 1`
 	}
 	// Keep the parameter list the same for every variant.
@@ -190,7 +190,7 @@ keyed AS MATERIALIZED (
     SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `
     FROM ` + tbl + ` o
     WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
-      AND o.dead_at IS NULL AND o.available_at <= now()
+      AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()
     ORDER BY o.seq
     LIMIT ` + keyedLimit + `
     FOR UPDATE OF o SKIP LOCKED
@@ -199,7 +199,7 @@ unkeyed AS MATERIALIZED (
     SELECT * FROM (
         SELECT ` + claimColumns() + extra(`o.available_at`) + `
         FROM ` + tbl + ` o
-        WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
+        WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
         ORDER BY o.available_at, o.seq
         LIMIT ` + strconv.Itoa(maxBatch) + `
         FOR UPDATE OF o SKIP LOCKED) u
@@ -214,7 +214,7 @@ SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s
 UNION ALL
 SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `
-        WHERE dead_at IS NULL AND available_at > now()),
+        WHERE dead_at IS NULL AND published_at IS NULL AND available_at > now()),
     (SELECT last_value FROM ` + t.Ident("_wakeup") + `),
     (SELECT count(*) FROM walk),
     (SELECT coalesce(max(found), 0) FROM walk),

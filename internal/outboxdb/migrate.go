@@ -22,7 +22,8 @@ func Migrate(ctx context.Context, db *sql.DB, fsys fs.FS, t pg.Table) error {
 }
 
 // Held counts the unpublished rows (pending, retrying or dead), which exist nowhere
-// else: rolling the table back would lose them. It returns 0 when t does not exist.
+// else: rolling the table back would lose them. Published rows kept for audit do not
+// count. It returns 0 when t does not exist.
 func Held(ctx context.Context, db *sql.DB, t pg.Table) (int64, error) {
-	return pg.CountRows(ctx, db, t, `true`)
+	return pg.CountRows(ctx, db, t, `published_at IS NULL`)
 }

@@ -30,12 +30,12 @@ type State struct {
 // backlog (no index covers attempts or dead rows, so separate counts would each scan).
 const outboxQuery = `
 SELECT
-    count(*) FILTER (WHERE dead_at IS NULL AND attempts = 0),
-    count(*) FILTER (WHERE dead_at IS NULL AND attempts > 0),
+    count(*) FILTER (WHERE dead_at IS NULL AND published_at IS NULL AND attempts = 0),
+    count(*) FILTER (WHERE dead_at IS NULL AND published_at IS NULL AND attempts > 0),
     count(*) FILTER (WHERE dead_at IS NOT NULL),
     coalesce(extract(epoch FROM now() - min(
         CASE WHEN attempts > 0 THEN created_at ELSE greatest(created_at, available_at) END
-    ) FILTER (WHERE dead_at IS NULL AND (attempts > 0 OR available_at <= now()))), 0)::float8
+    ) FILTER (WHERE dead_at IS NULL AND published_at IS NULL AND (attempts > 0 OR available_at <= now()))), 0)::float8
 FROM %s`
 
 // A key is blocked when its head row is retrying or dead. Run only when there are failed
@@ -44,8 +44,8 @@ FROM %s`
 const blockedQuery = `
 SELECT count(*) FROM %[1]s o
 WHERE o.ordering_key IS NOT NULL
-  AND (o.attempts > 0 OR o.dead_at IS NOT NULL)
-  AND NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AND h.seq < o.seq AND h.dead_at IS NULL)
+  AND (o.attempts > 0 OR o.dead_at IS NOT NULL) AND o.published_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AND h.seq < o.seq AND h.dead_at IS NULL AND h.published_at IS NULL)
   AND NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AND h.seq < o.seq AND h.dead_at IS NOT NULL)`
 
 // The Sampler's count of blocked keys looks at 10,000 failed rows at most: a lower
@@ -53,9 +53,9 @@ WHERE o.ordering_key IS NOT NULL
 const blockedSampleQuery = `
 SELECT count(*) FROM (
     SELECT o.ordering_key, o.seq FROM %[1]s o
-    WHERE o.ordering_key IS NOT NULL AND (o.attempts > 0 OR o.dead_at IS NOT NULL)
+    WHERE o.ordering_key IS NOT NULL AND (o.attempts > 0 OR o.dead_at IS NOT NULL) AND o.published_at IS NULL
     LIMIT 10000) o
-WHERE NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AND h.seq < o.seq AND h.dead_at IS NULL)
+WHERE NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AND h.seq < o.seq AND h.dead_at IS NULL AND h.published_at IS NULL)
   AND NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AND h.seq < o.seq AND h.dead_at IS NOT NULL)`
 
 // The Sampler's counts: each reads at most $1 entries of a partial index. Above that,
@@ -63,15 +63,15 @@ WHERE NOT EXISTS (SELECT 1 FROM %[1]s h WHERE h.ordering_key = o.ordering_key AN
 // follows every committed insert and delete within seconds.
 const outboxSampleQuery = `
 SELECT
-    (SELECT count(*) FROM (SELECT FROM %[1]s WHERE dead_at IS NULL LIMIT $1) x),
-    (SELECT count(*) FROM (SELECT FROM %[1]s WHERE attempts > 0 AND dead_at IS NULL LIMIT $1) x),
+    (SELECT count(*) FROM (SELECT FROM %[1]s WHERE dead_at IS NULL AND published_at IS NULL LIMIT $1) x),
+    (SELECT count(*) FROM (SELECT FROM %[1]s WHERE attempts > 0 AND dead_at IS NULL AND published_at IS NULL LIMIT $1) x),
     (SELECT count(*) FROM (SELECT FROM %[1]s WHERE dead_at IS NOT NULL LIMIT $1) x),
     coalesce((SELECT n_live_tup FROM pg_stat_all_tables WHERE relid = '%[1]s'::regclass), 0),
     coalesce(extract(epoch FROM now() - least(
-        (SELECT min(created_at) FROM %[1]s WHERE attempts > 0 AND dead_at IS NULL),
+        (SELECT min(created_at) FROM %[1]s WHERE attempts > 0 AND dead_at IS NULL AND published_at IS NULL),
         (SELECT min(greatest(created_at, available_at)) FROM (
             SELECT created_at, available_at FROM %[1]s
-            WHERE dead_at IS NULL AND attempts = 0 AND available_at <= now()
+            WHERE dead_at IS NULL AND published_at IS NULL AND attempts = 0 AND available_at <= now()
             ORDER BY available_at LIMIT 1000) p)
     )), 0)::float8`
 
