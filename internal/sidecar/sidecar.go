@@ -34,7 +34,6 @@ import (
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 	"github.com/sidebox/sidebox/internal/status"
-	"github.com/sidebox/sidebox/relay"
 )
 
 // Mode is what a long-running command runs.
@@ -134,7 +133,7 @@ func (s *sidecar) run(ctx context.Context) error {
 		return fmt.Errorf("open database %s: %w", redact.URL(cfg.DatabaseURL), err)
 	}
 	defer db.Close()
-	pg.TunePool(db, pg.SidecarIdleConns(cfg.RelayWorkers, cfg.InboxWorkers))
+	pg.TunePool(db, pg.SidecarIdleConns(cfg.RelayWorkers*max(len(cfg.Outboxes), 1), cfg.InboxWorkers))
 	// The relay's LISTEN connection: a direct one when given, since notifications do
 	// not pass a transaction pooler.
 	listenDSN := dsn
@@ -156,7 +155,7 @@ func (s *sidecar) run(ctx context.Context) error {
 	hs.Add("rabbitmq", brokersReady(brokers))
 	sampled := status.SamplerConfig{Interval: cfg.StatusInterval}
 	if s.withRelay {
-		sampled.Outbox = cfg.Outbox
+		sampled.Outboxes = cfg.Outboxes
 	}
 	if s.withInbox {
 		sampled.Inbox = cfg.Inbox
@@ -241,19 +240,10 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 	cfg, log := s.cfg, s.log
 	relayRuns = func() bool { return false }
 	if s.withRelay {
-		r, err := relay.New(db, cfg.RelayConfig(listenDSN), relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
-		if err != nil {
-			return nil, nil, config.FromComponent(err)
+		var err error
+		if comps, relayRuns, err = s.relays(db, listenDSN, pub, hs, reg); err != nil {
+			return nil, nil, err
 		}
-		gate := &tableGate{db: db, table: cfg.Outbox, kind: "outbox", log: log}
-		relayRuns = gate.open.Load
-		hs.Add("relay", gate.check(r.Ready, "relay not ready"))
-		comps = append(comps, component{"relay", func(ctx context.Context) error {
-			if !gate.wait(ctx) {
-				return nil
-			}
-			return r.Run(ctx)
-		}})
 	}
 	if s.withInbox {
 		c, err := inbox.NewConsumer(db, cfg.ConsumerConfig(), inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
