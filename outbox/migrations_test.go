@@ -71,7 +71,7 @@ func TestMigrationsUpDownUp(t *testing.T) {
 			want := []string{
 				"S:" + n + "_seq_seq", "S:" + n + "_wakeup", "f:" + n + "_wakeup",
 				"i:" + n + "_available_idx", "i:" + n + "_dead_idx", "i:" + n + "_ordering_idx", "i:" + n + "_pkey", "i:" + n + "_retrying_idx", "i:" + n + "_unkeyed_idx",
-				"r:" + n, "t:" + n + "_wakeup",
+				"r:" + n, "t:" + n + "_wakeup", "r:" + n + "_relays", "i:" + n + "_relays_pkey",
 			}
 			sort.Strings(want)
 
