@@ -150,7 +150,9 @@ func TestStatusWatch(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		lines := func() int { return strings.Count(stdout.String(), `"outbox"`) + strings.Count(stdout.String(), "outbox (table outbox)") }
+		lines := func() int {
+			return strings.Count(stdout.String(), `"outbox"`) + strings.Count(stdout.String(), "outbox (table outbox)")
+		}
 		testenv.Eventually(t, 20*time.Second, "three reports", func() bool { return lines() >= 3 })
 		_ = cmd.Process.Signal(syscall.SIGINT)
 		err := cmd.Wait()
