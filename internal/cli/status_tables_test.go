@@ -151,7 +151,7 @@ func TestStatusWatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		lines := func() int {
-			return strings.Count(stdout.String(), `"outbox"`) + strings.Count(stdout.String(), "outbox (table outbox)")
+			return strings.Count(stdout.String(), `{"outbox":`) + strings.Count(stdout.String(), "outbox (table outbox)")
 		}
 		testenv.Eventually(t, 20*time.Second, "three reports", func() bool { return lines() >= 3 })
 		_ = cmd.Process.Signal(syscall.SIGINT)

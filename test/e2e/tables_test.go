@@ -2,6 +2,8 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
+	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
@@ -134,7 +136,41 @@ func TestTwoTablesOneSidecar(t *testing.T) {
 		pb, okB := relay.Series("sidebox_outbox_pending", "table", tableB)
 		return a > 0 && b == singles+1 && okA && okB && pa > 0 && pb == 0
 	})
+	// status sees one relay per table (its heartbeat), and none once it stopped.
+	if got := relaysSeen(t, ctx, env); got[tableA] != 1 || got[tableB] != 1 {
+		t.Errorf("status while the relay runs: relays %v, want 1 per table", got)
+	}
 	if err := relay.stop(); err != nil {
 		t.Error(err)
 	}
+	if got := relaysSeen(t, ctx, env); got[tableA] != 0 || got[tableB] != 0 {
+		t.Errorf("status after the relay stopped: relays %v, want none", got)
+	}
+}
+
+// relaysSeen runs `sidebox status --json` and returns the relays seen per outbox table.
+func relaysSeen(t *testing.T, ctx context.Context, env []string) map[string]int64 {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, sideboxBin, "status", "--json")
+	cmd.Env = append(cleanEnv(), env...)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sidebox status --json: %v", err)
+	}
+	var rep struct {
+		Tables []struct {
+			Kind, Table string
+			Detail      *struct{ Relays *int64 }
+		}
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("status --json printed %s: %v", out, err)
+	}
+	seen := map[string]int64{}
+	for _, tb := range rep.Tables {
+		if tb.Kind == "outbox" && tb.Detail != nil && tb.Detail.Relays != nil {
+			seen[tb.Table] = *tb.Detail.Relays
+		}
+	}
+	return seen
 }
