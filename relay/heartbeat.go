@@ -60,7 +60,7 @@ func (r *Relay) heartbeat(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			if err := outboxdb.Leave(lctx, r.db, r.table, r.beats.instance); err != nil && !errors.Is(err, outboxdb.ErrNoHeartbeatTable) {
 				r.log.Debug("cannot remove the relay heartbeat", errField(err))
