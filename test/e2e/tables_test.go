@@ -22,10 +22,7 @@ func TestTwoTablesOneSidecar(t *testing.T) {
 		flood        = 50_000
 		pollInterval = time.Second
 		singles      = 5
-		// bound is generous (a notification normally delivers within tens of
-		// milliseconds), but a message that waited for the flood to drain (several
-		// seconds at the relay's rate) would miss it.
-		bound = pollInterval + 500*time.Millisecond
+		warmups      = 3
 	)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -62,7 +59,7 @@ func TestTwoTablesOneSidecar(t *testing.T) {
 	}
 	var mu sync.Mutex
 	arrived := map[int]time.Time{}
-	got := make(chan struct{}, singles+1)
+	got := make(chan struct{}, singles+warmups)
 	go func() {
 		for d := range deliveries {
 			n, _ := strconv.Atoi(string(d.Body))
@@ -80,19 +77,32 @@ func TestTwoTablesOneSidecar(t *testing.T) {
 	))
 	relay.waitReady(t, ctx)
 
-	// A first message on B opens its relay's channel and prepares its statements; then
-	// the flood arrives on A, in one transaction.
+	// Messages on B before the flood, then the flood on A, in one transaction.
 	send := func(i int) time.Time {
 		committed := time.Now()
 		testenv.Exec(t, db, `INSERT INTO `+tableB+` (exchange, routing_key, payload) VALUES ('', $1, convert_to($2, 'UTF8'))`, qb, strconv.Itoa(i))
 		return committed
 	}
-	send(-1)
-	select {
-	case <-got:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("first message of %s not delivered within 10s", tableB)
+	// The same path's latency without a flood, on this machine and broker now (both
+	// shared): the bound below allows for it.
+	var baseline time.Duration
+	for i := -warmups; i < 0; i++ {
+		committed := send(i)
+		select {
+		case <-got:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d of %s not delivered within 10s", i, tableB)
+		}
+		mu.Lock()
+		if i > -warmups { // the first one also opens the relay's channel
+			baseline = max(baseline, arrived[i].Sub(committed))
+		}
+		mu.Unlock()
 	}
+	// bound is generous (a notification delivers within tens of milliseconds on an
+	// idle machine), but a message that waited for the flood to drain (tens of seconds
+	// at the relay's rate on a shared machine) misses it.
+	bound := pollInterval + 500*time.Millisecond + 2*baseline
 	testenv.Exec(t, db, `INSERT INTO `+tableA+` (exchange, routing_key, payload)
 		SELECT '', $1, convert_to(g::text, 'UTF8') FROM generate_series(1, $2) g`, qa, flood)
 
@@ -108,8 +118,8 @@ func TestTwoTablesOneSidecar(t *testing.T) {
 		committed := send(i)
 		select {
 		case <-got:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("message %d of %s not delivered within 10s", i, tableB)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("message %d of %s not delivered within 30s", i, tableB)
 		}
 		mu.Lock()
 		lat := arrived[i].Sub(committed)
@@ -117,11 +127,12 @@ func TestTwoTablesOneSidecar(t *testing.T) {
 		worst = max(worst, lat)
 		lats = append(lats, lat)
 		if lat > bound {
-			t.Errorf("message %d of %s took %v, more than %v (poll interval %v)", i, tableB, lat, bound, pollInterval)
+			t.Errorf("message %d of %s took %v, more than %v (poll interval %v, %v without flood)", i, tableB, lat, bound, pollInterval, baseline)
 		}
 	}
 	left := testenv.Count(t, db, `SELECT count(*) FROM `+tableA)
-	t.Logf("%s: %d messages in %v (slowest %v); %s still held %d of %d rows", tableB, singles, lats, worst, tableA, left, flood)
+	t.Logf("%s: %d messages in %v (slowest %v, bound %v, without flood %v); %s still held %d of %d rows",
+		tableB, singles, lats, worst, bound, baseline, tableA, left, flood)
 	if left == 0 {
 		t.Errorf("%s drained before %s's messages were measured: the test shows nothing about fairness; raise the flood", tableA, tableB)
 	}
@@ -134,7 +145,7 @@ func TestTwoTablesOneSidecar(t *testing.T) {
 		b, _ := relay.Series("sidebox_outbox_published_total", "table", tableB)
 		pa, okA := relay.Series("sidebox_outbox_pending", "table", tableA)
 		pb, okB := relay.Series("sidebox_outbox_pending", "table", tableB)
-		return a > 0 && b == singles+1 && okA && okB && pa > 0 && pb == 0
+		return a > 0 && b == singles+warmups && okA && okB && pa > 0 && pb == 0
 	})
 	// status sees one relay per table (its heartbeat), and none once it stopped.
 	if got := relaysSeen(t, ctx, env); got[tableA] != 1 || got[tableB] != 1 {
