@@ -44,7 +44,7 @@ func TestMigrateAndStatusPerTable(t *testing.T) {
 
 	r := run(t, vars, "migrate", "up")
 	for _, want := range []string{"outbox table ta.outbox: applied 0001", "outbox table tb.outbox: applied 0001",
-		"inbox table ta.inbox: applied 0001", "inbox table tb.inbox: applied 0001", "outbox table tb.outbox: applied 0003_relays"} {
+		"inbox table ta.inbox: applied 0001", "inbox table tb.inbox: applied 0001", "outbox table tb.outbox: applied 0004_relays"} {
 		if r.code != 0 || !strings.Contains(r.stdout, want) {
 			t.Fatalf("migrate up: want %q in %s", want, r)
 		}

@@ -11,13 +11,13 @@ import (
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
-// The heartbeat table of outbox t (migration 0003): one row per relay instance.
+// The heartbeat table of outbox t (migration 0004): one row per relay instance.
 func relaysTable(t pg.Table) string { return t.Ident("_relays") }
 
 // Beat records that the relay instance of table t is alive and published published
 // rows over the last minute; it also removes rows of instances gone for an hour (a
 // relay killed before it could remove its own). It returns ErrNoHeartbeatTable when
-// the table's migration 0003 has not run.
+// the table's migration 0004 has not run.
 func Beat(ctx context.Context, db *sql.DB, t pg.Table, instance string, published int64, purge bool) error {
 	q := `INSERT INTO ` + relaysTable(t) + ` (instance, seen_at, published_last_minute) VALUES ($1, now(), $2)
 	ON CONFLICT (instance) DO UPDATE SET seen_at = now(), published_last_minute = excluded.published_last_minute`
