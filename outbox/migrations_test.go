@@ -71,7 +71,7 @@ func TestMigrationsUpDownUp(t *testing.T) {
 			want := []string{
 				"S:" + n + "_seq_seq", "S:" + n + "_wakeup", "f:" + n + "_wakeup",
 				"i:" + n + "_available_idx", "i:" + n + "_dead_idx", "i:" + n + "_ordering_idx", "i:" + n + "_pkey", "i:" + n + "_published_idx", "i:" + n + "_retrying_idx", "i:" + n + "_unkeyed_idx",
-				"r:" + n, "t:" + n + "_wakeup",
+				"r:" + n, "t:" + n + "_wakeup", "r:" + n + "_relays", "i:" + n + "_relays_pkey",
 			}
 			sort.Strings(want)
 
@@ -201,7 +201,9 @@ func TestMigrationsRewriteEveryName(t *testing.T) {
 			if m := bare.FindAllString(out, -1); len(m) != 0 {
 				t.Errorf("migration %04d: %d names of the default table left after rewriting:\n%s", step.Version, len(m), out)
 			}
-			if strings.Contains(out, "billing") {
+			// The channel names the schema (tables of one name in two schemas must
+			// not wake each other's relays); nothing else may.
+			if strings.Contains(strings.ReplaceAll(out, "'"+table.Channel()+"'", ""), "billing") {
 				t.Errorf("migration %04d: the schema was written into the SQL; it must come from search_path", step.Version)
 			}
 			if strings.Count(out, "orders_outbox") < strings.Count(sql, "outbox") {
@@ -211,7 +213,7 @@ func TestMigrationsRewriteEveryName(t *testing.T) {
 	}
 	up := ms.Rewrite(ms.Steps[0].Up, table)
 	for _, want := range []string{
-		"CREATE TABLE orders_outbox", "'sidebox_orders_outbox'", "CREATE SEQUENCE orders_outbox_wakeup",
+		"CREATE TABLE orders_outbox", "'sidebox_billing.orders_outbox'", "CREATE SEQUENCE orders_outbox_wakeup",
 		"FROM orders_outbox_wakeup", "CREATE INDEX orders_outbox_unkeyed_idx ON orders_outbox",
 		"CREATE CONSTRAINT TRIGGER orders_outbox_wakeup AFTER INSERT ON orders_outbox",
 	} {
@@ -219,8 +221,19 @@ func TestMigrationsRewriteEveryName(t *testing.T) {
 			t.Errorf("rewritten up migration lacks %q", want)
 		}
 	}
-	if table.Channel() != "sidebox_orders_outbox" {
-		t.Errorf("Channel() = %q; the trigger notifies sidebox_orders_outbox", table.Channel())
+	if table.Channel() != "sidebox_billing.orders_outbox" {
+		t.Errorf("Channel() = %q; the trigger notifies sidebox_billing.orders_outbox", table.Channel())
+	}
+	for _, c := range []struct{ table, channel string }{
+		{"outbox", "sidebox_outbox"},
+		{"a.outbox", "sidebox_a.outbox"},
+		{"b.outbox", "sidebox_b.outbox"},
+		{strings.Repeat("s", 40) + "." + strings.Repeat("t", 40), "sidebox_"}, // hashed: 24 bytes
+	} {
+		got := pg.MustParseTable(c.table).Channel()
+		if !strings.HasPrefix(got, c.channel) || len(got) > 63 || (len(c.channel) > 8 && got != c.channel) {
+			t.Errorf("Channel() of %s = %q, want %q", c.table, got, c.channel)
+		}
 	}
 	if got := ms.Rewrite(ms.Steps[0].Up, pg.MustParseTable("outbox")); got != ms.Steps[0].Up {
 		t.Error("rewriting for the default name changed the SQL")

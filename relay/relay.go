@@ -220,6 +220,8 @@ type Relay struct {
 	polled      atomic.Bool // no notification can wake the relay: it polls (see listen)
 	probeFailed atomic.Bool // the last LISTEN probe timed out (and was logged)
 
+	beats beats // heartbeat for `sidebox status` (heartbeat.go)
+
 	claims atomic.Int64 // claim statements run; for tests
 	idle   atomic.Bool  // asleep with nothing in flight and no settle claim due; for tests
 
@@ -303,6 +305,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		suspects:   map[string]time.Time{},
 		large:      make(chan struct{}, 1),
 		purgeEvery: purgeEvery,
+		beats:      newBeats(),
 	}, nil
 }
 
@@ -342,6 +345,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.log.Info("relay started",
 		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("batch_bytes", r.cfg.BatchBytes), zap.Int("workers", r.cfg.Workers),
 		zap.Duration("poll_interval", r.cfg.PollInterval), zap.Int("max_attempts", r.cfg.MaxAttempts))
+
+	var hb sync.WaitGroup
+	hb.Go(func() { r.heartbeat(ctx) })
+	defer hb.Wait()
 
 	wake := make(chan struct{}, 1)
 	stopListener := r.listen(wake)

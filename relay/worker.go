@@ -544,6 +544,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 
 	table := r.q.tableName
 	r.m.Published.WithLabelValues(table).Add(float64(len(ids)))
+	r.beats.published.Add(int64(len(ids)))
 	lat := r.m.PublishLatency.WithLabelValues(table)
 	for _, l := range latencies {
 		lat.Observe(l)

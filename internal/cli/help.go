@@ -14,8 +14,10 @@ Commands:
                       outbox or the inbox holds messages, unless --force
   migrate print [--down]
                       print the SQL snippets (up, or down with --down)
-  status [--json]     backlog, retrying, dead and blocked keys of the outbox, and the
-                      inbox's unprocessed and dead rows
+  status [--json] [--watch [interval]]
+                      per table: backlog, retrying, dead and blocked keys of the
+                      outbox, relays seen and rows published in the last minute, and
+                      the inbox's unprocessed and dead rows; --watch refreshes
   dead list [--inbox] [--json] [--limit N] [SELECTOR]
                       dead rows of the outbox (of the inbox with --inbox), in seq
                       order: id, key, exchange, routing key, attempts, last error, age

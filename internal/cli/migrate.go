@@ -31,12 +31,17 @@ type schema struct {
 
 func (s schema) String() string { return s.ms.Base + " table " + s.table.String() }
 
-// schemas returns the tables in the order they are created; down goes in reverse.
+// schemas returns the tables in the order they are created, every outbox table then
+// every inbox table as listed; down goes in reverse.
 func schemas(cfg *config.Config) []schema {
-	return []schema{
-		{cfg.Outbox, outboxMigrations()},
-		{cfg.Inbox, inboxMigrations()},
+	var out []schema
+	for _, t := range cfg.Outboxes {
+		out = append(out, schema{t, outboxMigrations()})
 	}
+	for _, t := range cfg.Inboxes {
+		out = append(out, schema{t, inboxMigrations()})
+	}
+	return out
 }
 
 // outboxMigrations and inboxMigrations are the embedded migrations of the two tables.
@@ -127,15 +132,20 @@ func migrateEach(ctx context.Context, stdout io.Writer, db *sql.DB, all []schema
 // retrying or dead) or the inbox rows not yet processed: dropping the tables would lose
 // those messages, which exist nowhere else.
 func refuseDown(ctx context.Context, db *sql.DB, cfg *config.Config) error {
-	var held []string
-	for _, c := range []struct {
+	type check struct {
 		t     pg.Table
 		count func(context.Context, *sql.DB, pg.Table) (int64, error)
 		what  string
-	}{
-		{cfg.Outbox, outboxdb.Held, "unpublished"},
-		{cfg.Inbox, inboxdb.Held, "unprocessed"},
-	} {
+	}
+	var checks []check
+	for _, t := range cfg.Outboxes {
+		checks = append(checks, check{t, outboxdb.Held, "unpublished"})
+	}
+	for _, t := range cfg.Inboxes {
+		checks = append(checks, check{t, inboxdb.Held, "unprocessed"})
+	}
+	var held []string
+	for _, c := range checks {
 		n, err := c.count(ctx, db, c.t)
 		if err != nil {
 			return fmt.Errorf("migrate down: %w", err)

@@ -8,14 +8,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sidebox/sidebox/internal/config"
 	"github.com/sidebox/sidebox/internal/status"
 )
 
 func statusCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := newFlags("status")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := noArgs(fs, args); err != nil {
+	watch := &watchFlag{every: defaultWatch}
+	fs.Var(watch, "watch", "refresh every `interval` (default 2s) until interrupted: --watch, --watch 5s or --watch=5s")
+	if err := parseStatusFlags(fs, watch, args); err != nil {
 		return err
 	}
 	cfg, db, err := connectConfigured(ctx)
@@ -23,42 +24,50 @@ func statusCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	r, err := status.Collect(ctx, db, cfg.Outbox, cfg.Inbox)
-	if err != nil {
-		return fmt.Errorf("status: %w", err)
-	}
-	if *asJSON {
-		b, err := json.Marshal(r)
+	once := func() error {
+		r, err := status.CollectTables(ctx, db, cfg.Outboxes, cfg.Inboxes)
 		if err != nil {
 			return fmt.Errorf("status: %w", err)
 		}
-		_, err = fmt.Fprintf(stdout, "%s\n", b)
-		return err
+		if *asJSON {
+			b, err := json.Marshal(r)
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			_, err = fmt.Fprintf(stdout, "%s\n", b)
+			return err
+		}
+		return printStatus(stdout, r)
 	}
-	return printStatus(stdout, cfg, r)
+	if !watch.on {
+		return once()
+	}
+	return watchStatus(ctx, stdout, watch.every, *asJSON, once)
 }
 
-// printStatus writes the report as a table for people.
-func printStatus(w io.Writer, cfg *config.Config, r status.Report) error {
+// printStatus writes the report as a table for people, one section per table.
+func printStatus(w io.Writer, r status.Tables) error {
 	var b strings.Builder
 	row := func(name string, value any) { fmt.Fprintf(&b, "  %-20s %12v\n", name, value) }
 
-	fmt.Fprintf(&b, "outbox (table %s)\n", cfg.Outbox)
-	if o := r.Outbox; o == nil {
-		b.WriteString("  not installed: run `sidebox migrate up`\n")
-	} else {
-		row("pending", o.Pending)
-		row("retrying", o.Retrying)
-		row("dead", o.Dead)
-		row("blocked keys", o.BlockedKeys)
-		row("oldest pending age", time.Duration(o.OldestPendingAgeSeconds*float64(time.Second)).Round(time.Millisecond))
-	}
-	fmt.Fprintf(&b, "inbox (table %s)\n", cfg.Inbox)
-	if in := r.Inbox; in == nil {
-		b.WriteString("  not installed: run `sidebox migrate up`\n")
-	} else {
-		row("unprocessed", in.Unprocessed)
-		row("dead", in.Dead)
+	for _, tb := range r.Tables {
+		fmt.Fprintf(&b, "%s (table %s)\n", tb.Kind, tb.Table)
+		switch s := tb.State.(type) {
+		case nil:
+			b.WriteString("  not installed: run `sidebox migrate up`\n")
+		case *status.Outbox:
+			o := s
+			row("pending", o.Pending)
+			row("retrying", o.Retrying)
+			row("dead", o.Dead)
+			row("blocked keys", o.BlockedKeys)
+			row("oldest pending age", time.Duration(o.OldestPendingAgeSeconds*float64(time.Second)).Round(time.Millisecond))
+			printDetail(&b, row, tb.Detail)
+		case *status.Inbox:
+			in := s
+			row("unprocessed", in.Unprocessed)
+			row("dead", in.Dead)
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

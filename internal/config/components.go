@@ -7,15 +7,22 @@ import (
 
 	"github.com/sidebox/sidebox/inbox"
 	"github.com/sidebox/sidebox/internal/inject"
+	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/relay"
 )
 
-// RelayConfig maps the relay's variables onto its configuration. listenDSN is the
-// connection string of its LISTEN connection, ready to use (SIDEBOX_LISTEN_DATABASE_URL
-// or SIDEBOX_DATABASE_URL, completed by the caller). Call it after Check.
+// RelayConfig maps the relay's variables onto its configuration, for the first outbox
+// table. listenDSN is the connection string of its LISTEN connection, ready to use
+// (SIDEBOX_LISTEN_DATABASE_URL or SIDEBOX_DATABASE_URL, completed by the caller). Call
+// it after Check.
 func (c *Config) RelayConfig(listenDSN string) relay.Config {
+	return c.RelayConfigFor(c.Outbox, listenDSN)
+}
+
+// RelayConfigFor is RelayConfig for the outbox table t, one of Outboxes.
+func (c *Config) RelayConfigFor(t pg.Table, listenDSN string) relay.Config {
 	return relay.Config{
-		Table:             c.Outbox.String(),
+		Table:             t.String(),
 		ListenDatabaseURL: listenDSN,
 		BatchSize:         c.BatchSize,
 		PollInterval:      c.PollInterval,

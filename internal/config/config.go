@@ -63,8 +63,8 @@ type Config struct {
 	AMQPCertFile string `envconfig:"SIDEBOX_AMQP_CERT_FILE" group:"broker" desc:"PEM client certificate (chain) presented to amqps:// servers, for mutual TLS; needs SIDEBOX_AMQP_KEY_FILE"`
 	AMQPKeyFile  string `envconfig:"SIDEBOX_AMQP_KEY_FILE" group:"broker" desc:"PEM private key of SIDEBOX_AMQP_CERT_FILE"`
 
-	OutboxTable string `envconfig:"SIDEBOX_OUTBOX_TABLE" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox)"`
-	InboxTable  string `envconfig:"SIDEBOX_INBOX_TABLE" group:"inbox" desc:"inbox table, optionally schema-qualified"`
+	OutboxTable string `envconfig:"SIDEBOX_OUTBOX_TABLE" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox); a comma-separated list for several (one relay loop each), as one per tenant schema (a.outbox,b.outbox)"`
+	InboxTable  string `envconfig:"SIDEBOX_INBOX_TABLE" group:"inbox" desc:"inbox table, optionally schema-qualified; a comma-separated list for migrate and status (a sidecar that consumes SIDEBOX_INBOX_QUEUE takes one)"`
 
 	HTTPAddr        string        `envconfig:"SIDEBOX_HTTP_ADDR" group:"server" desc:"listen address of /healthz, /readyz and /metrics"`
 	ShutdownTimeout time.Duration `envconfig:"SIDEBOX_SHUTDOWN_TIMEOUT" group:"server" desc:"longest drain after SIGTERM/SIGINT; past it the process exits with code 1"`
@@ -104,8 +104,10 @@ type Config struct {
 	InjectMode    string `envconfig:"SIDEBOX_INJECT_MODE" group:"inject" desc:"kind of sidecar injected by default: native (an init container with restartPolicy Always, Kubernetes 1.29 and later) or classic (a regular container)"`
 
 	// Derived by Check from the variables above.
-	Outbox   pg.Table
-	Inbox    pg.Table
+	Outbox   pg.Table   // the first of Outboxes
+	Inbox    pg.Table   // the first of Inboxes
+	Outboxes []pg.Table // SIDEBOX_OUTBOX_TABLE, a comma-separated list
+	Inboxes  []pg.Table // SIDEBOX_INBOX_TABLE, a comma-separated list
 	AMQPURLs []string
 	AMQPTLS  *tls.Config // from the SIDEBOX_AMQP_*_FILE variables; nil when none is set
 	Bindings []inbox.Binding
@@ -337,23 +339,7 @@ func (c *Config) Check(groups Group) error {
 		c.AMQPURLs = urls
 		c.AMQPTLS = c.checkAMQPTLS(bad)
 	}
-	if groups&Outbox != 0 {
-		t, err := pg.ParseTable(c.OutboxTable)
-		if err != nil {
-			bad("SIDEBOX_OUTBOX_TABLE", "%v", err)
-		}
-		c.Outbox = t
-	}
-	if groups&Inbox != 0 {
-		t, err := pg.ParseTable(c.InboxTable)
-		if err != nil {
-			bad("SIDEBOX_INBOX_TABLE", "%v", err)
-		}
-		c.Inbox = t
-		if groups&Outbox != 0 && c.Inbox.Name != "" && c.Inbox == c.Outbox {
-			bad("SIDEBOX_INBOX_TABLE", "must differ from SIDEBOX_OUTBOX_TABLE, both are %q", c.InboxTable)
-		}
-	}
+	c.checkTables(groups, bad)
 	if groups&Server != 0 {
 		if p := checkAddr(c.HTTPAddr); p != "" {
 			bad("SIDEBOX_HTTP_ADDR", "%s", p)

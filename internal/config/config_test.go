@@ -85,6 +85,18 @@ func TestErrors(t *testing.T) {
 			[]string{`SIDEBOX_OUTBOX_TABLE: "Outbox; drop table x" is not a lower-case SQL identifier`}},
 		{"same tables", map[string]string{"SIDEBOX_OUTBOX_TABLE": "app.box", "SIDEBOX_INBOX_TABLE": "app.box"}, Outbox | Inbox,
 			[]string{`SIDEBOX_INBOX_TABLE: must differ from SIDEBOX_OUTBOX_TABLE`}},
+		{"table list item", map[string]string{"SIDEBOX_OUTBOX_TABLE": "a.outbox,B.outbox"}, Outbox,
+			[]string{`SIDEBOX_OUTBOX_TABLE: item 2 of 2: "B" is not a lower-case SQL identifier`}},
+		{"table list empty item", map[string]string{"SIDEBOX_OUTBOX_TABLE": "a.outbox,,b.outbox"}, Outbox,
+			[]string{`SIDEBOX_OUTBOX_TABLE: item 2 of 3: empty`}},
+		{"table list duplicate", map[string]string{"SIDEBOX_OUTBOX_TABLE": "a.outbox, b.outbox ,a.outbox"}, Outbox,
+			[]string{`SIDEBOX_OUTBOX_TABLE: lists a.outbox twice`}},
+		{"inbox list duplicate", map[string]string{"SIDEBOX_INBOX_TABLE": "a.inbox,a.inbox"}, Inbox,
+			[]string{`SIDEBOX_INBOX_TABLE: lists a.inbox twice`}},
+		{"inbox in outbox list", map[string]string{"SIDEBOX_OUTBOX_TABLE": "a.box,b.box", "SIDEBOX_INBOX_TABLE": "c.box,b.box"}, Outbox | Inbox,
+			[]string{`SIDEBOX_INBOX_TABLE: must differ from SIDEBOX_OUTBOX_TABLE, both name "b.box"`}},
+		{"inbox list with a consumer", map[string]string{"SIDEBOX_INBOX_QUEUE": "q", "SIDEBOX_INBOX_TABLE": "a.inbox,b.inbox"}, Inbox | Consumer,
+			[]string{`SIDEBOX_INBOX_TABLE: lists 2 tables, but the consumer of SIDEBOX_INBOX_QUEUE stores into one`}},
 		{"amqp scheme", map[string]string{"SIDEBOX_AMQP_URL": "amqp://h/,http://u:" + secret + "@h/"}, Broker,
 			[]string{`SIDEBOX_AMQP_URL: item 2 of 2 has scheme "http"; want amqp:// or amqps://`}},
 		{"amqp without scheme", map[string]string{"SIDEBOX_AMQP_URL": "u:" + secret + "@h"}, Broker,
@@ -235,5 +247,32 @@ func TestVarsDocumented(t *testing.T) {
 				t.Errorf("%s documents %s, which sidebox does not read", doc, name)
 			}
 		})
+	}
+}
+
+// SIDEBOX_OUTBOX_TABLE and SIDEBOX_INBOX_TABLE take comma-separated lists; the first
+// item is Outbox and Inbox.
+func TestTableLists(t *testing.T) {
+	setEnv(t, map[string]string{
+		"SIDEBOX_DATABASE_URL": "postgres://h/db",
+		"SIDEBOX_OUTBOX_TABLE": "a.outbox, b.outbox,outbox",
+		"SIDEBOX_INBOX_TABLE":  "a.inbox,b.inbox",
+	})
+	c := Load()
+	if err := c.Check(Database | Outbox | Inbox | Relay); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tb := range c.Outboxes {
+		got = append(got, tb.String())
+	}
+	if strings.Join(got, " ") != "a.outbox b.outbox outbox" || c.Outbox.String() != "a.outbox" {
+		t.Errorf("Outboxes = %v, Outbox = %v", got, c.Outbox)
+	}
+	if len(c.Inboxes) != 2 || c.Inbox.String() != "a.inbox" || c.Inboxes[1].String() != "b.inbox" {
+		t.Errorf("Inboxes = %v, Inbox = %v", c.Inboxes, c.Inbox)
+	}
+	if rc := c.RelayConfigFor(c.Outboxes[1], ""); rc.Table != "b.outbox" || rc.BatchSize != c.BatchSize {
+		t.Errorf("RelayConfigFor = %+v", rc)
 	}
 }

@@ -45,3 +45,53 @@ func TestRegisterRefusesAForeignMetricOfTheSameName(t *testing.T) {
 
 // unexportedFields are the fields of Metrics that are not collectors (names).
 const unexportedFields = 1
+
+// Every outbox and inbox-table family is labelled by table, so that one sidecar
+// serving several tables (SIDEBOX_OUTBOX_TABLE=a.outbox,b.outbox) exports a series each.
+func TestTableFamiliesCarryTheTableLabel(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	for _, tb := range []string{"a.outbox", "b.outbox"} {
+		m.Published.WithLabelValues(tb).Add(1)
+		m.PublishLatency.WithLabelValues(tb).Observe(0.1)
+		m.BatchSize.WithLabelValues(tb).Observe(1)
+		m.Returned.WithLabelValues(tb)
+		m.Nacked.WithLabelValues(tb)
+		m.DeadTotal.WithLabelValues(tb)
+		m.Pending.WithLabelValues(tb)
+		m.Retrying.WithLabelValues(tb)
+		m.Dead.WithLabelValues(tb)
+		m.BlockedKeys.WithLabelValues(tb)
+		m.OldestPending.WithLabelValues(tb)
+		m.WakeupsPolled.WithLabelValues(tb)
+		m.InboxUnprocessed.WithLabelValues(tb)
+		m.InboxDead.WithLabelValues(tb)
+		m.InboxPurged.WithLabelValues(tb)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, f := range families {
+		name := f.GetName()
+		if !strings.HasPrefix(name, "sidebox_outbox_") && name != "sidebox_inbox_unprocessed" && name != "sidebox_inbox_dead" && name != "sidebox_inbox_purged_total" {
+			continue
+		}
+		seen++
+		tables := map[string]bool{}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "table" {
+					tables[l.GetValue()] = true
+				}
+			}
+		}
+		if len(f.GetMetric()) != 2 || !tables["a.outbox"] || !tables["b.outbox"] {
+			t.Errorf("%s: series %v, want one per table", name, tables)
+		}
+	}
+	if seen != 15 {
+		t.Errorf("checked %d families, want 15", seen)
+	}
+}

@@ -75,13 +75,18 @@ func LoadMigrations(fsys fs.FS, dir, base string) (Migrations, error) {
 }
 
 // Rewrite returns sql with every name derived from the base table name renamed for t:
-// a word starting with the base name (outbox, outbox_pending_idx, sidebox_outbox) gets
-// t.Name in its place. The schema is handled by search_path, not by rewriting.
+// a word starting with the base name (outbox, outbox_pending_idx) gets t.Name in its
+// place. The schema is handled by search_path, not by rewriting, except in the
+// notification channel sidebox_<base>, which becomes t.Channel().
 func (ms Migrations) Rewrite(sql string, t Table) string {
-	if t.Name == ms.Base {
+	if t.Name == ms.Base && t.Schema == "" {
 		return sql
 	}
+	channel := "sidebox_" + ms.Base
 	return ms.derived.ReplaceAllStringFunc(sql, func(m string) string {
+		if m == channel {
+			return t.Channel()
+		}
 		return strings.Replace(m, ms.Base, t.Name, 1)
 	})
 }

@@ -4,6 +4,7 @@ package pg
 
 import (
 	"fmt"
+	"hash/fnv"
 	"regexp"
 	"strings"
 )
@@ -57,7 +58,21 @@ func (t Table) Ident(suffix string) string {
 	return Table{Schema: t.Schema, Name: t.Name + suffix}.String()
 }
 
-// Channel is the LISTEN/NOTIFY channel on which writers wake the relay of this table.
+// Channel is the LISTEN/NOTIFY channel on which writers wake the relay of this table:
+// sidebox_<name>, or sidebox_<schema>.<name> for a schema-qualified table, so that
+// tables of the same name in two schemas (a.outbox, b.outbox) do not wake each other's
+// relays. The dot cannot occur in an identifier, so no two tables share a channel. A
+// channel name longer than PostgreSQL allows (63 bytes; pg_notify refuses a longer one
+// and LISTEN would truncate it) is sidebox_ and a hash of the table's name instead.
 func (t Table) Channel() string {
-	return "sidebox_" + t.Name
+	ch := "sidebox_" + t.String()
+	if len(ch) > maxChannel {
+		h := fnv.New64a()
+		h.Write([]byte(t.String()))
+		ch = fmt.Sprintf("sidebox_%016x", h.Sum64())
+	}
+	return ch
 }
+
+// maxChannel is the longest channel name PostgreSQL takes (NAMEDATALEN - 1).
+const maxChannel = 63

@@ -34,7 +34,6 @@ import (
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 	"github.com/sidebox/sidebox/internal/status"
-	"github.com/sidebox/sidebox/relay"
 )
 
 // Mode is what a long-running command runs.
@@ -134,7 +133,7 @@ func (s *sidecar) run(ctx context.Context) error {
 		return fmt.Errorf("open database %s: %w", redact.URL(cfg.DatabaseURL), err)
 	}
 	defer db.Close()
-	pg.TunePool(db, pg.SidecarIdleConns(cfg.RelayWorkers, cfg.InboxWorkers))
+	pg.TunePool(db, pg.SidecarIdleConns(cfg.RelayWorkers*max(len(cfg.Outboxes), 1), cfg.InboxWorkers))
 	// The relay's LISTEN connection: a direct one when given, since notifications do
 	// not pass a transaction pooler.
 	listenDSN := dsn
@@ -145,18 +144,18 @@ func (s *sidecar) run(ctx context.Context) error {
 	}
 
 	hs := health.New(reg, log)
-	pub, con := s.brokers(m)
-	comps, relayRuns, err := s.components(db, listenDSN, pub, con, hs, reg)
+	pubs, con := s.brokers(m)
+	comps, relayRuns, err := s.components(db, listenDSN, pubs, con, hs, reg)
 	if err != nil {
 		return err
 	}
-	brokers := slices.DeleteFunc([]*broker.Broker{pub, con}, func(b *broker.Broker) bool { return b == nil })
+	brokers := slices.DeleteFunc(append(pubs, con), func(b *broker.Broker) bool { return b == nil })
 	broker.Join(brokers...)
 	hs.Add("postgres", health.Cached(pingGauge(health.Ping(db, time.Second), m, relayRuns), 2*time.Second))
 	hs.Add("rabbitmq", brokersReady(brokers))
 	sampled := status.SamplerConfig{Interval: cfg.StatusInterval}
 	if s.withRelay {
-		sampled.Outbox = cfg.Outbox
+		sampled.Outboxes = cfg.Outboxes
 	}
 	if s.withInbox {
 		sampled.Inbox = cfg.Inbox
@@ -237,23 +236,14 @@ func (s *sidecar) run(ctx context.Context) error {
 // components builds the relay and the inbox consumer and purger, as configured, and
 // registers their readiness checks. They use the process's connections pub and con and
 // its registry reg. relayRuns reports whether the relay runs.
-func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Broker, hs *health.Server, reg prometheus.Registerer) (comps []component, relayRuns func() bool, err error) {
+func (s *sidecar) components(db *sql.DB, listenDSN string, pubs []*broker.Broker, con *broker.Broker, hs *health.Server, reg prometheus.Registerer) (comps []component, relayRuns func() bool, err error) {
 	cfg, log := s.cfg, s.log
 	relayRuns = func() bool { return false }
 	if s.withRelay {
-		r, err := relay.New(db, cfg.RelayConfig(listenDSN), relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
-		if err != nil {
-			return nil, nil, config.FromComponent(err)
+		var err error
+		if comps, relayRuns, err = s.relays(db, listenDSN, pubs, hs, reg); err != nil {
+			return nil, nil, err
 		}
-		gate := &tableGate{db: db, table: cfg.Outbox, kind: "outbox", log: log}
-		relayRuns = gate.open.Load
-		hs.Add("relay", gate.check(r.Ready, "relay not ready"))
-		comps = append(comps, component{"relay", func(ctx context.Context) error {
-			if !gate.wait(ctx) {
-				return nil
-			}
-			return r.Run(ctx)
-		}})
 	}
 	if s.withInbox {
 		c, err := inbox.NewConsumer(db, cfg.ConsumerConfig(), inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
@@ -305,15 +295,15 @@ func pingGauge(ping health.Check, m *metrics.Metrics, relayRuns func() bool) hea
 // the component does not run). They are separate because RabbitMQ, during a memory or
 // disk alarm, stops reading from connections that publish: a shared one would stall
 // the inbox's acknowledgements, and with them the draining that relieves the alarm.
-func (s *sidecar) brokers(m *metrics.Metrics) (pub, con *broker.Broker) {
+func (s *sidecar) brokers(m *metrics.Metrics) (pubs []*broker.Broker, con *broker.Broker) {
 	cfg := s.cfg
 	if s.withRelay {
-		pub = broker.New(cfg.AMQPURLs, broker.Config{Name: brokerName(s.mode, broker.RolePublish), Role: broker.RolePublish, TLS: cfg.AMQPTLS}, s.log, m)
+		pubs = publishBrokers(s.mode, cfg, s.log, m)
 	}
 	if s.withInbox {
 		con = broker.New(cfg.AMQPURLs, broker.Config{Name: brokerName(s.mode, broker.RoleConsume), Role: broker.RoleConsume, TLS: cfg.AMQPTLS}, s.log, m)
 	}
-	return pub, con
+	return pubs, con
 }
 
 // brokersReady is the rabbitmq readiness check: every connection is open. A

@@ -3,6 +3,7 @@ package status
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
@@ -19,6 +20,7 @@ type SamplerConfig struct {
 	Interval time.Duration
 	Outbox   pg.Table
 	Inbox    pg.Table
+	Outboxes []pg.Table // more outbox tables, measured after Outbox
 }
 
 // Sampler refreshes the backlog gauges every interval while it runs. Its counts are
@@ -69,30 +71,17 @@ func (s *Sampler) Run(ctx context.Context) {
 func (s *Sampler) Sample(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, min(max(s.cfg.Interval, time.Second), 30*time.Second))
 	defer cancel()
-	if t := s.cfg.Outbox; t.Name != "" {
-		o, err := outboxdb.Count(ctx, s.db, t, SampleLimit)
-		if err != nil {
-			return err
-		}
-		label := t.String()
-		if o == nil {
-			s.m.Pending.DeleteLabelValues(label)
-			s.m.Retrying.DeleteLabelValues(label)
-			s.m.Dead.DeleteLabelValues(label)
-			s.m.BlockedKeys.DeleteLabelValues(label)
-			s.m.OldestPending.DeleteLabelValues(label)
-		} else {
-			s.m.Pending.WithLabelValues(label).Set(float64(o.Pending))
-			s.m.Retrying.WithLabelValues(label).Set(float64(o.Retrying))
-			s.m.Dead.WithLabelValues(label).Set(float64(o.Dead))
-			s.m.BlockedKeys.WithLabelValues(label).Set(float64(o.BlockedKeys))
-			s.m.OldestPending.WithLabelValues(label).Set(o.OldestPendingAgeSeconds)
+	var errs []error
+	for _, t := range append([]pg.Table{s.cfg.Outbox}, s.cfg.Outboxes...) {
+		if t.Name != "" {
+			// One table's failure does not keep the others' gauges from refreshing.
+			errs = append(errs, s.sampleOutbox(ctx, t))
 		}
 	}
 	if t := s.cfg.Inbox; t.Name != "" {
 		in, err := inboxdb.Count(ctx, s.db, t, SampleLimit)
 		if err != nil {
-			return err
+			return errors.Join(append(errs, err)...)
 		}
 		label := t.String()
 		if in == nil {
@@ -102,6 +91,29 @@ func (s *Sampler) Sample(ctx context.Context) error {
 			s.m.InboxUnprocessed.WithLabelValues(label).Set(float64(in.Unprocessed))
 			s.m.InboxDead.WithLabelValues(label).Set(float64(in.Dead))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// sampleOutbox measures the outbox table t and sets its gauges.
+func (s *Sampler) sampleOutbox(ctx context.Context, t pg.Table) error {
+	o, err := outboxdb.Count(ctx, s.db, t, SampleLimit)
+	if err != nil {
+		return err
+	}
+	label := t.String()
+	if o == nil {
+		s.m.Pending.DeleteLabelValues(label)
+		s.m.Retrying.DeleteLabelValues(label)
+		s.m.Dead.DeleteLabelValues(label)
+		s.m.BlockedKeys.DeleteLabelValues(label)
+		s.m.OldestPending.DeleteLabelValues(label)
+	} else {
+		s.m.Pending.WithLabelValues(label).Set(float64(o.Pending))
+		s.m.Retrying.WithLabelValues(label).Set(float64(o.Retrying))
+		s.m.Dead.WithLabelValues(label).Set(float64(o.Dead))
+		s.m.BlockedKeys.WithLabelValues(label).Set(float64(o.BlockedKeys))
+		s.m.OldestPending.WithLabelValues(label).Set(o.OldestPendingAgeSeconds)
 	}
 	return nil
 }
