@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/pg"
@@ -25,20 +27,20 @@ func TestClaimTakesAKeysRun(t *testing.T) {
 		t.Helper()
 		q := `INSERT INTO outbox (exchange, routing_key, payload, ordering_key` + extra + `)
 			SELECT 'x', 'k', '\x00', $1` + map[string]string{
-			"":                                    "",
-			", available_at":                      ", now() + interval '1 hour'",
-			", dead_at, attempts":                 ", now(), 10",
-			", attempts":                          ", 1",
+			"":                                     "",
+			", available_at":                       ", now() + interval '1 hour'",
+			", dead_at, attempts":                  ", now(), 10",
+			", attempts":                           ", 1",
 			", attempts, available_at, last_error": ", 1, now() + interval '1 hour', 'x'",
 		}[extra] + ` FROM generate_series(1, $2)`
 		if _, err := db.Exec(q, key, n); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	ins("a", 7, "")                // a: 7 rows, then one not due, then 3 more
-	ins("a", 1, ", available_at")  //
-	ins("a", 3, "")                //
-	ins("b", 4, "")                // b: 4 rows, a dead one, 2 more
+	ins("a", 7, "")               // a: 7 rows, then one not due, then 3 more
+	ins("a", 1, ", available_at") //
+	ins("a", 3, "")               //
+	ins("b", 4, "")               // b: 4 rows, a dead one, 2 more
 	ins("b", 1, ", dead_at, attempts")
 	ins("b", 2, "")
 	ins("c", 1, ", attempts") // c: a due retrying head, then 5 rows: the head alone
@@ -101,4 +103,123 @@ func TestClaimTakesAKeysRun(t *testing.T) {
 	if fmt.Sprint(third) != fmt.Sprint(map[string][]int64{"f": seqs(631, 3)}) {
 		t.Errorf("third claim: got %v, want only key f's 3 rows", third)
 	}
+}
+
+// A row in the middle of a pipelined run that the broker returns (unroutable) or nacks
+// (a full queue with x-overflow=reject-publish) blocks its key; the later rows of its
+// run, confirmed already, stay in the outbox untouched and go again after it once it
+// is published: the consumer sees seq 0 1 3 4 5, then 2 3 4 5.
+func TestFailureMidRunPutsBackTheRestOfTheRun(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, failKey string }{
+		{"returned", "nowhere"},
+		{"nacked", "full"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
+			fullQueue(t, url, exchange, "full")
+
+			key := map[string]any{"ordering_key": "run"}
+			var ids []string
+			for i := range 6 {
+				rk := "k"
+				if i == 2 {
+					rk = tc.failKey
+				}
+				ids = append(ids, insertRow(t, db, table, exchange, rk, fmt.Sprint("run ", i), key))
+			}
+			seqOf := map[string]int64{} // message ID → position in the key
+			for i, id := range ids {
+				seqOf[id] = int64(i)
+			}
+
+			cfg := testConfig(table)
+			cfg.MaxAttempts = 2
+			startRelay(t, db, dsn, url, cfg)
+
+			testenv.Eventually(t, 20*time.Second, "the failing row to be dead", func() bool {
+				st, _ := stateOf(t, db, table, ids[2])
+				return st.dead
+			})
+			for i, id := range ids {
+				st, there := stateOf(t, db, table, id)
+				switch {
+				case i < 2 && there:
+					t.Errorf("row %d, before the failed one, is still in the outbox", i)
+				case i == 2 && st.attempts != 2:
+					t.Errorf("the failed row has %d attempts, want 2", st.attempts)
+				case i > 2 && (!there || st.attempts != 0 || st.dead):
+					t.Errorf("row %d, after the failed one: in the outbox %v, attempts %d, dead %v; want kept untouched", i, there, st.attempts, st.dead)
+				}
+			}
+			got := func() []int64 {
+				var seqs []int64
+				for _, m := range s.messages() {
+					seqs = append(seqs, seqOf[m.MessageId])
+				}
+				return seqs
+			}
+			// The retries of the failed row went alone: nothing was sent again.
+			if want := []int64{0, 1, 3, 4, 5}; !slices.Equal(got(), want) {
+				t.Fatalf("while the row failed, the consumer got rows %v, want %v", got(), want)
+			}
+
+			// Fixed and revived, the row goes, and the rest of its run after it.
+			if _, err := db.Exec(`UPDATE outbox SET routing_key = 'k', dead_at = NULL, attempts = 0, available_at = now() WHERE id = $1`, ids[2]); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, 20*time.Second, "the outbox to drain", func() bool { return outboxCount(t, db, table, "") == 0 })
+			testenv.Eventually(t, 10*time.Second, "every delivery", func() bool { return s.total() >= 9 })
+			if want := []int64{0, 1, 3, 4, 5, 2, 3, 4, 5}; !slices.Equal(got(), want) {
+				t.Errorf("the consumer got rows %v, want %v", got(), want)
+			}
+			// The stamped x-outbox-seq is what a consumer checks: it goes back once,
+			// at the failed row.
+			var back int
+			var last int64
+			for i, m := range s.messages() {
+				seq, _ := m.Headers["x-outbox-seq"].(int64)
+				if i > 0 && seq < last {
+					back++
+				}
+				last = seq
+			}
+			if back != 1 {
+				t.Errorf("x-outbox-seq went back %d times, want once", back)
+			}
+		})
+	}
+}
+
+// fullQueue binds a queue that refuses every message (max length 0, reject-publish:
+// the broker nacks) to exchange with routing key rk.
+func fullQueue(t *testing.T, url, exchange, rk string) {
+	t.Helper()
+	queue := testenv.Name(t, "full")
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(queue, rk, exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn, err := amqp.Dial(url)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		if ch, err := conn.Channel(); err == nil {
+			_, _ = ch.QueueDelete(queue, false, false, false)
+		}
+	})
 }
