@@ -76,14 +76,20 @@ const claimNames = `id, exchange, routing_key, payload, message_type, content_ty
 //   - keyed rows: a loose index scan walks the distinct ordering keys that have live rows
 //     (outbox_ordering_idx), a few index probes per key, starting after a cursor so that
 //     every key gets its turn. The first live row of a key is its head; it is eligible
-//     when it is due and no dead row of the same key precedes it (outbox_dead_idx).
-//     The walk stops after enough eligible heads or after a bounded number of keys, so
-//     a claim costs O(batch) probes however deep the per-key backlogs are.
+//     when it is due and no dead row of the same key precedes it (outbox_dead_idx), and
+//     the walk locks it as it finds it (FOR UPDATE SKIP LOCKED), passing over a key
+//     whose head another transaction holds. Of a locked head's key the claim takes the
+//     run: the key's rows from the head on, in seq order, up to the first one that is
+//     not due or follows a dead row (a retrying head goes alone). The walk stops after
+//     enough rows or after a bounded number of keys, so a claim costs O(batch) index
+//     entries however deep the per-key backlogs are.
 //   - unkeyed rows: due rows in order of due time, straight from outbox_unkeyed_idx.
 //
 // Each part locks with FOR UPDATE SKIP LOCKED while it scans, so concurrent batches
-// and relays take disjoint rows. A head that is in flight stays locked and present,
-// so its successors cannot become heads: one row per key in flight, in seq order.
+// and relays take disjoint rows. A batch takes a key's rows only with its head, and a
+// head that is in flight stays locked and present: one batch holds a key at a time, and
+// the key's next run is claimed once that batch has settled. A run row locked by
+// another transaction (never by a relay) cuts the run before it.
 // The part named first takes up to the batch size and the other fills the rest; the
 // relay alternates which goes first so neither starves the other. A last row carries
 // bookkeeping: the next due time, the wake-up flag and where the walk stopped.
@@ -154,17 +160,20 @@ func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bo
 	// for as long as they are due and no dead row of the key comes before them, within
 	// room and the budget (the head always goes). A retrying head goes alone: the rest
 	// of its key follows once it is confirmed. O(room) index entries per key.
+	// The index scan stops at a constant, maxBatch rows, and the run's limit applies
+	// above it: a limit that is not a constant would be costed as a tenth of the rows
+	// below it, a share of the table.
 	run := func(room, budget string) string {
 		return `SELECT array_agg(y.seq ORDER BY y.seq) AS seqs, coalesce(sum(y.len), 0)::bigint AS bytes
-        FROM (SELECT r.seq, octet_length(r.payload)::bigint AS len,
-                  bool_and(r.available_at <= now()) OVER w AS due,
-                  sum(octet_length(r.payload)::bigint) OVER w AS upto
-              FROM ` + tbl + ` r
-              WHERE r.ordering_key = h.ordering_key AND r.dead_at IS NULL AND r.seq >= h.seq
-                AND r.seq < coalesce((SELECT min(d.seq) FROM ` + tbl + ` d
-                    WHERE d.dead_at IS NOT NULL AND d.ordering_key = h.ordering_key AND d.seq > h.seq), ` + strconv.FormatInt(math.MaxInt64, 10) + `)
-              WINDOW w AS (ORDER BY r.seq ROWS UNBOUNDED PRECEDING)
-              ORDER BY r.seq
+        FROM (SELECT z.seq, z.len, bool_and(z.due) OVER w AS due, sum(z.len) OVER w AS upto
+              FROM (SELECT r.seq, octet_length(r.payload)::bigint AS len, r.available_at <= now() AS due
+                    FROM ` + tbl + ` r
+                    WHERE r.ordering_key = h.ordering_key AND r.dead_at IS NULL AND r.seq >= h.seq
+                      AND r.seq < coalesce((SELECT min(d.seq) FROM ` + tbl + ` d
+                          WHERE d.dead_at IS NOT NULL AND d.ordering_key = h.ordering_key AND d.seq > h.seq), ` + strconv.FormatInt(math.MaxInt64, 10) + `)
+                    ORDER BY r.seq
+                    LIMIT ` + strconv.Itoa(maxBatch) + `) z
+              WINDOW w AS (ORDER BY z.seq ROWS UNBOUNDED PRECEDING)
               LIMIT CASE WHEN h.attempts > 0 THEN 1 ELSE ` + room + ` END) y
         WHERE y.due AND (y.seq = h.seq OR y.upto <= ` + budget + `)`
 	}
@@ -224,14 +233,14 @@ runs AS (
     SELECT w.key, s.seq, s.rn FROM walk w CROSS JOIN LATERAL unnest(w.seqs) WITH ORDINALITY AS s(seq, rn) WHERE w.ok
 ),
 heads AS MATERIALIZED (
-    SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `, 1::bigint AS claim_rn
+    SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `
     FROM ` + tbl + ` o
-    WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM runs WHERE rn = 1)
+    WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
       AND o.dead_at IS NULL AND o.available_at <= now()
     FOR UPDATE OF o SKIP LOCKED
 ),
 tails AS MATERIALIZED (
-    SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `, c.rn AS claim_rn
+    SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `
     FROM runs c JOIN ` + tbl + ` o ON o.ordering_key = c.key AND o.seq = c.seq
     WHERE c.rn > 1 AND c.key IN (SELECT ordering_key FROM heads)
       AND o.dead_at IS NULL AND o.available_at <= now()
@@ -239,9 +248,10 @@ tails AS MATERIALIZED (
 ),
 keyed AS MATERIALIZED (
     SELECT ` + claimNames + ` FROM (
-        SELECT k.*, row_number() OVER (PARTITION BY k.ordering_key ORDER BY k.claim_seq) AS claim_got
-        FROM (SELECT * FROM heads UNION ALL SELECT * FROM tails) k) x
-    WHERE x.claim_got = x.claim_rn
+        SELECT k.*, bool_and(k.id IS NOT NULL) OVER (PARTITION BY r.key ORDER BY r.rn) AS claim_prefix
+        FROM runs r LEFT JOIN (SELECT * FROM heads UNION ALL SELECT * FROM tails) k
+          ON k.ordering_key = r.key AND k.claim_seq = r.seq) x
+    WHERE x.claim_prefix
     ORDER BY x.claim_seq
     LIMIT ` + keyedLimit + `
 ),
@@ -316,7 +326,7 @@ type Claimed struct {
 	Due       time.Duration // until the next row that is not yet due; 0: none
 	Flag      int64         // the wake-up flag as the database had it
 	Visited   int           // keys the walk visited
-	Found     int           // eligible heads the walk found
+	Found     int           // rows of eligible heads' runs the walk found
 	Last      sql.NullString
 	WalkEnded bool // the walk reached the last key
 	// UnkeyedLast is the (available_at, seq) of the last unkeyed row claimed; valid
