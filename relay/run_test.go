@@ -223,3 +223,23 @@ func fullQueue(t *testing.T, url, exchange, rk string) {
 		}
 	})
 }
+
+// Of each key's run only the confirmed prefix stays confirmed; the first row that is not
+// keeps its outcome, every later row of its key is put back (unknown). Unkeyed rows and
+// other keys are not affected.
+func TestSettleRunsKeepsConfirmedPrefix(t *testing.T) {
+	t.Parallel()
+	k := func(key string, seq int64) row { return row{keyed: true, orderingKey: key, seq: seq} }
+	rows := []row{k("a", 1), k("b", 2), k("a", 3), k("a", 4), k("b", 5), k("a", 6), k("c", 7), k("c", 8), {seq: 9}}
+	ok, nack, none := result{outcome: confirmed}, result{outcome: failed, kind: failNacked}, result{}
+	res := []result{ok, ok, nack, ok, none, nack, none, ok, ok}
+	want := []outcome{confirmed, confirmed, failed, unknown, unknown, unknown, unknown, unknown, confirmed}
+	if n := settleRuns(rows, res); n != 2 {
+		t.Errorf("put back %d confirmed rows, want 2 (a:4, c:8)", n)
+	}
+	for i := range rows {
+		if res[i].outcome != want[i] {
+			t.Errorf("row %d (key %q seq %d): outcome %d, want %d", i, rows[i].orderingKey, rows[i].seq, res[i].outcome, want[i])
+		}
+	}
+}
