@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -11,9 +13,9 @@ import (
 	"github.com/sidebox/sidebox/relay"
 )
 
-// BenchmarkRelayKeys: the relay draining 20,000 rows of 256 bytes with no ordering key,
-// spread over 10 ordering keys and all on one key, side by side in one run, a consumer
-// attached.
+// BenchmarkRelayKeys: the relay draining 20,000 rows (SIDEBOX_BENCH_KEYS_ROWS) of 256
+// bytes with no ordering key, spread over 10 ordering keys and all on one key, side by
+// side in one run, a consumer attached.
 func BenchmarkRelayKeys(b *testing.B) {
 	for range b.N {
 		fmt.Print(benchKeys(b))
@@ -21,8 +23,8 @@ func BenchmarkRelayKeys(b *testing.B) {
 }
 
 const (
-	keysRows   = 20000
-	keysRounds = 3
+	defaultKeysRows = 20000 // SIDEBOX_BENCH_KEYS_ROWS
+	keysRounds      = 3
 )
 
 // keyShape is one way of spreading the rows over ordering keys.
@@ -36,7 +38,15 @@ type keyShape struct {
 // order; the best run of each counts.
 func benchKeys(b *testing.B) *report {
 	e := newEnv(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	rows := defaultKeysRows
+	if v := os.Getenv("SIDEBOX_BENCH_KEYS_ROWS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("SIDEBOX_BENCH_KEYS_ROWS: want a positive integer, got %q", v)
+		}
+		rows = n
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
 	table := pg.Table{Name: "outbox"}
@@ -62,7 +72,7 @@ func benchKeys(b *testing.B) *report {
 			if round%2 == 1 {
 				i = len(shapes) - 1 - k
 			}
-			v, err := d.keyed(ctx, defaultRelayConfig(table), shapes[i].keys)
+			v, err := d.keyed(ctx, defaultRelayConfig(table), rows, shapes[i].keys)
 			if err != nil {
 				b.Fatalf("%s: %v", shapes[i].name, err)
 			}
@@ -70,7 +80,7 @@ func benchKeys(b *testing.B) *report {
 		}
 	}
 
-	r := newReport("Ordering keys: 20,000 messages of 256 B to one queue, consumer attached (BenchmarkRelayKeys)",
+	r := newReport(fmt.Sprintf("Ordering keys: %s messages of 256 B to one queue, consumer attached (BenchmarkRelayKeys)", group(int64(rows))),
 		"rows", "msgs/s (best)", "all runs", "ratio to no key", "target")
 	base := best(runs[0])
 	for i, s := range shapes {
@@ -90,15 +100,14 @@ func benchKeys(b *testing.B) *report {
 	return r
 }
 
-// keyed fills the outbox with keysRows rows spread over keys ordering keys (0: none),
-// runs a relay with cfg until all are consumed and the table is empty, and returns
-// msgs/s.
-func (d *drainer) keyed(ctx context.Context, cfg relay.Config, keys int) (float64, error) {
+// keyed fills the outbox with n rows spread over keys ordering keys (0: none), runs a
+// relay with cfg until all are consumed and the table is empty, and returns msgs/s.
+func (d *drainer) keyed(ctx context.Context, cfg relay.Config, n, keys int) (float64, error) {
 	tbl := d.table.String()
 	if _, err := d.e.db.ExecContext(ctx, `INSERT INTO `+tbl+` (exchange, routing_key, payload, ordering_key)
 SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8'), CASE WHEN $4 > 0 THEN 'key-' || (i % $4) END
 FROM generate_series(0, $2 - 1) AS i`,
-		d.queue, keysRows, payloadSize, keys); err != nil {
+		d.queue, n, payloadSize, keys); err != nil {
 		return 0, fmt.Errorf("fill outbox: %w", err)
 	}
 	if _, err := d.e.db.ExecContext(ctx, `VACUUM ANALYZE `+tbl); err != nil {
@@ -108,13 +117,13 @@ FROM generate_series(0, $2 - 1) AS i`,
 	if err != nil {
 		return 0, fmt.Errorf("open channel: %w", err)
 	}
-	n, err := ch.QueuePurge(d.queue, false)
+	left, err := ch.QueuePurge(d.queue, false)
 	_ = ch.Close()
 	if err != nil {
 		return 0, fmt.Errorf("purge %s: %w", d.queue, err)
 	}
-	d.leftover += n
-	s, err := newSink(d.cons, d.queue, keysRows, nil)
+	d.leftover += left
+	s, err := newSink(d.cons, d.queue, n, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -130,7 +139,7 @@ FROM generate_series(0, $2 - 1) AS i`,
 	go func() { done <- rl.Run(runCtx) }()
 	err = s.wait(ctx)
 	if err == nil {
-		d.duplicates += s.total - keysRows
+		d.duplicates += s.total - n
 		err = waitFor(ctx, 2*time.Millisecond, func() (bool, error) {
 			var empty bool
 			if err := d.e.db.QueryRowContext(ctx, `SELECT NOT EXISTS (SELECT 1 FROM `+tbl+`)`).Scan(&empty); err != nil {
@@ -147,5 +156,5 @@ FROM generate_series(0, $2 - 1) AS i`,
 	if err != nil {
 		return 0, err
 	}
-	return keysRows / elapsed.Seconds(), nil
+	return float64(n) / elapsed.Seconds(), nil
 }
