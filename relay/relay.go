@@ -8,9 +8,11 @@
 // (broker gone, timeout) is left as it was: it is published again later, so a crash or an
 // outage can duplicate a message but never lose one, and burns no attempt.
 //
-// Rows with the same ordering key go out one at a time in seq order: only the first live
-// row of a key (its head) can be claimed, and a head that is in flight, retrying or dead
-// holds back the rest of its key and nothing else.
+// Rows with the same ordering key go out in seq order: a batch takes a key's run (its
+// consecutive due rows from the first live one, its head) only together with the head,
+// and publishes it pipelined on its one channel; a head that is in flight, retrying or
+// dead holds back the rest of its key and nothing else. Of a run only the confirmed
+// prefix is deleted (see run.go).
 //
 // The relay sleeps when it has caught up and is woken by a NOTIFY that writers send only
 // while its wake-up flag is up (see the outbox migration and the dispatcher), by a

@@ -72,6 +72,7 @@ func (q *queries) claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cfg 
 				orderingKey: r.OrderingKey, keyed: r.Keyed, seq: r.Seq, createdAt: r.CreatedAt, attempts: r.Attempts,
 			}
 		}
+		orderRuns(out.rows)
 	}
 	return out, err
 }

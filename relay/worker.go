@@ -264,22 +264,33 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 	msgs := make([]amqp.Publishing, len(rows))
 	frameMax := r.broker.FrameSize()
 	var alone, pipelined []int
+	runs := runGate{}
 	for i := range rows {
+		if runs.held(rows[i]) {
+			continue // behind a row of its key that cannot go first: stays as it is
+		}
 		if why := r.oversized(rows[i].size); why != "" {
 			res[i] = result{outcome: failed, kind: failPermanent, reason: why}
+			runs.hold(rows[i])
 			continue
 		}
 		msg, err := rows[i].publishing(frameMax)
 		if err != nil {
 			res[i] = result{outcome: failed, kind: failPermanent, reason: "cannot map the row to an AMQP message: " + err.Error()}
+			runs.hold(rows[i])
 			continue
 		}
 		msgs[i] = msg
-		if r.isSuspect(rows[i].id) {
+		switch {
+		case r.isSuspect(rows[i].id) && !runs.started(rows[i]):
 			alone = append(alone, i)
-		} else {
+		case r.isSuspect(rows[i].id):
+			runs.hold(rows[i]) // it would overtake its key's earlier rows
+			continue
+		default:
 			pipelined = append(pipelined, i)
 		}
+		runs.start(rows[i])
 	}
 	deadline := time.Now().Add(r.cfg.PublishTimeout)
 	for _, i := range alone {
@@ -300,6 +311,12 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 			}
 		}
 	}
+	for _, i := range alone {
+		if res[i].outcome != confirmed {
+			runs.hold(rows[i]) // the rest of its run waits for it
+		}
+	}
+	pipelined = runs.drop(rows, pipelined)
 	if len(pipelined) == 0 || !w.ready(ctx, deadline) {
 		return res
 	}
@@ -506,6 +523,10 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 		nacked   int
 		unknowns int
 	)
+	if n := settleRuns(b.rows, res); n > 0 {
+		r.log.Warn("rows of ordering keys were confirmed after an earlier row of their key failed; they stay in the outbox and go again after it, in order",
+			zap.Int("rows", n))
+	}
 	for i, x := range res {
 		rw := &b.rows[i]
 		switch x.outcome {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -59,10 +60,15 @@ const PayloadChunk = pg.Chunk
 
 // claimColumns returns the columns of a claimed row, in scan order.
 func claimColumns() string {
-	return `o.id::text, o.exchange, o.routing_key,
-        CASE WHEN octet_length(o.payload) <= ` + strconv.Itoa(InlinePayload) + ` THEN o.payload END,
-        o.message_type, o.content_type, o.headers::text, o.ordering_key, o.created_at, o.attempts`
+	return `o.id::text AS id, o.exchange, o.routing_key,
+        CASE WHEN octet_length(o.payload) <= ` + strconv.Itoa(InlinePayload) + ` THEN o.payload END AS payload,
+        o.message_type, o.content_type, o.headers::text AS headers, o.ordering_key, o.created_at, o.attempts`
 }
+
+// claimNames are the names of the columns of claimColumns and of a part's extra
+// columns, in the same order.
+const claimNames = `id, exchange, routing_key, payload, message_type, content_type, headers, ordering_key,
+        created_at, attempts, claim_bytes, claim_at, claim_seq`
 
 // New builds the SQL for table t, for batches of at most maxBatch rows.
 //
@@ -70,14 +76,20 @@ func claimColumns() string {
 //   - keyed rows: a loose index scan walks the distinct ordering keys that have live rows
 //     (outbox_ordering_idx), a few index probes per key, starting after a cursor so that
 //     every key gets its turn. The first live row of a key is its head; it is eligible
-//     when it is due and no dead row of the same key precedes it (outbox_dead_idx).
-//     The walk stops after enough eligible heads or after a bounded number of keys, so
-//     a claim costs O(batch) probes however deep the per-key backlogs are.
+//     when it is due and no dead row of the same key precedes it (outbox_dead_idx), and
+//     the walk locks it as it finds it (FOR UPDATE SKIP LOCKED), passing over a key
+//     whose head another transaction holds. Of a locked head's key the claim takes the
+//     run: the key's rows from the head on, in seq order, up to the first one that is
+//     not due or follows a dead row (a retrying head goes alone). The walk stops after
+//     enough rows or after a bounded number of keys, so a claim costs O(batch) index
+//     entries however deep the per-key backlogs are.
 //   - unkeyed rows: due rows in order of due time, straight from outbox_unkeyed_idx.
 //
 // Each part locks with FOR UPDATE SKIP LOCKED while it scans, so concurrent batches
-// and relays take disjoint rows. A head that is in flight stays locked and present,
-// so its successors cannot become heads: one row per key in flight, in seq order.
+// and relays take disjoint rows. A batch takes a key's rows only with its head, and a
+// head that is in flight stays locked and present: one batch holds a key at a time, and
+// the key's next run is claimed once that batch has settled. A run row locked by
+// another transaction (never by a relay) cuts the run before it.
 // The part named first takes up to the batch size and the other fills the rest; the
 // relay alternates which goes first so neither starves the other. A last row carries
 // bookkeeping: the next due time, the wake-up flag and where the walk stopped.
@@ -130,11 +142,40 @@ func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bo
 	// head selects the first live row of the next key: its key, seq, whether it is
 	// eligible, and its payload's size (octet_length reads a TOASTed value's header,
 	// not the value).
+	// A head is locked as the walk finds it, and its key is passed over when another
+	// transaction holds it: its key is in flight (or being settled), and none of its
+	// rows may be taken. The lock is what keeps two batches, of this relay or another,
+	// from holding rows of one key at once: a batch takes a key's rows only with its
+	// head.
 	head := func(after string) string {
-		return `SELECT p.ordering_key, p.seq, ` + eligible("p") + ` AS ok, octet_length(p.payload)::bigint AS len
+		return `SELECT p.ordering_key, p.seq, CASE WHEN ` + eligible("p") + ` THEN
+            (SELECT true FROM ` + tbl + ` l WHERE l.ctid = p.ctid AND l.dead_at IS NULL AND l.published_at IS NULL AND l.available_at <= now()
+             FOR UPDATE OF l SKIP LOCKED) IS NOT NULL ELSE false END AS ok, p.attempts
         FROM ` + tbl + ` p
         WHERE p.dead_at IS NULL AND p.published_at IS NULL` + after + `
         ORDER BY p.ordering_key, p.seq LIMIT 1`
+	}
+	// run selects the run of the key whose eligible head is h, for a walk with room
+	// rows and budget bytes left: the key's live rows from the head on, in seq order,
+	// for as long as they are due and no dead row of the key comes before them, within
+	// room and the budget (the head always goes). A retrying head goes alone: the rest
+	// of its key follows once it is confirmed. O(room) index entries per key.
+	// The index scan stops at a constant, maxBatch rows, and the run's limit applies
+	// above it: a limit that is not a constant would be costed as a tenth of the rows
+	// below it, a share of the table.
+	run := func(room, budget string) string {
+		return `SELECT array_agg(y.seq ORDER BY y.seq) AS seqs, coalesce(sum(y.len), 0)::bigint AS bytes
+        FROM (SELECT z.seq, z.len, bool_and(z.due) OVER w AS due, sum(z.len) OVER w AS upto
+              FROM (SELECT r.seq, octet_length(r.payload)::bigint AS len, r.available_at <= now() AS due
+                    FROM ` + tbl + ` r
+                    WHERE r.ordering_key = h.ordering_key AND r.dead_at IS NULL AND r.published_at IS NULL AND r.seq >= h.seq
+                      AND r.seq < coalesce((SELECT min(d.seq) FROM ` + tbl + ` d
+                          WHERE d.dead_at IS NOT NULL AND d.ordering_key = h.ordering_key AND d.seq > h.seq), ` + strconv.FormatInt(math.MaxInt64, 10) + `)
+                    ORDER BY r.seq
+                    LIMIT ` + strconv.Itoa(maxBatch) + `) z
+              WINDOW w AS (ORDER BY z.seq ROWS UNBOUNDED PRECEDING)
+              LIMIT CASE WHEN h.attempts > 0 THEN 1 ELSE ` + room + ` END) y
+        WHERE y.due AND (y.seq = h.seq OR y.upto <= ` + budget + `)`
 	}
 	// Keep the parameter list the same for every variant.
 	start := ` AND p.ordering_key IS NOT NULL AND $2::text IS NULL`
@@ -177,23 +218,42 @@ func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bo
 		return `SELECT c.*, ` + before + `sum(c.claim_bytes) OVER (ORDER BY c.claim_at, c.claim_seq ROWS UNBOUNDED PRECEDING) - c.claim_bytes AS claim_before
     FROM ` + part + ` c`
 	}
-	s := `WITH RECURSIVE walk (key, seq, ok, found, visited, bytes) AS (
-    (SELECT h.ordering_key, h.seq, h.ok, h.ok::int, 1, CASE WHEN h.ok THEN h.len ELSE 0 END
+	s := `WITH RECURSIVE walk (key, seq, ok, found, visited, bytes, seqs) AS (
+    (SELECT h.ordering_key, h.seq, h.ok, coalesce(cardinality(r.seqs), 0), 1, coalesce(r.bytes, 0), r.seqs
      FROM (` + head(start) + `) h
+     LEFT JOIN LATERAL (` + run(keyedLimit, keyedBudget) + `) r ON h.ok
      WHERE ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)
   UNION ALL
-    SELECT h.ordering_key, h.seq, h.ok, w.found + h.ok::int, w.visited + 1, w.bytes + CASE WHEN h.ok THEN h.len ELSE 0 END
+    SELECT h.ordering_key, h.seq, h.ok, w.found + coalesce(cardinality(r.seqs), 0), w.visited + 1, w.bytes + coalesce(r.bytes, 0), r.seqs
     FROM walk w CROSS JOIN LATERAL (` + head(` AND p.ordering_key > w.key`) + `) h
+    LEFT JOIN LATERAL (` + run(keyedLimit+` - w.found`, keyedBudget+` - w.bytes`) + `) r ON h.ok
     WHERE ` + more("w") + `
 ),
-keyed AS MATERIALIZED (
+runs AS (
+    SELECT w.key, s.seq, s.rn FROM walk w CROSS JOIN LATERAL unnest(w.seqs) WITH ORDINALITY AS s(seq, rn) WHERE w.ok
+),
+heads AS MATERIALIZED (
     SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `
     FROM ` + tbl + ` o
     WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
       AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()
-    ORDER BY o.seq
-    LIMIT ` + keyedLimit + `
     FOR UPDATE OF o SKIP LOCKED
+),
+tails AS MATERIALIZED (
+    SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `
+    FROM runs c JOIN ` + tbl + ` o ON o.ordering_key = c.key AND o.seq = c.seq
+    WHERE c.rn > 1 AND c.key IN (SELECT ordering_key FROM heads)
+      AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()
+    FOR UPDATE OF o SKIP LOCKED
+),
+keyed AS MATERIALIZED (
+    SELECT ` + claimNames + ` FROM (
+        SELECT k.*, bool_and(k.id IS NOT NULL) OVER (PARTITION BY r.key ORDER BY r.rn) AS claim_prefix
+        FROM runs r LEFT JOIN (SELECT * FROM heads UNION ALL SELECT * FROM tails) k
+          ON k.ordering_key = r.key AND k.claim_seq = r.seq) x
+    WHERE x.claim_prefix
+    ORDER BY x.claim_seq
+    LIMIT ` + keyedLimit + `
 ),
 unkeyed AS MATERIALIZED (
     SELECT * FROM (
@@ -219,7 +279,7 @@ SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
     (SELECT count(*) FROM walk),
     (SELECT coalesce(max(found), 0) FROM walk),
     (SELECT key FROM walk ORDER BY visited DESC LIMIT 1),
-    (SELECT count(*) FROM keyed) + (SELECT count(*) FROM unkeyed),
+    (SELECT count(*) FROM heads) + (SELECT count(*) FROM tails) + (SELECT count(*) FROM unkeyed),
     coalesce((SELECT ` + more("w") + ` FROM walk w ORDER BY w.visited DESC LIMIT 1), ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)`
 	return s
 }
@@ -266,7 +326,7 @@ type Claimed struct {
 	Due       time.Duration // until the next row that is not yet due; 0: none
 	Flag      int64         // the wake-up flag as the database had it
 	Visited   int           // keys the walk visited
-	Found     int           // eligible heads the walk found
+	Found     int           // rows of eligible heads' runs the walk found
 	Last      sql.NullString
 	WalkEnded bool // the walk reached the last key
 	// UnkeyedLast is the (available_at, seq) of the last unkeyed row claimed; valid
