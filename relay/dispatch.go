@@ -62,6 +62,7 @@ type dispatcher struct {
 
 	pollGap time.Duration // polled wake-ups: the last sleep after an empty claim
 	foundAt time.Time     // when the last claim that found rows ran
+	wk      wakeState     // streaming (wakeup.go)
 }
 
 // finished is called by a worker when its batch is settled. followUp: the batch had
@@ -133,18 +134,17 @@ func (d *dispatcher) run(ctx context.Context) {
 		if !d.settleAt.IsZero() && !claimStart.Before(d.settleAt) {
 			d.settleAt = time.Time{}
 		}
-		if c.flag == 0 {
-			d.flagSet = false // lowered by another relay of the table, or never raised
-		}
+		d.sawFlag(ctx, c.flag)
 		walkStopped := c.visited >= d.maxVisits() // the walk ran out of visits, not of keys
 		if len(c.rows) > 0 {
+			prev := d.foundAt
 			d.foundAt = claimStart
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
 			// Full: the batch or its byte budget is used up, or the walk has keys left.
 			full := len(c.rows) >= limit || c.bytes >= r.cfg.BatchBytes || c.locked > len(c.rows) || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
-			if d.flagSet && (full || busy) {
-				// Behind: drain without notifications.
+			if d.found(prev, claimStart, full || busy) && d.flagSet {
+				// Behind, or rows come fast: stream without notifications.
 				r.flag.clear(context.WithoutCancel(ctx), r.log)
 				d.flagSet = false
 			}
@@ -165,6 +165,10 @@ func (d *dispatcher) run(ctx context.Context) {
 		}
 		if r.polled.Load() {
 			wait = d.pollWait(ctx, c.due)
+			continue
+		}
+		if d.keepStreaming() {
+			wait = d.streamWait(c.due)
 			continue
 		}
 		if !d.flagSet {
@@ -336,6 +340,7 @@ func (d *dispatcher) acquire(ctx context.Context) *worker {
 // when ctx is done. With the flag up, a batch that was published completely changes
 // nothing: new rows notify.
 func (d *dispatcher) sleep(ctx context.Context, wait time.Duration) bool {
+	r := d.r
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
@@ -348,7 +353,12 @@ func (d *dispatcher) sleep(ctx context.Context, wait time.Duration) bool {
 			if d.followUp.Swap(false) || !d.flagSet {
 				return true
 			}
+			r.idle.Store(d.settleAt.IsZero() && d.inflight.Load() == 0)
 		case <-t.C:
+			if wait = d.peek(ctx); wait > 0 {
+				t.Reset(wait) // nothing to claim yet
+				continue
+			}
 			return true
 		}
 	}
