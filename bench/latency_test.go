@@ -219,7 +219,7 @@ func steadyLoad(ctx context.Context, e *env, cons *amqp.Connection, queue string
 	if err := errors.Join(errs...); err != nil {
 		return nil, 0, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := s.wait(wctx); err != nil {
 		return nil, 0, err
