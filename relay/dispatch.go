@@ -27,16 +27,15 @@ type batch struct {
 // walk cursor and the wake-up state need no locking.
 //
 // Wake-up. Writers notify at commit only while the table's wake-up flag is up. The
-// relay listens (flag up) while it keeps up: a commit wakes it at once and a free
-// worker takes the rows. It drains (flag down) once it falls behind, that is when a
-// batch comes back full or every worker is busy: then it claims again whenever a
-// worker is free, finding what committed meanwhile, and writers pay nothing for
-// notifications. It listens again when a claim comes back empty. So notifications
-// cost writers only while the relay is ahead of them, which bounds their rate by the
-// relay's batch rate. The flag goes up before the claim that follows, so that claim
-// sees every row committed before it; a writer whose trigger read the flag just
-// before it went up and that committed just after that claim is covered by one more
-// claim after a short settle time.
+// relay sleeps with the flag up: a commit wakes it at once. Once rows come in a
+// stream, or it falls behind (a batch comes back full or every worker is busy), it
+// lowers the flag and streams (wakeup.go): it claims again whenever a worker is free
+// and rows were found, and peeks every few milliseconds otherwise, so writers pay
+// nothing for notifications while messages flow. After a quiet spell it raises the
+// flag again. The flag goes up before the claim that follows, so that claim sees
+// every row committed before it; a writer whose trigger read the flag just before it
+// went up and that committed just after that claim is covered by one more look after
+// a short settle time, and by the poll.
 type dispatcher struct {
 	r    *Relay
 	idle chan *worker    // workers with an open channel, waiting for a batch
