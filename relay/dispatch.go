@@ -170,7 +170,7 @@ func (d *dispatcher) run(ctx context.Context) {
 			wait = d.streamWait(c.due)
 			continue
 		}
-		if !d.flagSet {
+		if !d.flagSet && !d.yield() {
 			// Caught up: raise the flag, then claim once more for what committed
 			// before it was up.
 			d.raise = true

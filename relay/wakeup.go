@@ -28,6 +28,7 @@ const (
 type wakeState struct {
 	streaming bool          // the flag is kept down and the relay polls
 	gap       time.Duration // the last pause between polls while streaming
+	yielded   bool          // the flag went down under this sleeping relay
 }
 
 // found is called after a claim that found rows, with the start of the previous claim
@@ -64,17 +65,28 @@ func (d *dispatcher) streamWait(due time.Duration) time.Duration {
 	return w.gap
 }
 
-// sawFlag records the wake-up flag as a claim or a peek read it. Down: another relay
-// of the table streams, or the database lost it; the relay raises it again before it
-// sleeps. Up while this relay streams: another relay raised it on going to sleep;
-// the streaming relay lowers it again, so that writers do not notify.
+// sawFlag records the wake-up flag as a claim or a peek read it. Down while this relay
+// had it up: another relay of the table streams (or the database lost it); this one
+// leaves it down for a poll interval (see yield) and raises it again then. Up while
+// this relay streams: another relay raised it on going to sleep; the streaming relay
+// lowers it again, so that writers do not notify.
 func (d *dispatcher) sawFlag(ctx context.Context, v int64) {
 	switch {
 	case v == 0:
+		d.wk.yielded = d.wk.yielded || d.flagSet
 		d.flagSet = false
 	case d.wk.streaming && !d.flagSet:
 		d.r.flag.clear(context.WithoutCancel(ctx), d.r.log)
 	}
+}
+
+// yield reports, once, that the flag went down under this relay while it slept: it
+// then sleeps a poll interval before it raises the flag again, rather than raising it
+// against a streaming relay that lowers it at once.
+func (d *dispatcher) yield() bool {
+	y := d.wk.yielded
+	d.wk.yielded = false
+	return y
 }
 
 // peek is run when the dispatcher's sleep timer fires with nothing in flight: one
@@ -103,7 +115,7 @@ func (d *dispatcher) peek(ctx context.Context) time.Duration {
 			return 0 // claim: it comes back empty, then the flag goes up
 		}
 		return d.streamWait(p.Next)
-	case !d.flagSet:
+	case !d.flagSet && !d.yield():
 		return 0 // raise it again
 	}
 	// Asleep with the flag up: this peek was the poll, or the settle claim once its
@@ -111,6 +123,9 @@ func (d *dispatcher) peek(ctx context.Context) time.Duration {
 	wait := r.cfg.PollInterval
 	if p.Next > 0 && p.Next < wait {
 		wait = p.Next
+	}
+	if !d.flagSet {
+		d.settleAt = time.Time{} // another relay streams: nothing to settle
 	}
 	if !d.settleAt.IsZero() {
 		if left := time.Until(d.settleAt); left > 0 {
