@@ -144,7 +144,9 @@ func benchWakeup(b *testing.B) *report {
 		r.row(v.label, rate(tps), fmt.Sprintf("%.2f", tps/base), rate(slices.Min(perSlice[i]))+"–"+rate(slices.Max(perSlice[i])), fmt.Sprintf("%.2f", perTx))
 		b.ReportMetric(tps, "tx/s-"+v.metric)
 	}
-	if cpu, err := backendCPU(ctx, e.dbURL, []pg.Table{variants[0].table, variants[1].table}); err != nil {
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer ccancel()
+	if cpu, err := backendCPU(cctx, e.dbURL, []pg.Table{variants[0].table, variants[1].table}); err != nil {
 		r.note("Writer backend CPU per transaction: not measured (%v).", err)
 	} else {
 		r.note("Writer backend CPU per transaction, one connection, %d rounds of %s tx interleaved (the server's /proc/<pid>/schedstat; steadier than tx/s on a busy machine): (a) %.0f µs, (b) %.0f µs (%+.0f %%).",
