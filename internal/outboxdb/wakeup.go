@@ -24,7 +24,7 @@ type Peek struct {
 // simple-protocol round trip in an implicit read-only transaction (no transaction ID,
 // pooler-safe). Its cost is a few units: it is never JIT-compiled.
 func (q *Queries) peekSQL() string {
-	return `SELECT extract(epoch FROM (SELECT min(available_at) FROM ` + q.table.String() + ` WHERE dead_at IS NULL) - now())::float8,
+	return `SELECT extract(epoch FROM (SELECT min(available_at) FROM ` + q.table.String() + ` WHERE dead_at IS NULL AND published_at IS NULL) - now())::float8,
     (SELECT last_value FROM ` + q.table.Ident("_wakeup") + `)`
 }
 
