@@ -111,7 +111,7 @@ func latencyThrough(b *testing.B, p pooledPath) (pooledResult, error) {
 
 	writer := *e
 	writer.dbURL = dsn
-	lat, achieved, err := steadyLoad(ctx, &writer, cons, queue, table)
+	lat, achieved, err := steadyLoad(ctx, &writer, cons, queue, table, latencyRate, latencyMsgs)
 	stop()
 	if rerr := <-done; rerr != nil && err == nil {
 		err = rerr

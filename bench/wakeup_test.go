@@ -5,7 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -141,6 +144,15 @@ func benchWakeup(b *testing.B) *report {
 		r.row(v.label, rate(tps), fmt.Sprintf("%.2f", tps/base), rate(slices.Min(perSlice[i]))+"–"+rate(slices.Max(perSlice[i])), fmt.Sprintf("%.2f", perTx))
 		b.ReportMetric(tps, "tx/s-"+v.metric)
 	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer ccancel()
+	if cpu, err := backendCPU(cctx, e.dbURL, []pg.Table{variants[0].table, variants[1].table}); err != nil {
+		r.note("Writer backend CPU per transaction: not measured (%v).", err)
+	} else {
+		r.note("Writer backend CPU per transaction, one connection, %d rounds of %s tx interleaved (the server's /proc/<pid>/schedstat; steadier than tx/s on a busy machine): (a) %.0f µs, (b) %.0f µs (%+.0f %%).",
+			cpuRounds, group(cpuTxs), cpu[0], cpu[1], 100*(cpu[1]/cpu[0]-1))
+		b.ReportMetric(cpu[1]/cpu[0], "cpu-ratio-flag0")
+	}
 	r.note("Each tx: BEGIN; outbox.Writer.Write (one INSERT); COMMIT, through lib/pq, each writer on its own connection; synchronous_commit=on.")
 	r.note("%d slices of %s tx per variant, the variants in the order a,b,c,d | d,c,b,a | …; tx/s = all of a variant's transactions over all of its time.", wakeupSlices, group(wakeupTxs))
 	r.note("(c) and (d) have a listener connection (the sleeping relay) draining the notifications; the flag is left at 1 in (c) as if the relay never woke.")
@@ -215,4 +227,72 @@ func listenUntilCleanup(tb testing.TB, dsn, channel string, count *atomic.Int64)
 		_ = l.Close()
 		<-done
 	})
+}
+
+const (
+	cpuRounds = 6
+	cpuTxs    = 1000
+)
+
+// backendCPU returns the CPU time, in µs per transaction, that the server process of
+// one writer connection spends on a transaction of one outbox row, for each table,
+// measured in interleaved rounds. It needs the server on this machine.
+func backendCPU(ctx context.Context, dsn string, tables []pg.Table) ([]float64, error) {
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	var pid int
+	if err := db.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		return nil, err
+	}
+	onCPU := func() (int64, error) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+		if err != nil {
+			return 0, err
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return 0, errors.New("empty schedstat")
+		}
+		return strconv.ParseInt(f[0], 10, 64)
+	}
+	if _, err := onCPU(); err != nil {
+		return nil, fmt.Errorf("the server's process is not on this machine: %w", err)
+	}
+	total := make([]int64, len(tables))
+	body := payload(0)
+	for round := range cpuRounds {
+		for k := range tables {
+			i := k
+			if round%2 == 1 {
+				i = len(tables) - 1 - k
+			}
+			w, err := outbox.NewWriter(tables[i].String())
+			if err != nil {
+				return nil, err
+			}
+			before, err := onCPU()
+			if err != nil {
+				return nil, err
+			}
+			for range cpuTxs {
+				if err := writeOne(ctx, db, w, body); err != nil {
+					return nil, err
+				}
+			}
+			after, err := onCPU()
+			if err != nil {
+				return nil, err
+			}
+			total[i] += after - before
+		}
+	}
+	out := make([]float64, len(tables))
+	for i, t := range total {
+		out[i] = float64(t) / 1e3 / float64(cpuRounds*cpuTxs)
+	}
+	return out, nil
 }

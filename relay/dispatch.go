@@ -27,16 +27,15 @@ type batch struct {
 // walk cursor and the wake-up state need no locking.
 //
 // Wake-up. Writers notify at commit only while the table's wake-up flag is up. The
-// relay listens (flag up) while it keeps up: a commit wakes it at once and a free
-// worker takes the rows. It drains (flag down) once it falls behind, that is when a
-// batch comes back full or every worker is busy: then it claims again whenever a
-// worker is free, finding what committed meanwhile, and writers pay nothing for
-// notifications. It listens again when a claim comes back empty. So notifications
-// cost writers only while the relay is ahead of them, which bounds their rate by the
-// relay's batch rate. The flag goes up before the claim that follows, so that claim
-// sees every row committed before it; a writer whose trigger read the flag just
-// before it went up and that committed just after that claim is covered by one more
-// claim after a short settle time.
+// relay sleeps with the flag up: a commit wakes it at once. Once rows come in a
+// stream, or it falls behind (a batch comes back full or every worker is busy), it
+// lowers the flag and streams (wakeup.go): it claims again whenever a worker is free
+// and rows were found, and peeks every few milliseconds otherwise, so writers pay
+// nothing for notifications while messages flow. After a quiet spell it raises the
+// flag again. The flag goes up before the claim that follows, so that claim sees
+// every row committed before it; a writer whose trigger read the flag just before it
+// went up and that committed just after that claim is covered by one more look after
+// a short settle time, and by the poll.
 type dispatcher struct {
 	r    *Relay
 	idle chan *worker    // workers with an open channel, waiting for a batch
@@ -62,6 +61,7 @@ type dispatcher struct {
 
 	pollGap time.Duration // polled wake-ups: the last sleep after an empty claim
 	foundAt time.Time     // when the last claim that found rows ran
+	wk      wakeState     // streaming (wakeup.go)
 }
 
 // finished is called by a worker when its batch is settled. followUp: the batch had
@@ -133,18 +133,17 @@ func (d *dispatcher) run(ctx context.Context) {
 		if !d.settleAt.IsZero() && !claimStart.Before(d.settleAt) {
 			d.settleAt = time.Time{}
 		}
-		if c.flag == 0 {
-			d.flagSet = false // lowered by another relay of the table, or never raised
-		}
+		d.sawFlag(ctx, c.flag)
 		walkStopped := c.visited >= d.maxVisits() // the walk ran out of visits, not of keys
 		if len(c.rows) > 0 {
+			prev := d.foundAt
 			d.foundAt = claimStart
 			r.m.BatchSize.WithLabelValues(r.q.tableName).Observe(float64(len(c.rows)))
 			// Full: the batch or its byte budget is used up, or the walk has keys left.
 			full := len(c.rows) >= limit || c.bytes >= r.cfg.BatchBytes || c.locked > len(c.rows) || walkStopped
 			busy := d.inflight.Add(1) >= int32(r.cfg.Workers)
-			if d.flagSet && (full || busy) {
-				// Behind: drain without notifications.
+			if d.found(prev, claimStart, full || busy) && d.flagSet {
+				// Behind, or rows come fast: stream without notifications.
 				r.flag.clear(context.WithoutCancel(ctx), r.log)
 				d.flagSet = false
 			}
@@ -167,7 +166,11 @@ func (d *dispatcher) run(ctx context.Context) {
 			wait = d.pollWait(ctx, c.due)
 			continue
 		}
-		if !d.flagSet {
+		if d.keepStreaming() {
+			wait = d.streamWait(c.due)
+			continue
+		}
+		if !d.flagSet && !d.yield() {
 			// Caught up: raise the flag, then claim once more for what committed
 			// before it was up.
 			d.raise = true
@@ -336,6 +339,7 @@ func (d *dispatcher) acquire(ctx context.Context) *worker {
 // when ctx is done. With the flag up, a batch that was published completely changes
 // nothing: new rows notify.
 func (d *dispatcher) sleep(ctx context.Context, wait time.Duration) bool {
+	r := d.r
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
@@ -348,7 +352,12 @@ func (d *dispatcher) sleep(ctx context.Context, wait time.Duration) bool {
 			if d.followUp.Swap(false) || !d.flagSet {
 				return true
 			}
+			r.idle.Store(d.settleAt.IsZero() && d.inflight.Load() == 0)
 		case <-t.C:
+			if wait = d.peek(ctx); wait > 0 {
+				t.Reset(wait) // nothing to claim yet
+				continue
+			}
 			return true
 		}
 	}

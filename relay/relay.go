@@ -225,6 +225,7 @@ type Relay struct {
 	beats beats // heartbeat for `sidebox status` (heartbeat.go)
 
 	claims atomic.Int64 // claim statements run; for tests
+	peeks  atomic.Int64 // peeks run (wakeup.go); for tests
 	idle   atomic.Bool  // asleep with nothing in flight and no settle claim due; for tests
 
 	// afterDrain, when set (by tests), is called by a worker after the timeout of a

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
 
@@ -17,30 +16,6 @@ func waitIdle(t *testing.T, db *sql.DB, r *running) {
 	testenv.Eventually(t, 10*time.Second, "the relay to sleep with the wake-up flag up", func() bool {
 		return wakeFlagValue(t, db) == 1 && r.idle.Load()
 	})
-}
-
-// An idle relay runs at most one claim per poll interval.
-func TestIdleRelayClaimsOncePerPollInterval(t *testing.T) {
-	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
-	url := testenv.AMQPURL(t)
-
-	cfg := testConfig(table)
-	cfg.PollInterval = 300 * time.Millisecond
-	r := startRelay(t, db, dsn, url, cfg)
-	waitIdle(t, db, r)
-	before := r.claims.Load()
-	const window = 1500 * time.Millisecond
-	<-time.After(window) // measuring a rate over a window, not waiting for an event
-	n := r.claims.Load() - before
-	if max := int64(window/cfg.PollInterval) + 1; n > max {
-		t.Errorf("idle relay ran %d claims in %v, want at most %d (one per poll interval)", n, window, max)
-	}
-	if n == 0 {
-		t.Errorf("idle relay ran no claim in %v with a poll interval of %v", window, cfg.PollInterval)
-	}
 }
 
 // A notification wakes a sleeping relay at once: with a poll interval of 30 s, rows

@@ -1,0 +1,138 @@
+package relay
+
+import (
+	"context"
+	"time"
+)
+
+// Streaming: NOTIFY takes one lock for the whole instance at commit, so notifying
+// writers commit one at a time. Once rows come in a stream (two claims less than
+// streamQuiet apart found rows, or the relay fell behind), the relay keeps the wake-up
+// flag down, so that writers send no NOTIFY, and polls instead: a peek (one cheap
+// statement) streamGapMin after a claim that found rows, then every streamGapMax, and
+// a claim when the peek sees a due row. After streamQuiet without rows it raises the
+// flag, claims once more, and sleeps until a notification (see dispatcher). The
+// measured trade-off is in docs/DESIGN.md ("Streaming wake-ups").
+const (
+	// streamGapMin and streamGapMax bound the pause between polls while streaming:
+	// the latency a row written during a stream gets from it.
+	streamGapMin = time.Millisecond
+	streamGapMax = 2 * time.Millisecond
+	// streamQuiet is how long without rows ends a stream, and how close two claims
+	// that find rows must be to start one. An isolated message does not start a
+	// stream: it costs its writer one uncontended NOTIFY.
+	streamQuiet = 100 * time.Millisecond
+)
+
+// wakeState is the dispatcher's streaming state.
+type wakeState struct {
+	streaming bool          // the flag is kept down and the relay polls
+	gap       time.Duration // the last pause between polls while streaming
+	yielded   bool          // the flag went down under this sleeping relay
+}
+
+// found is called after a claim that found rows, with the start of the previous claim
+// that found rows (zero: none). drained: the claim came back full or every worker is
+// busy. It reports whether the relay streams.
+func (d *dispatcher) found(prev, now time.Time, drained bool) bool {
+	w := &d.wk
+	w.gap = 0
+	if !w.streaming && !d.r.polled.Load() {
+		w.streaming = drained || (!prev.IsZero() && now.Sub(prev) < streamQuiet)
+	}
+	return w.streaming
+}
+
+// keepStreaming reports, after an empty claim, whether the stream goes on: rows were
+// found less than streamQuiet ago. Otherwise the stream ends and the flag goes up.
+func (d *dispatcher) keepStreaming() bool {
+	w := &d.wk
+	if w.streaming && !d.r.polled.Load() && time.Since(d.foundAt) < streamQuiet {
+		return true
+	}
+	w.streaming = false
+	return false
+}
+
+// streamWait returns the pause before the next poll while streaming: streamGapMin
+// after rows, doubling up to streamGapMax, never past the next due row.
+func (d *dispatcher) streamWait(due time.Duration) time.Duration {
+	w := &d.wk
+	w.gap = min(max(2*w.gap, streamGapMin), streamGapMax)
+	if due > 0 && due < w.gap {
+		return due
+	}
+	return w.gap
+}
+
+// sawFlag records the wake-up flag as a claim or a peek read it. Down while this relay
+// had it up: another relay of the table streams (or the database lost it); this one
+// leaves it down for a poll interval (see yield) and raises it again then. Up while
+// this relay streams: another relay raised it on going to sleep; the streaming relay
+// lowers it again, so that writers do not notify.
+func (d *dispatcher) sawFlag(ctx context.Context, v int64) {
+	switch {
+	case v == 0:
+		d.wk.yielded = d.wk.yielded || d.flagSet
+		d.flagSet = false
+	case d.wk.streaming && !d.flagSet:
+		d.r.flag.clear(context.WithoutCancel(ctx), d.r.log)
+	}
+}
+
+// yield reports, once, that the flag went down under this relay while it slept: it
+// then sleeps a poll interval before it raises the flag again, rather than raising it
+// against a streaming relay that lowers it at once.
+func (d *dispatcher) yield() bool {
+	y := d.wk.yielded
+	d.wk.yielded = false
+	return y
+}
+
+// peek is run when the dispatcher's sleep timer fires with nothing in flight: one
+// statement instead of a claim's transaction. It returns how much longer to sleep, or
+// 0 when a claim is due: a row is due (or the peek failed; the claim reports it), the
+// flag went down under a sleeping relay, or a stream's quiet time is over.
+func (d *dispatcher) peek(ctx context.Context) time.Duration {
+	r := d.r
+	if d.inflight.Load() > 0 || ctx.Err() != nil {
+		return 0
+	}
+	pctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	p, err := r.q.Peek(pctx, r.db)
+	cancel()
+	r.peeks.Add(1)
+	if err != nil || p.Due {
+		return 0
+	}
+	r.setDBOK(true)
+	d.sawFlag(ctx, p.Flag)
+	switch {
+	case r.polled.Load():
+		return d.pollWait(ctx, p.Next)
+	case d.wk.streaming:
+		if !d.keepStreaming() {
+			return 0 // claim: it comes back empty, then the flag goes up
+		}
+		return d.streamWait(p.Next)
+	case !d.flagSet && !d.yield():
+		return 0 // raise it again
+	}
+	// Asleep with the flag up: this peek was the poll, or the settle claim once its
+	// time has come.
+	wait := r.cfg.PollInterval
+	if p.Next > 0 && p.Next < wait {
+		wait = p.Next
+	}
+	if !d.flagSet {
+		d.settleAt = time.Time{} // another relay streams: nothing to settle
+	}
+	if !d.settleAt.IsZero() {
+		if left := time.Until(d.settleAt); left > 0 {
+			return max(min(wait, left), time.Millisecond)
+		}
+		d.settleAt = time.Time{}
+		r.idle.Store(true)
+	}
+	return wait
+}
