@@ -214,6 +214,8 @@ type Relay struct {
 	// large is held by the worker that has a batch above BatchBytes (one row, read
 	// from the table in chunks) in memory: one such payload at a time.
 	large chan struct{}
+
+	trace *tracer // nil: no spans (see WithTracerProvider)
 }
 
 // New returns a relay for cfg.Table. db is the pool for claims and settlement. The relay
@@ -274,6 +276,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		reconnect:  backoff.Database(),
 		suspects:   map[string]time.Time{},
 		large:      make(chan struct{}, 1),
+		trace:      newTracer(o.tp),
 	}, nil
 }
 

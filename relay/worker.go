@@ -277,6 +277,8 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 			pipelined = append(pipelined, i)
 		}
 	}
+	spans := r.trace.publishing(ctx, rows, msgs, res, frameMax)
+	defer spans.end(res)
 	deadline := time.Now().Add(r.cfg.PublishTimeout)
 	for _, i := range alone {
 		if !w.ready(ctx, deadline) {
