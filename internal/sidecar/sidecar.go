@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/inbox"
@@ -90,6 +91,7 @@ type sidecar struct {
 	withInbox bool
 	build     Build
 	forced    <-chan struct{}
+	tp        trace.TracerProvider // nil: tracing off
 }
 
 // component is a part that runs until its context is cancelled and then drains.
@@ -101,6 +103,13 @@ type component struct {
 func (s *sidecar) run(ctx context.Context) error {
 	cfg, log := s.cfg, s.log
 	version, commit := s.build.Version, s.build.Commit
+	tp, stopTracing, err := startTracing(ctx, log, version)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the drain: the last batches' spans are exported too
+	s.tp = tp
+
 	log.Info("starting sidebox",
 		zap.String("command", string(s.mode)), zap.String("version", version), zap.String("commit", commit),
 		zap.Bool("relay", s.withRelay), zap.Bool("inbox", s.withInbox),
@@ -241,7 +250,7 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 	cfg, log := s.cfg, s.log
 	relayRuns = func() bool { return false }
 	if s.withRelay {
-		r, err := relay.New(db, cfg.RelayConfig(listenDSN), relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg))
+		r, err := relay.New(db, cfg.RelayConfig(listenDSN), relay.WithConnection(pub), relay.WithLogger(log), relay.WithRegisterer(reg), relay.WithTracerProvider(s.tp))
 		if err != nil {
 			return nil, nil, config.FromComponent(err)
 		}
@@ -256,7 +265,7 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 		}})
 	}
 	if s.withInbox {
-		c, err := inbox.NewConsumer(db, cfg.ConsumerConfig(), inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
+		c, err := inbox.NewConsumer(db, cfg.ConsumerConfig(), inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg), inbox.WithTracerProvider(s.tp))
 		if err != nil {
 			return nil, nil, config.FromComponent(err)
 		}

@@ -83,7 +83,7 @@ func (h *headersJSON) Get(key string) string {
 }
 
 func (h *headersJSON) Set(string, string) {}
-func (h *headersJSON) Keys() []string   { return []string{TraceparentHeader, TracestateHeader} }
+func (h *headersJSON) Keys() []string     { return []string{TraceparentHeader, TracestateHeader} }
 
 // FromJSON returns the creation context carried by a headers object as stored in a
 // table's jsonb column, or an invalid one. Headers without a traceparent cost a scan
