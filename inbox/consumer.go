@@ -81,6 +81,8 @@ type Consumer struct {
 	// beforeStore, when set (tests only), runs when a batch's deliveries are in and
 	// before it is stored.
 	beforeStore func()
+
+	trace *receiveTracer // nil: no spans (see WithTracerProvider)
 }
 
 // NewConsumer returns a Consumer. cfg is completed with defaults and validated. The
@@ -128,6 +130,7 @@ func NewConsumer(db *sql.DB, cfg ConsumerConfig, opts ...Option) (*Consumer, err
 		batchDuration: m.InboxBatchDuration.WithLabelValues(q),
 		prefetch:      m.InboxPrefetch.WithLabelValues(q),
 		seqBack:       m.InboxSeqRegressed.WithLabelValues(q),
+		trace:         newReceiveTracer(o.tp, cfg),
 	}, nil
 }
 
@@ -671,7 +674,7 @@ func (c *Consumer) storeOne(ctx context.Context, ch *amqp.Channel, closed <-chan
 		c.oversize.Lock()
 		defer c.oversize.Unlock()
 	}
-	return c.storeBatch(ctx, ch, closed, b)
+	return c.trace.stored(b, c.storeBatch(ctx, ch, closed, b))
 }
 
 // storeBatch rejects the deliveries that cannot be stored, stores the others and

@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/metrics"
@@ -29,6 +30,7 @@ type options struct {
 	log  *zap.Logger
 	reg  prometheus.Registerer
 	conn Connection
+	tp   trace.TracerProvider // see WithTracerProvider
 }
 
 func newOptions(opts []Option) options {

@@ -9,11 +9,13 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/tracing"
 )
 
 // Message is one stored inbox row, as handed to a Handler.
@@ -48,7 +50,8 @@ type Processor struct {
 	log     *zap.Logger
 	retry   backoff.Policy
 
-	sql inboxdb.Processor
+	sql    inboxdb.Processor
+	tracer trace.Tracer // nil: no spans (see WithTracerProvider)
 
 	mu         sync.Mutex
 	cursor     *string // ordered: the key after which the next claim's walk starts
@@ -61,7 +64,8 @@ type Processor struct {
 
 // NewProcessor returns a Processor calling handler for each unprocessed row of
 // cfg.Consumer. cfg is completed with defaults and validated. Of the options it takes
-// WithLogger.
+// WithLogger and WithTracerProvider. The handler's context carries the message's trace
+// context (see WithTracerProvider).
 func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, opts ...Option) (*Processor, error) {
 	o := newOptions(opts)
 	if o.conn != nil {
@@ -81,6 +85,7 @@ func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, opts ...Opti
 		log:     o.log.With(zap.String("table", cfg.Table), zap.String("consumer", cfg.Consumer)),
 		retry:   backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
 		sql:     inboxdb.NewProcessor(cfg.Table, cfg.Ordered),
+		tracer:  tracing.Tracer(o.tp),
 	}, nil
 }
 
@@ -223,7 +228,7 @@ func (p *Processor) handle(ctx context.Context, tx *sql.Tx, msg *Message) (bool,
 	if _, err := tx.ExecContext(ctx, `SAVEPOINT sidebox_inbox_message`); err != nil {
 		return false, fmt.Errorf("savepoint: %w", err)
 	}
-	herr := p.callHandler(ctx, tx, msg)
+	herr := p.callTraced(ctx, tx, msg)
 	if herr == nil {
 		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT sidebox_inbox_message`); err != nil {
 			return false, fmt.Errorf("release savepoint: %w", err)

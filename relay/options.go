@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/broker"
@@ -33,6 +34,7 @@ type options struct {
 	log  *zap.Logger
 	reg  prometheus.Registerer
 	conn Connection
+	tp   trace.TracerProvider // see WithTracerProvider
 }
 
 // WithLogger makes the relay log to log; default: no logging.

@@ -244,6 +244,8 @@ type Relay struct {
 	// large is held by the worker that has a batch above BatchBytes (one row, read
 	// from the table in chunks) in memory: one such payload at a time.
 	large chan struct{}
+
+	trace *tracer // nil: no spans (see WithTracerProvider)
 }
 
 // New returns a relay for cfg.Table. db is the pool for claims and settlement. The relay
@@ -309,6 +311,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		large:      make(chan struct{}, 1),
 		purgeEvery: purgeEvery,
 		beats:      newBeats(),
+		trace:      newTracer(o.tp),
 	}, nil
 }
 

@@ -292,6 +292,8 @@ func (w *worker) publish(ctx context.Context, rows []row) []result {
 		}
 		runs.start(rows[i])
 	}
+	spans := r.trace.publishing(ctx, rows, msgs, res, frameMax)
+	defer spans.end(res)
 	deadline := time.Now().Add(r.cfg.PublishTimeout)
 	for _, i := range alone {
 		if !w.ready(ctx, deadline) {

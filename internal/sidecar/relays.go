@@ -29,7 +29,7 @@ func (s *sidecar) relays(db *sql.DB, listenDSN string, pubs []*broker.Broker, hs
 	cfg, log := s.cfg, s.log
 	var gates []*tableGate
 	for i, t := range cfg.Outboxes {
-		r, err := relay.New(db, cfg.RelayConfigFor(t, listenDSN), relay.WithConnection(pubs[i]), relay.WithLogger(log), relay.WithRegisterer(reg))
+		r, err := relay.New(db, cfg.RelayConfigFor(t, listenDSN), relay.WithConnection(pubs[i]), relay.WithLogger(log), relay.WithRegisterer(reg), relay.WithTracerProvider(s.tp))
 		if err != nil {
 			return nil, nil, config.FromComponent(err)
 		}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/inbox"
@@ -89,6 +90,7 @@ type sidecar struct {
 	withInbox bool
 	build     Build
 	forced    <-chan struct{}
+	tp        trace.TracerProvider // nil: tracing off
 }
 
 // component is a part that runs until its context is cancelled and then drains.
@@ -100,6 +102,13 @@ type component struct {
 func (s *sidecar) run(ctx context.Context) error {
 	cfg, log := s.cfg, s.log
 	version, commit := s.build.Version, s.build.Commit
+	tp, stopTracing, err := startTracing(ctx, log, version)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the drain: the last batches' spans are exported too
+	s.tp = tp
+
 	log.Info("starting sidebox",
 		zap.String("command", string(s.mode)), zap.String("version", version), zap.String("commit", commit),
 		zap.Bool("relay", s.withRelay), zap.Bool("inbox", s.withInbox),
@@ -246,7 +255,7 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pubs []*broker.Broker
 		}
 	}
 	if s.withInbox {
-		c, err := inbox.NewConsumer(db, cfg.ConsumerConfig(), inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg))
+		c, err := inbox.NewConsumer(db, cfg.ConsumerConfig(), inbox.WithConnection(con), inbox.WithLogger(log), inbox.WithRegisterer(reg), inbox.WithTracerProvider(s.tp))
 		if err != nil {
 			return nil, nil, config.FromComponent(err)
 		}
