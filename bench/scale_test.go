@@ -34,6 +34,11 @@ func benchScale(b *testing.B) *report {
 	rounds := benchRounds()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
+	// Built before any connection is opened: a slow build must not starve heartbeats.
+	bin, err := testenv.BuildSidebox(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
 	table := pg.Table{Name: "outbox"}
 	if err := outbox.Migrate(ctx, e.db, table.String()); err != nil {
 		b.Fatalf("migrate outbox: %v", err)
@@ -47,10 +52,6 @@ func benchScale(b *testing.B) *report {
 	cons := e.dial("consumer")
 	queue := e.queue(pub, "bench_scale")
 	d := &drainer{e: e, table: table, queue: queue, pub: pub, cons: cons, relayDB: conns[0].db, brk: conns[0].brk, reg: reg, rows: peerRows()}
-	bin, err := testenv.BuildSidebox(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
 
 	drains := make([][]float64, maxRelays+1) // by relay count
 	var usages []processRun
