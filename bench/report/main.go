@@ -270,7 +270,9 @@ func groups(ss []series) []group {
 
 var nonWord = regexp.MustCompile(`[^a-z0-9]+`)
 
-func slug(s string) string { return strings.Trim(nonWord.ReplaceAllString(strings.ToLower(s), "-"), "-") }
+func slug(s string) string {
+	return strings.Trim(nonWord.ReplaceAllString(strings.ToLower(s), "-"), "-")
+}
 
 // latencyCDF draws the cumulative distribution of each series' latencies, on a
 // logarithmic millisecond axis.
@@ -419,4 +421,3 @@ func wrap(s string, width int) string {
 	}
 	return strings.Join(append(lines, line), "\n")
 }
-
