@@ -113,6 +113,9 @@ func run(in, out, date, commit, note string) error {
 	fmt.Fprintf(&b, "| machine | |\n| --- | --- |\n| cores | %d (%s) |\n| memory | %s |\n| PostgreSQL | %s |\n| RabbitMQ | %s |\n| Go | %s |\n| 1-minute load average at the start | %s |\n\n",
 		m.Cores, m.CPU, m.Memory, m.PostgreSQL, m.RabbitMQ, m.Go, m.Load)
 	b.WriteString("PostgreSQL, RabbitMQ, the benchmark process and the relay share these cores. Every comparison below was measured in this run, interleaved; each table shows the load average at its start and end.\n\n")
+	if load, err := strconv.ParseFloat(m.Load, 64); err == nil && load > float64(m.Cores) {
+		fmt.Fprintf(&b, "**A loaded machine:** the load average was %s on %d cores when the run started: other work shared the machine, so compare the figures with each other within this run, not with other runs or the targets' absolute values.\n\n", m.Load, m.Cores)
+	}
 	if note != "" {
 		b.WriteString(note + "\n\n")
 	}
