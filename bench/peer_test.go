@@ -226,7 +226,7 @@ func watermillLatency(ctx context.Context, e *env, d *drainer, bin string, poll 
 	if len(commits) != latencyMsgs {
 		return run, fmt.Errorf("peer write: %d commit times for %d messages", len(commits), latencyMsgs)
 	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := s.wait(wctx); err != nil {
 		return run, err
