@@ -176,10 +176,9 @@ func (d *drainer) watermill(ctx context.Context, bin string, poll time.Duration)
 // latencyRun is one latency measurement at a steady rate, with the idle statements
 // before it.
 type latencyRun struct {
-	lat       []time.Duration // sorted
-	achieved  float64         // writer rate, msg/s
-	idlePerS  float64         // statements per second of the idle publisher
-	writerRun string          // who wrote
+	lat      []time.Duration // sorted
+	achieved float64         // writer rate, msg/s
+	idlePerS float64         // statements per second of the idle publisher
 }
 
 // watermillLatency starts the forwarder with poll on an empty table, counts its idle
