@@ -39,6 +39,8 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 	cd test/charts && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	cd test/embed && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd bench/peer && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd bench/report && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 
 demo: build
 	$(WITH_SERVERS) $(GO) run ./examples/demo
@@ -50,8 +52,20 @@ chaos:
 	SIDEBOX_CHAOS=full $(GO) test -count=1 -timeout 90m -run TestChaos ./test/chaos/; \
 	  status=$$?; cat test/chaos/results/latest.md 2>/dev/null; exit $$status
 
+# The benchmarks (bench/README.md), then bench/report writes bench/results/<date>.md
+# with its plots and copies it to bench/results/latest.md, which it prints. BENCH selects
+# benchmarks by regular expression (make bench BENCH='Peer|RelayScale'); the sizes are
+# environment variables (bench/README.md), SIDEBOX_BENCH_OUTAGE=0 leaves out the
+# catch-up run.
+BENCH     ?= .
+BENCH_OUT := $(CURDIR)/bench/results/.run
+
 bench:
-	$(WITH_SERVERS) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./bench/
+	rm -rf $(BENCH_OUT)
+	$(WITH_SERVERS) SIDEBOX_BENCH_OUT=$(BENCH_OUT) $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count 1 -timeout 120m ./bench/; \
+	  status=$$?; \
+	  (cd bench/report && $(GO) run . -in $(BENCH_OUT) -out $(CURDIR)/bench/results -commit $(COMMIT)) && \
+	  cat bench/results/latest.md; exit $$status
 
 servers-up:
 	@$(SERVERS) up

@@ -125,6 +125,12 @@ func newSink(conn *amqp.Connection, queue string, want int, ids []string) (*sink
 func (s *sink) run(ch *amqp.Channel, deliveries <-chan amqp.Delivery) {
 	defer close(s.finished)
 	distinct := 0
+	defer func() {
+		if distinct < s.want { // the broker closed the channel or the connection
+			s.err = fmt.Errorf("consumer's deliveries ended after %d of %d distinct messages", distinct, s.want)
+			close(s.done)
+		}
+	}()
 	for d := range deliveries {
 		now := time.Now()
 		s.total++

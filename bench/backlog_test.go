@@ -104,6 +104,18 @@ func benchBacklog(tb *testing.B) *report {
 		r.row(fmt.Sprintf("%d", run.rows), rate(run.rate), fmt.Sprintf("%.2f", run.rate/base),
 			fmtMS(p50), fmtMS(p99), fmt.Sprintf("%.1f", float64(p99)/float64(max(p50, 1))), strings.Join(parts, " / "))
 		tb.ReportMetric(run.rate, fmt.Sprintf("msgs/s-%d", run.rows))
+		r.plot(series{Plot: "backlog", Label: "sidebox relay (defaults)", X: []float64{float64(run.rows)}, Y: []float64{run.rate}})
+		if run.rows != runs[0].rows {
+			ratio := run.rate / base
+			r.goal(fmt.Sprintf("drain at %s rows ÷ at %s", group(int64(run.rows)), group(int64(runs[0].rows))),
+				fmt.Sprintf("%.2f (%s vs %s msgs/s)", ratio, rate(run.rate), rate(base)), "≥ 0.90", ratio >= 0.9)
+		}
+	}
+	if last := runs[len(runs)-1]; len(last.claims) > 0 {
+		p50, p99 := quantile(last.claims, 0.5), quantile(last.claims, 0.99)
+		ratio := float64(p99) / float64(max(p50, 1))
+		r.goal(fmt.Sprintf("claim p99 ÷ p50 over the %s-row drain", group(int64(last.rows))),
+			fmt.Sprintf("%.1f (p50 %s, p99 %s)", ratio, fmtMS(p50), fmtMS(p99)), "≤ 2", ratio <= 2)
 	}
 	r.note("Targets: the rate at 1,000,000 and 5,000,000 rows ≥ 0.9 × the rate at 10,000 (same run); claim p99 over the largest drain ≤ 2 × its p50.")
 	r.note("Each backlog is a fresh table filled by one INSERT … SELECT generate_series and VACUUM ANALYZEd; the relay runs from Run until the broker confirmed every row (the published counter).")
@@ -213,6 +225,9 @@ func benchCatchUp(tb *testing.B) *report {
 		}
 		outage = d
 	}
+	if outage == 0 {
+		tb.Skip("SIDEBOX_BENCH_OUTAGE=0: no catch-up run")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), outage+10*time.Minute)
 	defer cancel()
 	m, reg := newMetrics()
@@ -320,6 +335,9 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 	r.note("Caught up: no row committed before the relay's start is left in the outbox (polled every 50 ms). 256 B rows, default configuration, a consumer attached (%d deliveries counted, %v published).", counted.Load(), published.value)
 	r.note("The writer commits every 10 ms the rows due at 1,000 per second, on the application's pool.")
 	e.noteLoad(r)
+	frac := took.Seconds() / outage.Seconds()
+	r.goal(fmt.Sprintf("catch-up after a %s outage at 1,000 msg/s, writer running", outage), fmt.Sprintf("%s (1/%.0f of the outage)", took.Round(10*time.Millisecond), 1/frac),
+		"≤ 1/20", frac <= 1.0/20 && writerAlive)
 	tb.ReportMetric(took.Seconds(), "catchup-s")
 	return r
 }

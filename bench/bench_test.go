@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"fmt"
 	"testing"
 )
 
@@ -13,7 +12,7 @@ import (
 // pipelined confirm publishing to the same queue, a consumer attached.
 func BenchmarkRelayDrain(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchDrain(b))
+		emit(b, benchDrain(b))
 	}
 }
 
@@ -21,7 +20,7 @@ func BenchmarkRelayDrain(b *testing.B) {
 // configuration, and the statements of an idle relay per poll interval.
 func BenchmarkRelayLatency(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchLatency(b))
+		emit(b, benchLatency(b))
 	}
 }
 
@@ -30,7 +29,7 @@ func BenchmarkRelayLatency(b *testing.B) {
 // direct LISTEN connection, session mode) next to the direct path.
 func BenchmarkRelayLatencyPgBouncer(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchLatencyPooled(b))
+		emit(b, benchLatencyPooled(b))
 	}
 }
 
@@ -38,7 +37,7 @@ func BenchmarkRelayLatencyPgBouncer(b *testing.B) {
 // with sidebox's trigger (relay busy, relay asleep) and with a naive NOTIFY trigger.
 func BenchmarkWriterWakeup(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchWakeup(b))
+		emit(b, benchWakeup(b))
 	}
 }
 
@@ -46,7 +45,7 @@ func BenchmarkWriterWakeup(b *testing.B) {
 // amqp091-go consumer acking in batches, on the same queue.
 func BenchmarkInboxIngest(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchInbox(b))
+		emit(b, benchInbox(b))
 	}
 }
 
@@ -54,7 +53,7 @@ func BenchmarkInboxIngest(b *testing.B) {
 // rows (SIDEBOX_BENCH_BACKLOGS), with the claim times over each drain.
 func BenchmarkRelayBacklog(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchBacklog(b))
+		emit(b, benchBacklog(b))
 	}
 }
 
@@ -62,7 +61,7 @@ func BenchmarkRelayBacklog(b *testing.B) {
 // (SIDEBOX_BENCH_OUTAGE) during which a writer committed 1,000 msg/s, and still does.
 func BenchmarkRelayCatchUp(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchCatchUp(b))
+		emit(b, benchCatchUp(b))
 	}
 }
 
@@ -70,7 +69,7 @@ func BenchmarkRelayCatchUp(b *testing.B) {
 // 1 MiB, with and without its byte budget.
 func BenchmarkRelayMemory(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchMemory(b))
+		emit(b, benchMemory(b))
 	}
 }
 
@@ -78,7 +77,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 // same rows, 99 % of them of one ordering key.
 func BenchmarkInboxOrderedHotKey(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchInboxHotKey(b))
+		emit(b, benchInboxHotKey(b))
 	}
 }
 
@@ -86,6 +85,6 @@ func BenchmarkInboxOrderedHotKey(b *testing.B) {
 // 1,000,000 unprocessed rows with 1 % distinct keys.
 func BenchmarkInboxOrderedClaim(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchInboxClaim(b))
+		emit(b, benchInboxClaim(b))
 	}
 }

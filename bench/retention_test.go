@@ -20,7 +20,7 @@ import (
 // outbox that deletes them (the default), with the same 10,000 rows waiting in both.
 func BenchmarkClaimRetention(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchClaimRetention(b))
+		emit(b, benchClaimRetention(b))
 	}
 }
 

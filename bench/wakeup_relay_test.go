@@ -23,7 +23,7 @@ import (
 // between them; NOTIFYs per writer transaction for each.
 func BenchmarkWriterWakeupRelay(b *testing.B) {
 	for range b.N {
-		fmt.Print(benchWakeupRelay(b))
+		emit(b, benchWakeupRelay(b))
 	}
 }
 

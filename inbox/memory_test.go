@@ -191,22 +191,12 @@ func TestHelperMemoryProcess(t *testing.T) {
 }
 
 // peakRSSKiB returns the process's peak resident set size (VmHWM) in KiB.
-func peakRSSKiB(t *testing.T) int {
-	status, err := os.ReadFile("/proc/self/status")
+func peakRSSKiB(t *testing.T) int64 {
+	u, err := testenv.ProcessUsage(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.SplitSeq(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kib, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kib
-		}
-	}
-	t.Fatal("no VmHWM in /proc/self/status")
-	return 0
+	return u.PeakRSS >> 10
 }
 
 // TestConsumerChangesPrefetchInOrder mixes small and large messages so that the

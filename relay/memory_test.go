@@ -133,15 +133,11 @@ func TestHelperRelayMemory(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	status, err := os.ReadFile("/proc/self/status")
+	u, err := testenv.ProcessUsage(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.SplitSeq(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			fmt.Printf("peak_rss_kib=%s\n", strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-		}
-	}
+	fmt.Printf("peak_rss_kib=%d\n", u.PeakRSS>>10)
 }
 
 // withBinaryParameters adds lib/pq's binary_parameters=yes to dsn, as the sidecar

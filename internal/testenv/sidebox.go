@@ -175,18 +175,16 @@ func (s *Sidebox) Log() string {
 // PeakMemory returns the process's peak resident set size (VmHWM) in bytes, while it
 // runs (Linux only).
 func (s *Sidebox) PeakMemory() (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.proc.cmd.Process.Pid))
+	u, err := s.Usage()
+	return u.PeakRSS, err
+}
+
+// Usage returns the process's peak resident memory and CPU time so far, while it runs
+// (Linux only).
+func (s *Sidebox) Usage() (Usage, error) {
+	u, err := ProcessUsage(s.proc.cmd.Process.Pid)
 	if err != nil {
-		return 0, fmt.Errorf("peak memory of %s: %w", s.Name, err)
+		return u, fmt.Errorf("%s: %w", s.Name, err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("peak memory of %s: %w", s.Name, err)
-			}
-			return kb * 1024, nil
-		}
-	}
-	return 0, fmt.Errorf("peak memory of %s: no VmHWM", s.Name)
+	return u, nil
 }
