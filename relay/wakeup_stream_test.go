@@ -141,7 +141,7 @@ func TestRowCommittedAsRelayFallsAsleepWaitsAtMostOnePollInterval(t *testing.T) 
 	}
 	// The relay finds the flag down at its next poll, raises it, claims (the row is
 	// not committed yet), and sleeps.
-	testenv.Eventually(t, 10*time.Second, "the relay to raise the flag again", func() bool { return wakeFlagValue(t, db) == 1 })
+	testenv.Eventually(t, 30*time.Second, "the relay to raise the flag again", func() bool { return wakeFlagValue(t, db) == 1 })
 	waitIdle(t, db, r)
 	before := notified.Load()
 	if err := tx.Commit(); err != nil {

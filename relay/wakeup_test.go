@@ -13,7 +13,7 @@ import (
 // and its settle claim done.
 func waitIdle(t *testing.T, db *sql.DB, r *running) {
 	t.Helper()
-	testenv.Eventually(t, 10*time.Second, "the relay to sleep with the wake-up flag up", func() bool {
+	testenv.Eventually(t, 30*time.Second, "the relay to sleep with the wake-up flag up", func() bool {
 		return wakeFlagValue(t, db) == 1 && r.idle.Load()
 	})
 }
