@@ -249,6 +249,9 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 		relayRuns = gate.open.Load
 		hs.Add("relay", gate.check(r.Ready, "relay not ready"))
 		comps = append(comps, component{"relay", func(ctx context.Context) error {
+			if err := declareTopology(ctx, pub, cfg.Topology, log); err != nil {
+				return err
+			}
 			if !gate.wait(ctx) {
 				return nil
 			}
