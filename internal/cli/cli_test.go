@@ -219,13 +219,13 @@ func TestMigratePrint(t *testing.T) {
 	if r.code != 0 {
 		t.Fatal(r)
 	}
-	for _, want := range []string{"-- outbox/migrations/0001_create_outbox.up.sql\n", "CREATE TABLE outbox (",
-		"-- inbox/migrations/0001_create_inbox.up.sql\n", "CREATE TABLE inbox ("} {
+	for _, want := range []string{"-- outbox/migrations/0001_create_outbox.up.sql\n", "CREATE TABLE IF NOT EXISTS outbox (",
+		"-- inbox/migrations/0001_create_inbox.up.sql\n", "CREATE TABLE IF NOT EXISTS inbox ("} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("migrate print lacks %q", want)
 		}
 	}
-	if strings.Index(r.stdout, "CREATE TABLE outbox") > strings.Index(r.stdout, "CREATE TABLE inbox") {
+	if strings.Index(r.stdout, "CREATE TABLE IF NOT EXISTS outbox") > strings.Index(r.stdout, "CREATE TABLE IF NOT EXISTS inbox") {
 		t.Error("migrate print: inbox before outbox")
 	}
 	r = run(t, nil, "migrate", "print", "--down")
