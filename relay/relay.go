@@ -211,6 +211,8 @@ type Relay struct {
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
 
+	warns *warnLimiter // WARN lines for failed rows, per exchange and routing key (explain.go)
+
 	// large is held by the worker that has a batch above BatchBytes (one row, read
 	// from the table in chunks) in memory: one such payload at a time.
 	large chan struct{}
@@ -274,6 +276,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		reconnect:  backoff.Database(),
 		suspects:   map[string]time.Time{},
 		large:      make(chan struct{}, 1),
+		warns:      newWarnLimiter(failureWarnEvery, time.Now),
 	}, nil
 }
 

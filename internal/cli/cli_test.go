@@ -283,7 +283,9 @@ func TestMigrateAndStatus(t *testing.T) {
 	}
 
 	rep, raw := status(t, vars)
-	if raw != `{"outbox":{"pending":0,"retrying":0,"dead":0,"oldest_pending_age_seconds":0,"blocked_keys":0},"inbox":{"unprocessed":0,"dead":0}}` {
+	if raw != `{"outbox":{"pending":0,"retrying":0,"dead":0,"oldest_pending_age_seconds":0,"blocked_keys":0,`+
+		`"states":{"pending":{"count":0,"oldest_age_seconds":0},"retrying":{"count":0,"oldest_age_seconds":0},"dead":{"count":0,"oldest_age_seconds":0}}},`+
+		`"inbox":{"unprocessed":0,"dead":0}}` {
 		t.Errorf("status --json after migrate = %s", raw)
 	}
 

@@ -27,6 +27,9 @@ func statusCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
+	if err := addOutboxStates(ctx, db, cfg, &r); err != nil {
+		return err
+	}
 	if *asJSON {
 		b, err := json.Marshal(r)
 		if err != nil {
@@ -52,6 +55,7 @@ func printStatus(w io.Writer, cfg *config.Config, r status.Report) error {
 		row("dead", o.Dead)
 		row("blocked keys", o.BlockedKeys)
 		row("oldest pending age", time.Duration(o.OldestPendingAgeSeconds*float64(time.Second)).Round(time.Millisecond))
+		explainOutbox(&b, o)
 	}
 	fmt.Fprintf(&b, "inbox (table %s)\n", cfg.Inbox)
 	if in := r.Inbox; in == nil {

@@ -88,6 +88,9 @@ func (s *Sampler) Sample(ctx context.Context) error {
 			s.m.BlockedKeys.WithLabelValues(label).Set(float64(o.BlockedKeys))
 			s.m.OldestPending.WithLabelValues(label).Set(o.OldestPendingAgeSeconds)
 		}
+		if err := s.sampleOldestRetrying(ctx, t); err != nil {
+			return err
+		}
 	}
 	if t := s.cfg.Inbox; t.Name != "" {
 		in, err := inboxdb.Count(ctx, s.db, t, SampleLimit)
