@@ -17,8 +17,8 @@ Commands:
   status [--json]     backlog, retrying, dead and blocked keys of the outbox, and the
                       inbox's unprocessed and dead rows
   inject              the Kubernetes admission webhook that adds the sidecar to pods
-  version             print the version and commit
-  help                print this help
+  version             print the version, commit, Go version and build date
+  help [command]      print this help, or a command's (also: sidebox <command> -h)
 
 Configuration is read from SIDEBOX_* environment variables; see docs/configuration.md.
 Exit codes: 0 clean shutdown, 1 fatal error, 2 bad configuration or usage.

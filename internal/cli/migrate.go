@@ -55,6 +55,9 @@ func migrateCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return usagef("migrate: want a subcommand: up, down or print")
 	}
 	sub, rest := args[0], args[1:]
+	if isHelp(sub) {
+		return helpFor(newFlags("migrate"))
+	}
 	fs := newFlags("migrate " + sub)
 	switch sub {
 	case "print":

@@ -70,9 +70,9 @@ func TestOutboxTopologyDeclared(t *testing.T) {
 		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 		return err == nil && q.Messages == 1
 	})
-	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox`); n != 0 {
-		t.Errorf("%d rows left in the outbox", n)
-	}
+	testenv.Eventually(t, 15*time.Second, "the row deleted once confirmed", func() bool {
+		return testenv.Count(t, db, `SELECT count(*) FROM outbox`) == 0
+	})
 	if !strings.Contains(d.log(), `"msg":"declared the outbox topology"`) {
 		t.Errorf("no log line for the declaration:\n%s", d.log())
 	}
