@@ -268,7 +268,7 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pub, con *broker.Brok
 			return nil, nil, config.FromComponent(err)
 		}
 		gate := &tableGate{db: db, table: cfg.Inbox, kind: "inbox", log: log}
-		hs.Add("inbox", gate.check(c.Ready, "inbox consumer not consuming"))
+		hs.Add("inbox", gate.checkReason(c.NotReadyReason))
 		comps = append(comps, component{"inbox", func(ctx context.Context) error {
 			if !gate.wait(ctx) {
 				return nil

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/config"
+	"github.com/sidebox/sidebox/internal/health"
 	"github.com/sidebox/sidebox/internal/topology"
 )
 
@@ -23,4 +24,18 @@ func declareTopology(ctx context.Context, b topology.Channeler, t topology.Topol
 		return nil
 	}
 	return err
+}
+
+// checkReason is check for a component that says why it is not ready ("" when it is).
+func (g *tableGate) checkReason(reason func() string) health.Check {
+	before := g.check(func() bool { return true }, "")
+	return func(ctx context.Context) error {
+		if !g.open.Load() {
+			return before(ctx)
+		}
+		if r := reason(); r != "" {
+			return errors.New(r)
+		}
+		return nil
+	}
 }
