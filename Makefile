@@ -18,7 +18,7 @@ SERVERS       := deploy/servers.sh
 # Evaluated in the same shell as the command that needs the servers.
 WITH_SERVERS  := servers="$$($(SERVERS) up)" && eval "$$servers" &&
 
-.PHONY: all build install test test-go test-charts test-embed lint demo bench chaos servers-up servers-down clean
+.PHONY: all build install image test test-go test-charts test-embed lint demo bench chaos servers-up servers-down clean
 
 all: build
 
@@ -29,6 +29,20 @@ install: build
 	install -d $(DESTDIR)$(BINDIR)
 	install -m 0755 bin/sidebox $(DESTDIR)$(BINDIR)/sidebox
 	@echo "installed $(DESTDIR)$(BINDIR)/sidebox"
+
+# The image without a Docker daemon: podman (Debian's podman and runc packages) builds
+# deploy/Containerfile from bin/sidebox. PODMAN holds the options that work in
+# unprivileged build containers (vfs storage); IMAGE_RUN those for podman run (runc with
+# cgroupfs, limits below the hard ones: crun cannot set RLIMIT_NOFILE there).
+IMAGE         ?= sidebox:$(VERSION)
+PODMAN        ?= podman --storage-driver vfs
+IMAGE_RUN     ?= --runtime runc --cgroup-manager cgroupfs
+CA_CERTS      ?= /etc/ssl/certs/ca-certificates.crt
+image: build
+	rm -rf bin/image && mkdir -p bin/image
+	cp bin/sidebox bin/image/sidebox && cp $(CA_CERTS) bin/image/ca-certificates.crt
+	$(PODMAN) build -f deploy/Containerfile -t $(IMAGE) bin/image
+	$(PODMAN) $(IMAGE_RUN) run --rm --net host --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 $(IMAGE) version
 
 test: lint test-go test-charts test-embed
 
