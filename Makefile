@@ -6,18 +6,43 @@ SHELL         := /bin/bash
 GO            ?= go
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT        ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-LDFLAGS       := -s -w -X github.com/sidebox/sidebox/internal/cli.version=$(VERSION) -X github.com/sidebox/sidebox/internal/cli.commit=$(COMMIT)
+BUILD_DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS       := -s -w -X github.com/sidebox/sidebox/internal/cli.version=$(VERSION) -X github.com/sidebox/sidebox/internal/cli.commit=$(COMMIT) \
+                 -X github.com/sidebox/sidebox/internal/cli.buildDate=$(BUILD_DATE)
+# make install: into $(PREFIX)/bin when PREFIX is given (make install PREFIX=/usr/local),
+# else where `go install` puts binaries ($GOBIN, else $GOPATH/bin).
+PREFIX        ?=
+BINDIR        ?= $(if $(PREFIX),$(PREFIX)/bin,$(or $(shell $(GO) env GOBIN),$(shell $(GO) env GOPATH)/bin))
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 SERVERS       := deploy/servers.sh
 # Evaluated in the same shell as the command that needs the servers.
 WITH_SERVERS  := servers="$$($(SERVERS) up)" && eval "$$servers" &&
 
-.PHONY: all build test test-go test-charts test-embed lint demo bench chaos servers-up servers-down clean
+.PHONY: all build install image test test-go test-charts test-embed lint demo bench chaos servers-up servers-down clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sidebox ./cmd/sidebox
+
+install: build
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 bin/sidebox $(DESTDIR)$(BINDIR)/sidebox
+	@echo "installed $(DESTDIR)$(BINDIR)/sidebox"
+
+# The image without a Docker daemon: podman (Debian's podman and runc packages) builds
+# deploy/Containerfile from bin/sidebox. PODMAN holds the options that work in
+# unprivileged build containers (vfs storage); IMAGE_RUN those for podman run (runc with
+# cgroupfs, limits below the hard ones: crun cannot set RLIMIT_NOFILE there).
+IMAGE         ?= sidebox:$(VERSION)
+PODMAN        ?= podman --storage-driver vfs
+IMAGE_RUN     ?= --runtime runc --cgroup-manager cgroupfs
+CA_CERTS      ?= /etc/ssl/certs/ca-certificates.crt
+image: build
+	rm -rf bin/image && mkdir -p bin/image
+	cp bin/sidebox bin/image/sidebox && cp $(CA_CERTS) bin/image/ca-certificates.crt
+	$(PODMAN) build -f deploy/Containerfile -t $(IMAGE) bin/image
+	$(PODMAN) $(IMAGE_RUN) run --rm --net host --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 $(IMAGE) version
 
 test: lint test-go test-charts test-embed
 

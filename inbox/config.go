@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"time"
 
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
+	"github.com/sidebox/sidebox/internal/topology"
 )
 
 // ConfigError reports an invalid configuration field. Field is the Go field name of the
@@ -214,26 +214,13 @@ func (b Binding) String() string { return b.Exchange + ":" + b.RoutingKey }
 // first colon; the routing key may be empty (fanout and headers exchanges) but cannot
 // contain a comma. Blanks around entries are ignored; an empty string yields no bindings.
 func ParseBindings(s string) ([]Binding, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
+	bs, err := topology.ParseBindings(s)
+	if err != nil {
+		return nil, err
 	}
 	var out []Binding
-	for i, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			return nil, fmt.Errorf("binding %d is empty; want exchange:routing.key separated by commas", i+1)
-		}
-		exchange, key, ok := strings.Cut(part, ":")
-		if !ok {
-			return nil, fmt.Errorf("binding %q has no colon; want exchange:routing.key", part)
-		}
-		if exchange == "" {
-			return nil, fmt.Errorf("binding %q names no exchange (the default exchange cannot be bound); want exchange:routing.key", part)
-		}
-		if len(exchange) > 255 || len(key) > 255 {
-			return nil, fmt.Errorf("binding %q: exchange and routing key are at most 255 bytes each", part)
-		}
-		out = append(out, Binding{Exchange: exchange, RoutingKey: key})
+	for _, b := range bs {
+		out = append(out, Binding{Exchange: b.Exchange, RoutingKey: b.RoutingKey})
 	}
 	return out, nil
 }

@@ -57,6 +57,7 @@ type Consumer struct {
 	stmts     *pg.Statements // the insert, prepared lazily (the database may be down at start) where that is safe
 
 	consuming atomic.Bool // a consume session is open
+	interrupt notReady    // why the last session ended, for readiness (ready.go)
 	dbOK      atomic.Bool // the last database round trip worked
 	sizeSeen  int         // decaying maximum of payload sizes (see window); used by one session at a time
 	oversize  sync.Mutex  // held while storing a batch above BatchBytes (a large message alone)
@@ -197,6 +198,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			failures = 0
 		}
 		failures++
+		c.interrupt.set(err)
 		c.log.Warn("inbox consumer interrupted; retrying", zap.Int("failures", failures), zap.String("error", redact.Text(err.Error())))
 		if !c.backoff.Sleep(ctx, failures) {
 			break

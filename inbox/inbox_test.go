@@ -18,7 +18,7 @@ import (
 
 func TestMigrationsNameEveryObjectAfterTheTable(t *testing.T) {
 	ms := migrations(t)
-	created := regexp.MustCompile(`(?i)CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|SEQUENCE|FUNCTION|TRIGGER|CONSTRAINT TRIGGER)\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(\w+)|CONSTRAINT\s+(\w+)`)
+	created := regexp.MustCompile(`(?i)CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+)?(?:TABLE|INDEX|SEQUENCE|FUNCTION|TRIGGER|CONSTRAINT TRIGGER)\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(\w+)|CONSTRAINT\s+(\w+)`)
 	for _, s := range ms.Steps {
 		for _, m := range created.FindAllStringSubmatch(s.Up, -1) {
 			name := m[1] + m[2]

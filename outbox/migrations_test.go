@@ -213,8 +213,8 @@ func TestMigrationsRewriteEveryName(t *testing.T) {
 	}
 	up := ms.Rewrite(ms.Steps[0].Up, table)
 	for _, want := range []string{
-		"CREATE TABLE orders_outbox", "'sidebox_billing.orders_outbox'", "CREATE SEQUENCE orders_outbox_wakeup",
-		"FROM orders_outbox_wakeup", "CREATE INDEX orders_outbox_unkeyed_idx ON orders_outbox",
+		"CREATE TABLE IF NOT EXISTS orders_outbox", "'sidebox_billing.orders_outbox'", "CREATE SEQUENCE IF NOT EXISTS orders_outbox_wakeup",
+		"FROM orders_outbox_wakeup", "CREATE INDEX IF NOT EXISTS orders_outbox_unkeyed_idx ON orders_outbox", "tgrelid = 'orders_outbox'::regclass",
 		"CREATE CONSTRAINT TRIGGER orders_outbox_wakeup AFTER INSERT ON orders_outbox",
 	} {
 		if !strings.Contains(up, want) {

@@ -240,6 +240,7 @@ type Relay struct {
 	brokerMax atomic.Int64
 
 	purgeEvery time.Duration // pause between purges of kept rows (Retention)
+	warns      *warnLimiter  // WARN lines for failed rows, per exchange and routing key (explain.go)
 
 	// large is held by the worker that has a batch above BatchBytes (one row, read
 	// from the table in chunks) in memory: one such payload at a time.
@@ -312,6 +313,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		purgeEvery: purgeEvery,
 		beats:      newBeats(),
 		trace:      newTracer(o.tp),
+		warns:      newWarnLimiter(failureWarnEvery, time.Now),
 	}, nil
 }
 

@@ -509,10 +509,6 @@ func isSoftError(e *amqp.Error) bool {
 	return false
 }
 
-// maxRetryLogs bounds the rows of one batch logged one by one when they fail; dead
-// rows are always logged.
-const maxRetryLogs = 10
-
 // settle removes the confirmed rows and records the failures in the batch's
 // transaction and commits it; false when that failed. The database work uses its own deadline, not ctx: a batch
 // is finished even when the relay is stopping.
@@ -574,13 +570,15 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 	}
 	r.m.Returned.WithLabelValues(table).Add(float64(returned))
 	r.m.Nacked.WithLabelValues(table).Add(float64(nacked))
-	dead, retried := 0, 0
+	dead := 0
 	for _, s := range states {
 		fields := []zap.Field{zap.String("id", s.ID), zap.Int("attempts", s.Attempts)}
 		permanent := false
+		var exchange, routingKey string
 		if i, ok := failedAt[s.ID]; ok {
 			permanent = res[i].kind == failPermanent
 			rw := &b.rows[i]
+			exchange, routingKey = rw.exchange, rw.routingKey
 			fields = append(fields, zap.String("reason", res[i].reason), zap.String("exchange", rw.exchange), zap.String("routing_key", rw.routingKey))
 			if rw.keyed {
 				fields = append(fields, zap.String("ordering_key", rw.orderingKey))
@@ -594,13 +592,8 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 			dead++
 			r.log.Error("outbox row is dead after its last allowed attempt; it is kept, and blocks its ordering key if it has one", fields...)
 		default:
-			if retried++; retried <= maxRetryLogs {
-				r.log.Warn("publishing an outbox row failed; it will be retried", fields...)
-			}
+			r.logRetry(s.Attempts, exchange, routingKey, fields)
 		}
-	}
-	if retried > maxRetryLogs {
-		r.log.Warn("more outbox rows of the batch failed; they will be retried", zap.Int("rows", retried-maxRetryLogs))
 	}
 	r.m.DeadTotal.WithLabelValues(table).Add(float64(dead))
 	fields := []zap.Field{zap.Int("rows", len(b.rows)), zap.Int("published", len(ids)),

@@ -4,7 +4,9 @@
 -- id inside its own transaction (processed at once), and processed in the service's
 -- transaction:
 --   UPDATE inbox SET processed_at = now() WHERE consumer = $1 AND message_id = $2;
-CREATE TABLE inbox (
+-- Every statement is idempotent: this file may run again over what it made (another
+-- migration tool and `sidebox migrate up`, in either order).
+CREATE TABLE IF NOT EXISTS inbox (
     consumer     text        NOT NULL,
     message_id   text        NOT NULL,
     seq          bigint      GENERATED ALWAYS AS IDENTITY,
@@ -29,14 +31,14 @@ CREATE TABLE inbox (
 -- processed (processed_at IS NOT NULL), dead (dead_at IS NOT NULL, kept until handled).
 
 -- Next unprocessed rows of a consumer, in arrival order.
-CREATE INDEX inbox_unprocessed_idx ON inbox (consumer, seq)
+CREATE INDEX IF NOT EXISTS inbox_unprocessed_idx ON inbox (consumer, seq)
     WHERE processed_at IS NULL AND dead_at IS NULL;
 -- "Is this row the head of its key?" for per-key order; a dead row still blocks its key.
-CREATE INDEX inbox_ordering_idx ON inbox (consumer, ordering_key, seq)
+CREATE INDEX IF NOT EXISTS inbox_ordering_idx ON inbox (consumer, ordering_key, seq)
     WHERE processed_at IS NULL AND ordering_key IS NOT NULL;
 -- Retention: processed rows by age.
-CREATE INDEX inbox_processed_idx ON inbox (processed_at)
+CREATE INDEX IF NOT EXISTS inbox_processed_idx ON inbox (processed_at)
     WHERE processed_at IS NOT NULL;
 -- Dead rows, for status and alerting.
-CREATE INDEX inbox_dead_idx ON inbox (consumer, dead_at)
+CREATE INDEX IF NOT EXISTS inbox_dead_idx ON inbox (consumer, dead_at)
     WHERE dead_at IS NOT NULL;

@@ -49,7 +49,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signalContext()
 	defer stop()
 	err := dispatch(ctx, args, stdout, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	var help *helpError
+	switch {
+	case errors.As(err, &help):
+		fmt.Fprint(stdout, help.text)
+		return ExitOK
+	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(stdout, usageText)
 		return ExitOK
 	}
@@ -135,6 +140,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "help", "-h", "-help", "--help":
+		if len(rest) > 0 {
+			// sidebox help migrate [up]
+			return helpFor(newFlags(strings.Join(rest, " ")))
+		}
 		return flag.ErrHelp
 	case "version", "-version", "--version":
 		if err := noArgs(newFlags("version"), rest); err != nil {
@@ -186,7 +195,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, flag.ErrHelp):
-		return err
+		return helpFor(fs)
 	default:
 		return usagef("%s: %v", fs.Name(), err)
 	}

@@ -37,8 +37,9 @@ import (
 const password = "pw-S3cr3t-7781"
 
 const (
-	testVersion = "v9.8.7-test"
-	testCommit  = "0123abcd"
+	testVersion   = "v9.8.7-test"
+	testCommit    = "0123abcd"
+	testBuildDate = "2026-01-02T03:04:05Z"
 )
 
 // binary is the sidebox executable built once by TestMain.
@@ -52,7 +53,8 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "sidebox")
 	ldflags := "-X github.com/sidebox/sidebox/internal/cli.version=" + testVersion +
-		" -X github.com/sidebox/sidebox/internal/cli.commit=" + testCommit
+		" -X github.com/sidebox/sidebox/internal/cli.commit=" + testCommit +
+		" -X github.com/sidebox/sidebox/internal/cli.buildDate=" + testBuildDate
 	build := exec.Command("go", "build", "-ldflags", ldflags, "-o", binary, "github.com/sidebox/sidebox/cmd/sidebox")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
@@ -136,7 +138,20 @@ func TestUsage(t *testing.T) {
 		{[]string{"migrate", "down", "--forse"}, 2, "flag provided but not defined: -forse"},
 		{[]string{"help"}, 0, "Usage: sidebox <command>"},
 		{[]string{"-h"}, 0, "Usage: sidebox <command>"},
-		{[]string{"status", "-h"}, 0, "Usage: sidebox <command>"},
+		{[]string{"status", "-h"}, 0, "Usage: sidebox status [--json]"},
+		{[]string{"status", "--help"}, 0, "-json"},
+		{[]string{"migrate", "--help"}, 0, "Usage: sidebox migrate up | down [--force] | print [--down]"},
+		{[]string{"migrate", "-h"}, 0, "Usage: sidebox migrate up | down"},
+		{[]string{"migrate", "up", "--help"}, 0, "Usage: sidebox migrate up\n"},
+		{[]string{"migrate", "down", "-h"}, 0, "-force"},
+		{[]string{"migrate", "print", "--help"}, 0, "Usage: sidebox migrate print [--down]"},
+		{[]string{"run", "--help"}, 0, "Usage: sidebox run\n"},
+		{[]string{"relay", "-h"}, 0, "Usage: sidebox relay\n"},
+		{[]string{"inbox", "--help"}, 0, "Usage: sidebox inbox\n"},
+		{[]string{"inject", "-h"}, 0, "Usage: sidebox inject\n"},
+		{[]string{"version", "--help"}, 0, "Usage: sidebox version\n"},
+		{[]string{"help", "migrate"}, 0, "Usage: sidebox migrate up | down"},
+		{[]string{"--help"}, 0, "Usage: sidebox <command>"},
 	} {
 		r := run(t, nil, tt.args...)
 		out := r.stderr
@@ -155,8 +170,13 @@ func TestUsage(t *testing.T) {
 func TestVersion(t *testing.T) {
 	t.Parallel()
 	r := run(t, nil, "version")
-	if r.code != 0 || !strings.Contains(r.stdout, testVersion) || !strings.Contains(r.stdout, testCommit) {
-		t.Errorf("version: %s", r)
+	if r.code != 0 {
+		t.Fatalf("version: %s", r)
+	}
+	for _, want := range []string{"version:    " + testVersion + "\n", "commit:     " + testCommit + "\n", "go:         go1.", "built:      " + testBuildDate + "\n"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("version lacks %q:\n%s", want, r.stdout)
+		}
 	}
 }
 
@@ -219,13 +239,13 @@ func TestMigratePrint(t *testing.T) {
 	if r.code != 0 {
 		t.Fatal(r)
 	}
-	for _, want := range []string{"-- outbox/migrations/0001_create_outbox.up.sql\n", "CREATE TABLE outbox (",
-		"-- inbox/migrations/0001_create_inbox.up.sql\n", "CREATE TABLE inbox ("} {
+	for _, want := range []string{"-- outbox/migrations/0001_create_outbox.up.sql\n", "CREATE TABLE IF NOT EXISTS outbox (",
+		"-- inbox/migrations/0001_create_inbox.up.sql\n", "CREATE TABLE IF NOT EXISTS inbox ("} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("migrate print lacks %q", want)
 		}
 	}
-	if strings.Index(r.stdout, "CREATE TABLE outbox") > strings.Index(r.stdout, "CREATE TABLE inbox") {
+	if strings.Index(r.stdout, "CREATE TABLE IF NOT EXISTS outbox") > strings.Index(r.stdout, "CREATE TABLE IF NOT EXISTS inbox") {
 		t.Error("migrate print: inbox before outbox")
 	}
 	r = run(t, nil, "migrate", "print", "--down")
@@ -283,7 +303,9 @@ func TestMigrateAndStatus(t *testing.T) {
 	}
 
 	rep, raw := status(t, vars)
-	if !strings.HasPrefix(raw, `{"outbox":{"pending":0,"retrying":0,"dead":0,"oldest_pending_age_seconds":0,"blocked_keys":0},"inbox":{"unprocessed":0,"dead":0},"tables":`) {
+	if !strings.HasPrefix(raw, `{"outbox":{"pending":0,"retrying":0,"dead":0,"oldest_pending_age_seconds":0,"blocked_keys":0,`+
+		`"states":{"pending":{"count":0,"oldest_age_seconds":0},"retrying":{"count":0,"oldest_age_seconds":0},"dead":{"count":0,"oldest_age_seconds":0}}},`+
+		`"inbox":{"unprocessed":0,"dead":0},"tables":`) {
 		t.Errorf("status --json after migrate = %s", raw)
 	}
 

@@ -34,8 +34,8 @@ Commands:
                       and published since T (RFC 3339, or a duration ago: 90m), with
                       their ids (inboxes deduplicate them) and in their order
   inject              the Kubernetes admission webhook that adds the sidecar to pods
-  version             print the version and commit
-  help                print this help
+  version             print the version, commit, Go version and build date
+  help [command]      print this help, or a command's (also: sidebox <command> -h)
 
 Configuration is read from SIDEBOX_* environment variables; see docs/configuration.md.
 Exit codes: 0 clean shutdown, 1 fatal error, 2 bad configuration or usage.

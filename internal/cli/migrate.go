@@ -60,6 +60,9 @@ func migrateCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return usagef("migrate: want a subcommand: up, down or print")
 	}
 	sub, rest := args[0], args[1:]
+	if isHelp(sub) {
+		return helpFor(newFlags("migrate"))
+	}
 	fs := newFlags("migrate " + sub)
 	switch sub {
 	case "print":
@@ -116,6 +119,10 @@ func migrateEach(ctx context.Context, stdout io.Writer, db *sql.DB, all []schema
 	for _, s := range all {
 		done, err := step(s.ms, ctx, db, s.table)
 		for _, a := range done {
+			if a.Found {
+				fmt.Fprintf(stdout, "%s: %04d_%s was there already (applied by another tool); recorded\n", s, a.Version, a.Name)
+				continue
+			}
 			fmt.Fprintf(stdout, "%s: %s %04d_%s\n", s, did, a.Version, a.Name)
 		}
 		if err != nil {
@@ -161,6 +168,15 @@ func refuseDown(ctx context.Context, db *sql.DB, cfg *config.Config) error {
 		strings.Join(held, " and "))
 }
 
+// printHeader opens the output of `migrate print`: how it coexists with `migrate up`.
+const printHeader = `-- sidebox migrations, as shipped in outbox/migrations and inbox/migrations, for the
+-- default table names outbox and inbox. Apply them with any tool (psql -f, Flyway,
+-- golang-migrate...). Every up statement is idempotent, and ` + "`sidebox migrate up`" + `
+-- recognises tables and indexes already there: it records them in sidebox_migrations and
+-- exits 0. So the order does not matter: your tool then ` + "`migrate up`" + `, or ` + "`migrate up`" + `
+-- then your tool.
+`
+
 // printSnippets writes the shipped SQL files, each under a comment naming it: the up
 // files in the order to apply them, or the down files in the order to run them.
 func printSnippets(w io.Writer, down bool) error {
@@ -178,10 +194,9 @@ func printSnippets(w io.Writer, down bool) error {
 	if down {
 		slices.Reverse(files)
 	}
-	for i, f := range files {
-		if i > 0 {
-			fmt.Fprintln(w)
-		}
+	fmt.Fprint(w, printHeader)
+	for _, f := range files {
+		fmt.Fprintln(w)
 		fmt.Fprintf(w, "-- %s\n%s", f.name, f.sql)
 		if !strings.HasSuffix(f.sql, "\n") {
 			fmt.Fprintln(w)

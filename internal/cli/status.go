@@ -62,6 +62,7 @@ func printStatus(w io.Writer, r status.Tables) error {
 			row("dead", o.Dead)
 			row("blocked keys", o.BlockedKeys)
 			row("oldest pending age", time.Duration(o.OldestPendingAgeSeconds*float64(time.Second)).Round(time.Millisecond))
+			explainOutbox(&b, o)
 			printDetail(&b, row, tb.Detail)
 		case *status.Inbox:
 			in := s

@@ -7,14 +7,16 @@ import (
 	"runtime/debug"
 )
 
-// Set at build time:
+// Set at build time (make build does):
 //
-//	-ldflags '-X github.com/sidebox/sidebox/internal/cli.version=v1.2.3 -X github.com/sidebox/sidebox/internal/cli.commit=abc1234'
+//	-ldflags '-X github.com/sidebox/sidebox/internal/cli.version=v1.2.3 -X github.com/sidebox/sidebox/internal/cli.commit=abc1234
+//	          -X github.com/sidebox/sidebox/internal/cli.buildDate=2026-01-02T03:04:05Z'
 //
 // Empty values fall back to the module's build information.
 var (
-	version string
-	commit  string
+	version   string
+	commit    string
+	buildDate string
 )
 
 // buildVersion returns the version and commit of this binary: the linker flags, else
@@ -43,8 +45,15 @@ func buildVersion() (v, c string) {
 	return v, c
 }
 
+// printVersion writes one field a line, "name: value", for people and for scripts
+// (sidebox version | awk '/^version:/ {print $2}').
 func printVersion(w io.Writer) error {
 	v, c := buildVersion()
-	_, err := fmt.Fprintf(w, "sidebox %s (commit %s, %s)\n", v, c, runtime.Version())
+	built := buildDate
+	if built == "" {
+		built = "unknown (built without make; make build and make install set it)"
+	}
+	_, err := fmt.Fprintf(w, "version:    %s\ncommit:     %s\ngo:         %s\nbuilt:      %s\nplatform:   %s/%s\n",
+		v, c, runtime.Version(), built, runtime.GOOS, runtime.GOARCH)
 	return err
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/sidebox/sidebox/internal/inject"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
+	"github.com/sidebox/sidebox/internal/topology"
 	"github.com/sidebox/sidebox/outbox"
 	"github.com/sidebox/sidebox/relay"
 )
@@ -83,6 +84,9 @@ type Config struct {
 	OutboxRetention time.Duration `envconfig:"SIDEBOX_OUTBOX_RETENTION" group:"relay" desc:"keep published outbox rows this long for audit (published_at set), then purge them; 0: delete each row once the broker confirmed it (at least {min} otherwise)"`
 	MaxMessageBytes int           `envconfig:"SIDEBOX_MAX_MESSAGE_BYTES" group:"relay" desc:"largest payload the broker takes, its max_message_size ({min}-{max}); a larger row is kept as dead at once, unsent"`
 
+	OutboxDeclare  string `envconfig:"SIDEBOX_OUTBOX_DECLARE" group:"relay" desc:"exchange[:type],... exchanges the service publishes to, declared durable before the relay starts (type direct, fanout, topic or headers; default topic); an existing exchange of another definition stops sidebox with exit code 2"`
+	OutboxBindings string `envconfig:"SIDEBOX_OUTBOX_BINDINGS" group:"relay" desc:"queue:exchange:routing.key,... queues declared (durable, when missing) and bound before the relay starts, so that the first messages have somewhere to go"`
+
 	InboxQueue     string        `envconfig:"SIDEBOX_INBOX_QUEUE" group:"consumer" desc:"queue the inbox consumer reads; unset: no inbox consumer (sidebox inbox requires it)"`
 	InboxConsumer  string        `envconfig:"SIDEBOX_INBOX_CONSUMER" group:"consumer" desc:"consumer name stored with each inbox row (deduplication is per consumer); default: the queue name"`
 	InboxPrefetch  int           `envconfig:"SIDEBOX_INBOX_PREFETCH" group:"consumer" desc:"unacknowledged deliveries the inbox consumer holds ({min}-{max})"`
@@ -112,6 +116,7 @@ type Config struct {
 	AMQPTLS  *tls.Config // from the SIDEBOX_AMQP_*_FILE variables; nil when none is set
 	Bindings []inbox.Binding
 	Prepare  pg.PrepareMode
+	Topology topology.Topology // SIDEBOX_OUTBOX_DECLARE and SIDEBOX_OUTBOX_BINDINGS
 
 	// parseErrors holds envconfig's conversion failures by variable; Check reports those
 	// of the groups it is asked about.
@@ -363,6 +368,15 @@ func (c *Config) Check(groups Group) error {
 				bad("SIDEBOX_LISTEN_DATABASE_URL", "%s", p)
 			}
 		}
+		exchanges, err := topology.ParseExchanges(c.OutboxDeclare)
+		if err != nil {
+			bad("SIDEBOX_OUTBOX_DECLARE", "%v", err)
+		}
+		bindings, err := topology.ParseQueueBindings(c.OutboxBindings)
+		if err != nil {
+			bad("SIDEBOX_OUTBOX_BINDINGS", "%v", err)
+		}
+		c.Topology = topology.Topology{Exchanges: exchanges, Bindings: bindings}
 		// The relay validates its own configuration.
 		errs = append(errs, c.componentErrors(Relay, c.RelayConfig("").Validate(), relayVar)...)
 	}

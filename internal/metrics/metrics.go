@@ -26,6 +26,7 @@ type Metrics struct {
 	Dead           *prometheus.GaugeVec     // table
 	BlockedKeys    *prometheus.GaugeVec     // table
 	OldestPending  *prometheus.GaugeVec     // table; seconds, database clock
+	OldestRetrying *prometheus.GaugeVec     // table; seconds since the oldest retrying row was written
 	WakeupsPolled  *prometheus.GaugeVec     // table; 1 while no notification can wake the relay
 
 	// Inbox.
@@ -99,6 +100,7 @@ func Register(reg prometheus.Registerer) (*Metrics, error) {
 		Dead:           gauge("sidebox_outbox_dead", "Outbox rows kept as dead.", "table"),
 		BlockedKeys:    gauge("sidebox_outbox_blocked_keys", "Ordering keys held up by a retrying or dead row.", "table"),
 		OldestPending:  gauge("sidebox_outbox_oldest_pending_age_seconds", "Age of the oldest row not yet published, on the database clock.", "table"),
+		OldestRetrying: gauge("sidebox_outbox_oldest_retrying_age_seconds", "Age of the oldest row that failed and waits for a retry (0 when none), on the database clock: a row stuck unroutable grows it.", "table"),
 		WakeupsPolled:  gauge("sidebox_outbox_wakeups_polled", "1 while the relay polls for new rows because notifications do not reach it (LISTEN connection down, or through a transaction pooler), else 0.", "table"),
 
 		InboxReceived:      counter("sidebox_inbox_received_total", "Deliveries received from the inbox queue.", "queue"),

@@ -24,6 +24,9 @@ type State struct {
 	// BlockedKeys counts ordering keys whose head row (lowest seq) is retrying or dead:
 	// the rows behind it wait.
 	BlockedKeys int64 `json:"blocked_keys"`
+	// States details each state (count, oldest age, why the oldest failed rows
+	// failed); filled by `sidebox status` from Detail, not by the sampler.
+	States *States `json:"states,omitempty"`
 }
 
 // Every count in one pass over the table, so a refresh costs one scan even with a large

@@ -91,10 +91,12 @@ func (ms Migrations) Rewrite(sql string, t Table) string {
 	})
 }
 
-// Applied is one recorded migration.
+// Applied is one recorded migration. Found is true when its objects were there
+// already (applied by another tool): the step was recorded, changing nothing.
 type Applied struct {
 	Version int
 	Name    string
+	Found   bool
 }
 
 const ledger = "sidebox_migrations"
@@ -105,21 +107,30 @@ const ledger = "sidebox_migrations"
 func (ms Migrations) Up(ctx context.Context, db *sql.DB, t Table) ([]Applied, error) {
 	var done []Applied
 	for _, step := range ms.Steps {
+		found := false
 		applied, err := ms.inTx(ctx, db, t, func(tx *sql.Tx, have map[int]bool) (bool, error) {
 			if have[step.Version] {
 				return false, nil
 			}
-			if _, err := tx.ExecContext(ctx, ms.Rewrite(step.Up, t)); err != nil {
+			up := ms.Rewrite(step.Up, t)
+			var err error
+			if found, err = alreadyThere(ctx, tx, up); err != nil {
+				return false, err
+			}
+			if err := checkColumns(ctx, tx, up); err != nil {
+				return false, fmt.Errorf("%s migration %04d_%s: %w", t, step.Version, step.Name, err)
+			}
+			if _, err := tx.ExecContext(ctx, up); err != nil {
 				return false, fmt.Errorf("apply %s migration %04d_%s: %w", t, step.Version, step.Name, err)
 			}
-			_, err := tx.ExecContext(ctx, `INSERT INTO `+ledgerFor(t)+` (tbl, version, name) VALUES ($1, $2, $3)`, t.String(), step.Version, step.Name)
+			_, err = tx.ExecContext(ctx, `INSERT INTO `+ledgerFor(t)+` (tbl, version, name) VALUES ($1, $2, $3)`, t.String(), step.Version, step.Name)
 			return true, err
 		})
 		if err != nil {
 			return done, err
 		}
 		if applied {
-			done = append(done, Applied{step.Version, step.Name})
+			done = append(done, Applied{step.Version, step.Name, found})
 		}
 	}
 	return done, nil
@@ -144,7 +155,7 @@ func (ms Migrations) Down(ctx context.Context, db *sql.DB, t Table) ([]Applied, 
 			return done, err
 		}
 		if applied {
-			done = append(done, Applied{step.Version, step.Name})
+			done = append(done, Applied{Version: step.Version, Name: step.Name})
 		}
 	}
 	return done, nil

@@ -40,7 +40,12 @@ func (s *sidecar) relays(db *sql.DB, listenDSN string, pubs []*broker.Broker, hs
 			name += " " + t.String()
 		}
 		hs.Add(name, gate.check(r.Ready, "relay not ready"))
+		pub := pubs[i]
 		comps = append(comps, component{name, func(ctx context.Context) error {
+			// SIDEBOX_OUTBOX_DECLARE/BINDINGS: the same for every table (declaring is idempotent).
+			if err := declareTopology(ctx, pub, cfg.Topology, log); err != nil {
+				return err
+			}
 			if !gate.wait(ctx) {
 				return nil
 			}

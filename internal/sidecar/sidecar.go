@@ -264,7 +264,7 @@ func (s *sidecar) components(db *sql.DB, listenDSN string, pubs []*broker.Broker
 			return nil, nil, config.FromComponent(err)
 		}
 		gate := &tableGate{db: db, table: cfg.Inbox, kind: "inbox", log: log}
-		hs.Add("inbox", gate.check(c.Ready, "inbox consumer not consuming"))
+		hs.Add("inbox", gate.checkReason(c.NotReadyReason))
 		comps = append(comps, component{"inbox", func(ctx context.Context) error {
 			if !gate.wait(ctx) {
 				return nil

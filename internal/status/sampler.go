@@ -77,6 +77,9 @@ func (s *Sampler) Sample(ctx context.Context) error {
 			// One table's failure does not keep the others' gauges from refreshing.
 			errs = append(errs, s.sampleOutbox(ctx, t))
 		}
+		if err := s.sampleOldestRetrying(ctx, t); err != nil {
+			return err
+		}
 	}
 	if t := s.cfg.Inbox; t.Name != "" {
 		in, err := inboxdb.Count(ctx, s.db, t, SampleLimit)

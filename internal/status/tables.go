@@ -51,6 +51,9 @@ func CollectTables(ctx context.Context, db *sql.DB, outboxes, inboxes []pg.Table
 			if tb.Detail, err = outboxdb.ReadDetail(ctx, db, t); err != nil {
 				return Tables{}, err
 			}
+			if o.States, err = OutboxStates(ctx, db, t); err != nil {
+				return Tables{}, err
+			}
 		}
 		r.Tables = append(r.Tables, tb)
 	}

@@ -1,7 +1,9 @@
 -- sidebox outbox table. Insert a row in the same transaction as your business change:
 --   INSERT INTO outbox (exchange, routing_key, payload) VALUES ('orders', 'order.created', '{"id":42}'::bytea);
 -- The relay publishes it to RabbitMQ and deletes it once the broker confirmed it.
-CREATE TABLE outbox (
+-- Every statement is idempotent: this file may run again over what it made (another
+-- migration tool and `sidebox migrate up`, in either order).
+CREATE TABLE IF NOT EXISTS outbox (
     id           uuid        NOT NULL DEFAULT gen_random_uuid(),
     seq          bigint      GENERATED ALWAYS AS IDENTITY,
     exchange     text        NOT NULL DEFAULT '',
@@ -21,23 +23,23 @@ CREATE TABLE outbox (
 );
 
 -- The relay's claim. Unkeyed rows: due rows in order of due time, dead ones left out.
-CREATE INDEX outbox_unkeyed_idx ON outbox (available_at, seq) WHERE ordering_key IS NULL AND dead_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_unkeyed_idx ON outbox (available_at, seq) WHERE ordering_key IS NULL AND dead_at IS NULL;
 -- Keyed rows: the relay walks the distinct keys of live rows; the first live row of a
 -- key is its head, the only one of the key that can be in flight.
-CREATE INDEX outbox_ordering_idx ON outbox (ordering_key, seq) WHERE ordering_key IS NOT NULL AND dead_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_ordering_idx ON outbox (ordering_key, seq) WHERE ordering_key IS NOT NULL AND dead_at IS NULL;
 -- Dead rows: they block the later rows of their key. Small; insert never touches it.
-CREATE INDEX outbox_dead_idx ON outbox (ordering_key, seq) WHERE dead_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_dead_idx ON outbox (ordering_key, seq) WHERE dead_at IS NOT NULL;
 -- When is the next delayed or retrying row due?
-CREATE INDEX outbox_available_idx ON outbox (available_at) WHERE dead_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_available_idx ON outbox (available_at) WHERE dead_at IS NULL;
 
 -- Wake-up. 1 while a relay sleeps waiting for work, else 0. A sequence because setval is
 -- immediately visible to every session and takes no row lock.
-CREATE SEQUENCE outbox_wakeup MINVALUE 0 MAXVALUE 1 START 0 NO CYCLE;
+CREATE SEQUENCE IF NOT EXISTS outbox_wakeup MINVALUE 0 MAXVALUE 1 START 0 NO CYCLE;
 
 -- Runs at commit (deferred) and notifies only when a relay is asleep, once per
 -- transaction. A NOTIFY serialises committing transactions database-wide, so writers pay
 -- it only when the relay is idle, never under load.
-CREATE FUNCTION outbox_wakeup() RETURNS trigger LANGUAGE plpgsql
+CREATE OR REPLACE FUNCTION outbox_wakeup() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
     IF (SELECT last_value FROM outbox_wakeup) = 1
@@ -49,5 +51,12 @@ BEGIN
 END
 $$;
 
-CREATE CONSTRAINT TRIGGER outbox_wakeup AFTER INSERT ON outbox
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION outbox_wakeup();
+-- A constraint trigger has no IF NOT EXISTS (nor OR REPLACE).
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'outbox_wakeup' AND tgrelid = 'outbox'::regclass) THEN
+        CREATE CONSTRAINT TRIGGER outbox_wakeup AFTER INSERT ON outbox
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION outbox_wakeup();
+    END IF;
+END
+$do$;
