@@ -6,7 +6,7 @@
 -- raising the flag, its settle claim and its poll find it.
 -- pg_sequence_last_value reads the sequence without a query (NULL until the first
 -- setval); the writer needs SELECT on the sequence, as before.
-DROP TRIGGER outbox_wakeup ON outbox;
+DROP TRIGGER IF EXISTS outbox_wakeup ON outbox;
 CREATE CONSTRAINT TRIGGER outbox_wakeup AFTER INSERT ON outbox
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     WHEN (pg_catalog.pg_sequence_last_value('outbox_wakeup'::regclass) = 1)
