@@ -75,10 +75,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	for _, t := range append([]pg.Table{s.cfg.Outbox}, s.cfg.Outboxes...) {
 		if t.Name != "" {
 			// One table's failure does not keep the others' gauges from refreshing.
-			errs = append(errs, s.sampleOutbox(ctx, t))
-		}
-		if err := s.sampleOldestRetrying(ctx, t); err != nil {
-			return err
+			errs = append(errs, s.sampleOutbox(ctx, t), s.sampleOldestRetrying(ctx, t))
 		}
 	}
 	if t := s.cfg.Inbox; t.Name != "" {

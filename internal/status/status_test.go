@@ -243,3 +243,20 @@ func value(t *testing.T, reg *prometheus.Registry, name, table string) float64 {
 	}
 	return v
 }
+
+// An inbox-only sidecar (sidebox inbox) has no outbox table: the sampler measures the
+// inbox and looks up no unnamed table.
+func TestSamplerInboxOnly(t *testing.T) {
+	db, _ := testenv.DB(t)
+	ib := pg.MustParseTable("inbox")
+	testenv.Migrate(t, db, inbox.Migrate, ib.String())
+	testenv.Exec(t, db, `INSERT INTO inbox (consumer, message_id) VALUES ('c', '1')`)
+	reg := prometheus.NewRegistry()
+	s := NewSampler(db, SamplerConfig{Interval: time.Minute, Inbox: ib}, zap.NewNop(), metrics.New(reg))
+	if err := s.Sample(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v := value(t, reg, "sidebox_inbox_unprocessed", "inbox"); v != 1 {
+		t.Errorf("inbox unprocessed gauge = %v", v)
+	}
+}
