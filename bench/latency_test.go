@@ -24,7 +24,7 @@ const (
 	latencyMsgs     = 5000 // 10 s at latencyRate
 	latencyHighRate = 2000 // the second load
 	latencyHighMsgs = 10000
-	latencyWriters  = 4 // writer connections taking the scheduled transactions
+	latencyWriters  = 4 // writer connections taking the scheduled transactions at latencyRate
 	idleIntervals   = 5 // poll intervals the idle relay is watched for
 )
 
@@ -105,6 +105,10 @@ func benchLatency(b *testing.B) *report {
 	if serr := stopRelay(); serr != nil && err == nil {
 		err = serr
 	}
+	var floorLat, floorHiLat []time.Duration
+	if err == nil {
+		floorLat, floorHiLat, err = latencyFloor(ctx, e, cons, queue)
+	}
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -126,11 +130,16 @@ func benchLatency(b *testing.B) *report {
 	r.row(fmt.Sprintf("at %s msg/s: writer rate achieved", group(latencyHighRate)), fmt.Sprintf("%.0f msg/s", hiAchieved), fmt.Sprintf("%d msg/s", latencyHighRate))
 	r.row(fmt.Sprintf("at %s msg/s: writer transactions that sent a NOTIFY", group(latencyHighRate)),
 		fmt.Sprintf("%d of %d (%.1f%%)", hiNotifies, latencyHighMsgs, 100*float64(hiNotifies)/latencyHighMsgs), "")
+	floorSorted, floorHiSorted := sortedCopy(floorLat), sortedCopy(floorHiLat)
+	r.row(fmt.Sprintf("floor, no relay (the writer publishes right after Commit), at %d msg/s: p50 / p99 / max", latencyRate),
+		fmtMS(percentile(floorSorted, 0.50))+" / "+fmtMS(percentile(floorSorted, 0.99))+" / "+fmtMS(floorSorted[len(floorSorted)-1]), "")
+	r.row(fmt.Sprintf("floor, no relay, at %s msg/s: p50 / p99 / max", group(latencyHighRate)),
+		fmtMS(percentile(floorHiSorted, 0.50))+" / "+fmtMS(percentile(floorHiSorted, 0.99))+" / "+fmtMS(floorHiSorted[len(floorHiSorted)-1]), "")
 	r.row("relay: database connections opened during the load", fmt.Sprint(loaded.stmts[newConnection]), "")
 	r.row("idle relay: statements per poll interval", fmt.Sprintf("%.1f (per interval: %v)", polls, perInterval), "≤ 1")
 	r.row("idle relay: transactions per poll interval", fmt.Sprintf("%.1f", float64(idle.txs)/idleIntervals), "")
-	r.note("Load: %s messages, one per transaction, scheduled every %d ms and taken by %d writer connections; latency = the consumer's receive time - the writer's Commit() return, one process, monotonic clock.",
-		group(latencyMsgs), time.Second/latencyRate/time.Millisecond, latencyWriters)
+	r.note("Load: %s messages, one per transaction, scheduled every %d ms and taken by %d writer connections (%d at %s msg/s); latency = the consumer's receive time - the writer's Commit() return, one process, monotonic clock.",
+		group(latencyMsgs), time.Second/latencyRate/time.Millisecond, latencyWriters, writersFor(latencyHighRate), group(latencyHighRate))
 	r.note("Idle: statements the relay's *sql.DB sent (counted in a database/sql driver wrapper) over %d poll intervals after 2 intervals of settling:", idleIntervals)
 	idle.detail(r)
 	r.note("Other connections of the database during the idle window (LISTEN etc.): %s", activityDiff(idleAct, idleActAfter))
@@ -148,6 +157,12 @@ func benchLatency(b *testing.B) *report {
 // steadyLoad writes n outbox rows at rate per second, one per transaction, and
 // returns each message's commit-to-delivery latency and the achieved write rate.
 func steadyLoad(ctx context.Context, e *env, cons *amqp.Connection, queue string, table pg.Table, rate, n int) ([]time.Duration, float64, error) {
+	return steadyLoadThen(ctx, e, cons, queue, table, rate, n, nil)
+}
+
+// steadyLoadThen is steadyLoad with afterCommit, when not nil, called by the writer
+// with the message's ID right after each commit (the floor: the writer publishes).
+func steadyLoadThen(ctx context.Context, e *env, cons *amqp.Connection, queue string, table pg.Table, rate, n int, afterCommit func(ctx context.Context, id string) error) ([]time.Duration, float64, error) {
 	ids := make([]uuid.UUID, n)
 	names := make([]string, n)
 	for i := range ids {
@@ -167,17 +182,18 @@ func steadyLoad(ctx context.Context, e *env, cons *amqp.Connection, queue string
 		return nil, 0, fmt.Errorf("open writers' pool: %w", err)
 	}
 	defer writers.Close()
-	writers.SetMaxOpenConns(latencyWriters)
-	writers.SetMaxIdleConns(latencyWriters)
-	if err := warm(ctx, writers, latencyWriters); err != nil {
+	nw := writersFor(rate)
+	writers.SetMaxOpenConns(nw)
+	writers.SetMaxIdleConns(nw)
+	if err := warm(ctx, writers, nw); err != nil {
 		return nil, 0, err
 	}
 
 	commitAt := make([]time.Time, n)
 	jobs := make(chan int, n)
-	errs := make([]error, latencyWriters)
+	errs := make([]error, nw)
 	var wg sync.WaitGroup
-	for g := range latencyWriters {
+	for g := range nw {
 		wg.Go(func() {
 			for i := range jobs {
 				if errs[g] != nil {
@@ -198,6 +214,11 @@ func steadyLoad(ctx context.Context, e *env, cons *amqp.Connection, queue string
 					continue
 				}
 				commitAt[i] = time.Now()
+				if afterCommit != nil {
+					if err := afterCommit(ctx, names[i]); err != nil {
+						errs[g] = err
+					}
+				}
 			}
 		})
 	}
@@ -230,6 +251,38 @@ func steadyLoad(ctx context.Context, e *env, cons *amqp.Connection, queue string
 	}
 	return lat, achieved, nil
 }
+
+// latencyFloor measures what the machine gives without a relay: the same writers and
+// consumer, each writer publishing its message on a channel of its own connection
+// right after Commit (into an outbox table no relay reads). The relay's latency is
+// this floor plus its wake-up, claim and publish. The rows stay in that table.
+func latencyFloor(ctx context.Context, e *env, cons *amqp.Connection, queue string) (lo, hi []time.Duration, err error) {
+	table := pg.Table{Name: "latency_floor_outbox"}
+	if err := outbox.Migrate(ctx, e.db, table.String()); err != nil {
+		return nil, nil, fmt.Errorf("migrate %s: %w", table, err)
+	}
+	pub := e.dial("floor")
+	defer pub.Close()
+	ch, err := pub.Channel() // Publish is safe for concurrent use
+	if err != nil {
+		return nil, nil, fmt.Errorf("open channel: %w", err)
+	}
+	publish := func(ctx context.Context, id string) error {
+		return ch.PublishWithContext(ctx, "", queue, true, false, amqp.Publishing{MessageId: id, DeliveryMode: amqp.Persistent, Body: payload(0)})
+	}
+	if lo, _, err = steadyLoadThen(ctx, e, cons, queue, table, latencyRate, latencyMsgs, publish); err != nil {
+		return nil, nil, err
+	}
+	if hi, _, err = steadyLoadThen(ctx, e, cons, queue, table, latencyHighRate, latencyHighMsgs, publish); err != nil {
+		return nil, nil, err
+	}
+	return lo, hi, nil
+}
+
+// writersFor returns the writer connections that take a steady load of rate
+// transactions per second: latencyWriters at latencyRate, more in proportion, so that
+// a writer's own commit (an fsync with synchronous_commit on) does not cap the rate.
+func writersFor(rate int) int { return max(latencyWriters, latencyWriters*rate/latencyRate) }
 
 // warm opens n connections of db.
 func warm(ctx context.Context, db *sql.DB, n int) error {
