@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/sidebox/sidebox/internal/config"
 	"github.com/sidebox/sidebox/internal/inboxdb"
 	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
@@ -42,6 +43,7 @@ type deadFlags struct {
 	dryRun    bool
 	asJSON    bool
 	limit     int
+	tables    listFlag
 }
 
 func (f *deadFlags) selector() pg.DeadSelector {
@@ -66,6 +68,7 @@ func deadCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.Var(&f.keys, "key", "ordering key (repeatable, or comma-separated)")
 	fs.DurationVar(&f.olderThan, "older-than", 0, "rows written (received) longer ago than this")
 	fs.BoolVar(&f.all, "all", false, "every dead row")
+	fs.Var(&f.tables, "table", "only this table (repeatable, or comma-separated); default: every table of SIDEBOX_OUTBOX_TABLE (SIDEBOX_INBOX_TABLE with --inbox)")
 	if sub == "list" {
 		fs.BoolVar(&f.asJSON, "json", false, "print JSON")
 		fs.IntVar(&f.limit, "limit", 100, "most rows listed; 0: all")
@@ -78,15 +81,67 @@ func deadCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := f.check(fs, sub); err != nil {
 		return err
 	}
-	cfg, db, err := connectConfigured(ctx)
+	cfg, err := loadConfig(config.Database | config.Outbox | config.Inbox)
+	if err != nil {
+		return err
+	}
+	configured, kind := cfg.Outboxes, "outbox"
+	if f.inbox {
+		configured, kind = cfg.Inboxes, "inbox"
+	}
+	tables, err := chooseTables(fs.Name(), kind, configured, f.tables)
+	if err != nil {
+		return err
+	}
+	db, err := connect(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if f.inbox {
-		return deadInbox(ctx, db, cfg.Inbox, sub, &f, stdout)
+	d := deadRun{db: db, sub: sub, f: &f, w: stdout, several: len(tables) > 1, listed: []any{}}
+	for _, t := range tables {
+		if f.inbox {
+			err = d.inbox(ctx, t)
+		} else {
+			err = d.outbox(ctx, t)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	return deadOutbox(ctx, db, cfg.Outbox, sub, &f, stdout)
+	if f.asJSON {
+		return printJSON(stdout, d.listed)
+	}
+	return nil
+}
+
+// chooseTables returns the tables a command acts on: those named by --table, else every
+// configured one. A named table must be a valid identifier; it need not be configured,
+// so that a tool can reach a table the sidecar no longer serves.
+func chooseTables(cmd, kind string, configured []pg.Table, named []string) ([]pg.Table, error) {
+	if len(named) == 0 {
+		return configured, nil
+	}
+	tables := make([]pg.Table, 0, len(named))
+	for _, n := range named {
+		t, err := pg.ParseTable(n)
+		if err != nil {
+			return nil, usagef("%s: --table %q is not a valid %s table name: %v", cmd, n, kind, err)
+		}
+		tables = append(tables, t)
+	}
+	return tables, nil
+}
+
+// deadRun is one `dead` command over one or more tables. With --json, list collects
+// the rows of every table, each with its table's name, and prints them at the end.
+type deadRun struct {
+	db      *sql.DB
+	sub     string
+	f       *deadFlags
+	w       io.Writer
+	several bool  // more than one table: the text output names each
+	listed  []any // --json: the rows listed so far
 }
 
 // check refuses contradictory or missing selectors, before anything connects.
@@ -122,7 +177,20 @@ type deadView struct {
 	age                                                float64
 }
 
-func deadOutbox(ctx context.Context, db *sql.DB, t pg.Table, sub string, f *deadFlags, w io.Writer) error {
+// outboxDead is a dead outbox row as `dead list --json` prints it.
+type outboxDead struct {
+	Table string `json:"table"`
+	outboxdb.DeadRow
+}
+
+// inboxDead is a dead inbox row as `dead list --inbox --json` prints it.
+type inboxDead struct {
+	Table string `json:"table"`
+	inboxdb.DeadRow
+}
+
+func (d *deadRun) outbox(ctx context.Context, t pg.Table) error {
+	db, sub, f := d.db, d.sub, d.f
 	what := "outbox table " + t.String()
 	var (
 		rows []outboxdb.DeadRow
@@ -136,7 +204,10 @@ func deadOutbox(ctx context.Context, db *sql.DB, t pg.Table, sub string, f *dead
 			err = fmt.Errorf("%s does not exist: run `sidebox migrate up`", what)
 		}
 		if err == nil && f.asJSON {
-			return printJSON(w, capped(rows, f.limit))
+			for _, r := range capped(rows, f.limit) {
+				d.listed = append(d.listed, outboxDead{Table: t.String(), DeadRow: r})
+			}
+			return nil
 		}
 	case "retry":
 		rows, err = outboxdb.Retry(ctx, db, t, f.selector(), f.dryRun)
@@ -144,17 +215,18 @@ func deadOutbox(ctx context.Context, db *sql.DB, t pg.Table, sub string, f *dead
 		rows, err = outboxdb.Discard(ctx, db, t, f.selector(), f.dryRun)
 	}
 	if err != nil {
-		return fmt.Errorf("dead %s: %w", sub, err)
+		return fmt.Errorf("dead %s on %s: %w", sub, what, err)
 	}
 	views := make([]deadView, len(rows))
 	for i, r := range rows {
 		views[i] = deadView{id: r.ID, key: keyText(r.OrderingKey), exchange: r.Exchange, routingKey: r.RoutingKey,
 			lastError: r.LastError, seq: r.Seq, attempts: r.Attempts, age: r.AgeSeconds}
 	}
-	return printDead(w, what, sub, f, views)
+	return d.print(what, views)
 }
 
-func deadInbox(ctx context.Context, db *sql.DB, t pg.Table, sub string, f *deadFlags, w io.Writer) error {
+func (d *deadRun) inbox(ctx context.Context, t pg.Table) error {
+	db, sub, f := d.db, d.sub, d.f
 	what := "inbox table " + t.String()
 	var (
 		rows []inboxdb.DeadRow
@@ -168,7 +240,10 @@ func deadInbox(ctx context.Context, db *sql.DB, t pg.Table, sub string, f *deadF
 			err = fmt.Errorf("%s does not exist: run `sidebox migrate up`", what)
 		}
 		if err == nil && f.asJSON {
-			return printJSON(w, capped(rows, f.limit))
+			for _, r := range capped(rows, f.limit) {
+				d.listed = append(d.listed, inboxDead{Table: t.String(), DeadRow: r})
+			}
+			return nil
 		}
 	case "retry":
 		rows, err = inboxdb.Retry(ctx, db, t, f.consumer, f.selector(), f.dryRun)
@@ -176,14 +251,25 @@ func deadInbox(ctx context.Context, db *sql.DB, t pg.Table, sub string, f *deadF
 		rows, err = inboxdb.Discard(ctx, db, t, f.consumer, f.selector(), f.dryRun)
 	}
 	if err != nil {
-		return fmt.Errorf("dead %s: %w", sub, err)
+		return fmt.Errorf("dead %s on %s: %w", sub, what, err)
 	}
 	views := make([]deadView, len(rows))
 	for i, r := range rows {
 		views[i] = deadView{consumer: r.Consumer, id: r.MessageID, key: keyText(r.OrderingKey), exchange: r.Exchange,
 			routingKey: r.RoutingKey, lastError: r.LastError, seq: r.Seq, attempts: r.Attempts, age: r.AgeSeconds}
 	}
-	return printDead(w, what, sub, f, views)
+	return d.print(what, views)
+}
+
+// print prints one table's part: a list under its table's name when there are
+// several (a change's summary line names its table anyway).
+func (d *deadRun) print(what string, views []deadView) error {
+	if d.several && d.sub == "list" && len(views) > 0 {
+		if _, err := fmt.Fprintf(d.w, "%s:\n", what); err != nil {
+			return err
+		}
+	}
+	return printDead(d.w, what, d.sub, d.f, views)
 }
 
 // listLimit asks for one row more than shown, to say that there are more.
