@@ -30,15 +30,17 @@ install: build
 	install -m 0755 bin/sidebox $(DESTDIR)$(BINDIR)/sidebox
 	@echo "installed $(DESTDIR)$(BINDIR)/sidebox"
 
-# The image without a Docker daemon: podman (Debian's podman and runc packages) builds
-# deploy/Containerfile from bin/sidebox. PODMAN holds the options that work in
-# unprivileged build containers (vfs storage); IMAGE_RUN those for podman run (runc with
-# cgroupfs, limits below the hard ones: crun cannot set RLIMIT_NOFILE there).
+# The image without a Docker daemon: podman (Debian's podman and runc packages, installed
+# where missing) builds deploy/Containerfile from bin/sidebox. PODMAN holds the options
+# that work in unprivileged build containers (vfs storage); IMAGE_RUN those for podman
+# run (runc with cgroupfs, limits below the hard ones: crun cannot set RLIMIT_NOFILE
+# there).
 IMAGE         ?= sidebox:$(VERSION)
 PODMAN        ?= podman --storage-driver vfs
 IMAGE_RUN     ?= --runtime runc --cgroup-manager cgroupfs
 CA_CERTS      ?= /etc/ssl/certs/ca-certificates.crt
 image: build
+	$(SERVERS) tools podman runc
 	rm -rf bin/image && mkdir -p bin/image
 	cp bin/sidebox bin/image/sidebox && cp $(CA_CERTS) bin/image/ca-certificates.crt
 	$(PODMAN) build -f deploy/Containerfile -t $(IMAGE) bin/image

@@ -4,6 +4,8 @@
 #   eval "$(deploy/servers.sh up)"   find or start both; print their export lines
 #   deploy/servers.sh env            the same, but never starts or installs anything
 #   deploy/servers.sh down           stop the private servers that `up` started
+#   deploy/servers.sh tools CMD...   install the Debian packages of these commands where
+#                                    missing (podman, runc for `make image`)
 #
 # Each server is, in this order:
 #   1. the one in SIDEBOX_TEST_DATABASE_URL / SIDEBOX_TEST_AMQP_URL when set;
@@ -387,6 +389,14 @@ main() {
 	down)
 		stop_rabbit
 		stop_pg
+		;;
+	tools)
+		shift
+		local missing=()
+		for c in "$@"; do
+			command -v "$c" >/dev/null || missing+=("$c")
+		done
+		if ((${#missing[@]})); then install_packages "${missing[@]}"; fi
 		;;
 	-h | --help | help)
 		usage
