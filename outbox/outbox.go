@@ -30,7 +30,7 @@ import (
 // DefaultTable is the outbox table's default name.
 const DefaultTable = "outbox"
 
-//go:embed migrations/*.sql
+//go:embed migrations/*.sql migrations/partitioned/*.sql
 var migrationFiles embed.FS
 
 // MigrationFiles returns the outbox table's SQL snippet files, NNNN_name.up.sql and
@@ -38,6 +38,18 @@ var migrationFiles embed.FS
 // service's own. `sidebox migrate print` prints them.
 func MigrationFiles() fs.FS {
 	sub, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		panic(fmt.Sprintf("embedded outbox migrations are broken: %v", err)) // a build defect, caught by tests
+	}
+	return sub
+}
+
+// PartitionedMigrationFiles returns the SQL snippet files of the outbox table
+// partitioned by day (SIDEBOX_OUTBOX_PARTITIONS=daily), in migrations/partitioned,
+// written for the table named "outbox". They make the same table as MigrationFiles,
+// partitioned; a table is made by one set or the other.
+func PartitionedMigrationFiles() fs.FS {
+	sub, err := fs.Sub(migrationFiles, "migrations/partitioned")
 	if err != nil {
 		panic(fmt.Sprintf("embedded outbox migrations are broken: %v", err)) // a build defect, caught by tests
 	}

@@ -376,6 +376,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("batch_bytes", r.cfg.BatchBytes), zap.Int("workers", r.cfg.Workers),
 		zap.Duration("poll_interval", r.cfg.PollInterval), zap.Int("max_attempts", r.cfg.MaxAttempts))
 
+	if err := r.checkLayout(ctx); err != nil {
+		return err
+	}
+
 	var hb sync.WaitGroup
 	hb.Go(func() { r.heartbeat(ctx) })
 	defer hb.Wait()
@@ -386,9 +390,6 @@ func (r *Relay) Run(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	r.setDBOK(r.db.PingContext(pctx) == nil)
 	cancel()
-	if err := r.checkLayout(ctx); err != nil {
-		return err
-	}
 
 	d := &dispatcher{
 		r:    r,
