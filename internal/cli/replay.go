@@ -44,7 +44,7 @@ func replayCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	what := "outbox table " + cfg.Outbox.String()
 	switch {
 	case n == 0:
-		_, err = fmt.Fprintf(stdout, "%s: no kept rows published since %s (rows are kept only with SIDEBOX_OUTBOX_RETENTION); nothing changed\n", what, *sinceFlag)
+		_, err = fmt.Fprintf(stdout, "%s: no kept rows published since %s (rows are kept only with SIDEBOX_OUTBOX_RETENTION or SIDEBOX_OUTBOX_PARTITIONS=daily); nothing changed\n", what, *sinceFlag)
 	case *dryRun:
 		_, err = fmt.Fprintf(stdout, "%s: would republish %d rows published since %s (dry run: nothing changed)\n", what, n, *sinceFlag)
 	default:
