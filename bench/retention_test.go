@@ -47,11 +47,7 @@ func benchClaimRetention(tb *testing.B) *report {
 			tb.Fatal(err)
 		}
 	}
-	parts, err := outboxdb.PartitionedMigrations(outbox.PartitionedMigrationFiles())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := parts.Up(ctx, e.db, partitioned); err != nil {
+	if err := outbox.MigratePartitioned(ctx, e.db, partitioned.String()); err != nil {
 		tb.Fatal(err)
 	}
 	// The partitions a relay with the default retention (72h) has: the three past

@@ -69,6 +69,30 @@ func Migrate(ctx context.Context, db *sql.DB, table string) error {
 	return outboxdb.Migrate(ctx, db, MigrationFiles(), t)
 }
 
+// MigratePartitioned is Migrate for the outbox partitioned by day
+// (PartitionedMigrationFiles), the table a relay with Partitions "daily" keeps. It
+// refuses an existing table of the plain layout.
+func MigratePartitioned(ctx context.Context, db *sql.DB, table string) error {
+	t, err := pg.ParseTable(cmp.Or(table, DefaultTable))
+	if err != nil {
+		return fmt.Errorf("outbox table: %w", err)
+	}
+	if err := outboxdb.CheckLayout(ctx, db, t, outboxdb.Daily); err != nil {
+		return err
+	}
+	ms, err := outboxdb.PartitionedMigrations(PartitionedMigrationFiles())
+	if err != nil {
+		return err
+	}
+	if err := ms.CheckFirst(ctx, db, t); err != nil {
+		return err
+	}
+	if _, err := ms.Up(ctx, db, t); err != nil {
+		return fmt.Errorf("migrate outbox table %s: %w", t, err)
+	}
+	return nil
+}
+
 // Execer is what Write needs: a *sql.Tx, or a *sql.Conn inside a transaction.
 type Execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)

@@ -16,11 +16,7 @@ import (
 // migratePartitioned creates the outbox table t partitioned by day.
 func migratePartitioned(t *testing.T, db *sql.DB, table pg.Table) {
 	t.Helper()
-	ms, err := outboxdb.PartitionedMigrations(outbox.PartitionedMigrationFiles())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ms.Up(context.Background(), db, table); err != nil {
+	if err := outbox.MigratePartitioned(context.Background(), db, table.String()); err != nil {
 		t.Fatalf("migrate the partitioned outbox: %v", err)
 	}
 }
@@ -193,6 +189,9 @@ func TestRelayRefusesOtherLayout(t *testing.T) {
 	cfg.Partitions = "daily"
 	cfg.AMQPURLs = []string{url}
 	cfg.ListenDatabaseURL = dsn
+	if err := outbox.MigratePartitioned(context.Background(), plain, "outbox"); err == nil || !errors.As(err, new(*outboxdb.LayoutError)) {
+		t.Errorf("MigratePartitioned over a plain table = %v, want a LayoutError", err)
+	}
 	r, err := New(plain, cfg)
 	if err != nil {
 		t.Fatal(err)
