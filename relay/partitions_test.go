@@ -204,3 +204,42 @@ func TestRelayRefusesOtherLayout(t *testing.T) {
 		t.Errorf("Run on a plain table with Partitions daily = %v, want a ConfigError for Partitions", err)
 	}
 }
+
+// Relays maintaining one table at once take turns: no error, each partition made once.
+func TestPartitionMaintenanceConcurrent(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("app.outbox")
+	if err := outbox.MigratePartitioned(context.Background(), db, table.String()); err != nil {
+		t.Fatal(err)
+	}
+	const relays = 4
+	results := make(chan outboxdb.Maintenance, relays)
+	errs := make(chan error, relays)
+	for range relays {
+		go func() {
+			m, err := outboxdb.MaintainPartitions(context.Background(), db, table, time.Hour)
+			results <- m
+			errs <- err
+		}()
+	}
+	created := 0
+	for range relays {
+		if err := <-errs; err != nil {
+			t.Errorf("MaintainPartitions: %v", err)
+		}
+		created += len((<-results).Created)
+	}
+	// A relay that found another one at work made nothing this round; the next round
+	// of any of them makes what is left.
+	if _, err := outboxdb.MaintainPartitions(context.Background(), db, table, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM pg_inherits WHERE inhparent = 'app.outbox'::regclass`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != outboxdb.PartitionsAhead+2 || created > outboxdb.PartitionsAhead+1 {
+		t.Errorf("%d partitions (want %d with the default), %d creations reported", n, outboxdb.PartitionsAhead+2, created)
+	}
+}

@@ -75,6 +75,11 @@ func TestMigratePartitioned(t *testing.T) {
 	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL`); n != 3 {
 		t.Errorf("%d rows pending after the replay, want 3", n)
 	}
+	mustRun(t, vars, []string{"nack"}, "dead", "list")
+	mustRun(t, vars, []string{"retried 1 dead rows"}, "dead", "retry", "--all")
+	if n := testenv.Count(t, db, `SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL`); n != 4 {
+		t.Errorf("%d rows pending after the dead retry, want 4", n)
+	}
 	if r := run(t, vars, "migrate", "down"); r.code != 1 || !strings.Contains(r.stderr, "outbox holds 4 unpublished rows") {
 		t.Errorf("migrate down with unpublished rows: %s", r)
 	}
