@@ -1,7 +1,7 @@
 // Package outboxdb holds the SQL of the outbox table, in one place: the writers' insert,
 // the relay's claim and settlement, the wake-up flag, the state counts behind `sidebox
-// status` and the backlog gauges, the check that guards `migrate down`, and the loading
-// of the table's migrations.
+// status` and the backlog gauges, the check that guards `migrate down`, the loading
+// of the table's migrations, and the partitions of the table partitioned by day.
 package outboxdb
 
 import (
