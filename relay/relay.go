@@ -352,7 +352,9 @@ func (r *Relay) WakeupsPolled() bool { return r.polled.Load() }
 
 // Run relays until ctx is cancelled, then stops claiming, lets the batches in flight
 // finish (confirms awaited, rows settled; bounded by PublishTimeout) and returns nil.
-// Outages of the database or the broker are waited out, never returned.
+// Outages of the database or the broker are waited out, never returned. A table laid
+// out otherwise than Config.Partitions says is: Run returns a *ConfigError on
+// Partitions before it claims anything.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("relay: Run is already running")
