@@ -16,8 +16,10 @@ import (
 )
 
 // BenchmarkClaimRetention: the relay's claim on an outbox that keeps 1,000,000
-// published rows for audit (SIDEBOX_OUTBOX_RETENTION) next to the same claim on an
-// outbox that deletes them (the default), with the same 10,000 rows waiting in both.
+// published rows for audit (SIDEBOX_OUTBOX_RETENTION) and on an outbox partitioned by
+// day that keeps as many over the last three days (SIDEBOX_OUTBOX_PARTITIONS=daily),
+// next to the same claim on an outbox that deletes them (the default), with the same
+// 10,000 rows waiting in all three.
 func BenchmarkClaimRetention(b *testing.B) {
 	for range b.N {
 		emit(b, benchClaimRetention(b))
@@ -39,11 +41,24 @@ func benchClaimRetention(tb *testing.B) *report {
 	ctx := context.Background()
 	kept := keptRows()
 	const pending, claims = 10000, 300
-	deleted, retained := pg.MustParseTable("bench.deleted"), pg.MustParseTable("bench.retained")
+	deleted, retained, partitioned := pg.MustParseTable("bench.deleted"), pg.MustParseTable("bench.retained"), pg.MustParseTable("bench.partitioned")
 	for _, t := range []pg.Table{deleted, retained} {
 		if err := outbox.Migrate(ctx, e.db, t.String()); err != nil {
 			tb.Fatal(err)
 		}
+	}
+	if err := outbox.MigratePartitioned(ctx, e.db, partitioned.String()); err != nil {
+		tb.Fatal(err)
+	}
+	// The partitions a relay with the default retention (72h) has: the three past
+	// days', today's and the next PartitionsAhead days', and the default one.
+	for d := 1; d <= 3; d++ {
+		e.exec(ctx, `DO $$ DECLARE day date := (now() AT TIME ZONE 'UTC')::date - `+strconv.Itoa(d)+`; BEGIN
+			EXECUTE format('CREATE TABLE bench.partitioned_p%s PARTITION OF bench.partitioned FOR VALUES FROM (%L) TO (%L)',
+				to_char(day, 'YYYYMMDD'), day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC'); END $$`)
+	}
+	if _, err := outboxdb.MaintainPartitions(ctx, e.db, partitioned, relay.DefaultPartitionedRetention); err != nil {
+		tb.Fatal(err)
 	}
 	// The kept rows were written and published before the waiting ones: they come
 	// first in every index that would hold them. A quarter of them have a key.
@@ -52,12 +67,22 @@ func benchClaimRetention(tb *testing.B) *report {
 		SELECT 'rk', convert_to(lpad(g::text, 32, '0'), 'UTF8'), CASE WHEN g % 4 = 0 THEN 'k' || (g % 1000) END,
 			now() - interval '2 days', now() - interval '2 days', now() - interval '1 day'
 		FROM generate_series(1, $1) g`, kept)
+	// The same number kept in the partitioned outbox, spread over the three past days.
+	e.exec(ctx, `INSERT INTO bench.partitioned (routing_key, payload, ordering_key, created_at, available_at, published_at)
+		SELECT 'rk', convert_to(lpad(g::text, 32, '0'), 'UTF8'), CASE WHEN g % 4 = 0 THEN 'k' || (g % 1000) END,
+			now() - (1 + g % 3) * interval '1 day', now() - (1 + g % 3) * interval '1 day', now() - (1 + g % 3) * interval '1 day' + interval '1 second'
+		FROM generate_series(1, $1) g`, kept)
 	loaded := time.Since(start)
-	for _, t := range []pg.Table{deleted, retained} {
+	all := []pg.Table{deleted, retained, partitioned}
+	for _, t := range all {
 		e.exec(ctx, `INSERT INTO `+t.String()+` (routing_key, payload, ordering_key)
 			SELECT 'rk', convert_to(repeat('x', $2), 'UTF8'), CASE WHEN g % 2 = 0 THEN 'k' || (g % 1000) END
 			FROM generate_series(1, $1) g`, pending, payloadSize)
 		e.exec(ctx, `VACUUM ANALYZE `+t.String())
+	}
+	var nparts int
+	if err := e.db.QueryRowContext(ctx, `SELECT count(*) FROM pg_inherits WHERE inhparent = 'bench.partitioned'::regclass`).Scan(&nparts); err != nil {
+		tb.Fatal(err)
 	}
 
 	st := pg.NewStatements(e.db, pg.PrepareOff, nil)
@@ -82,9 +107,9 @@ func benchClaimRetention(tb *testing.B) *report {
 	}
 	// Interleaved, the same claim variants on both tables; each claim rolls back, so
 	// every one sees the same rows.
-	var times [2][]time.Duration
+	var times [3][]time.Duration
 	for i := range claims {
-		for k, t := range []pg.Table{deleted, retained} {
+		for k, t := range all {
 			d, n := measure(t, i%2 == 0)
 			if n != relay.DefaultBatchSize {
 				tb.Fatalf("claim on %s returned %d rows, want %d", t, n, relay.DefaultBatchSize)
@@ -129,16 +154,21 @@ func benchClaimRetention(tb *testing.B) *report {
 	}
 	bufD, exD := explain(deleted)
 	bufR, exR := explain(retained)
+	bufP, exP := explain(partitioned)
 
 	p50D, p50R := quantile(times[0], 0.5), quantile(times[1], 0.5)
 	p90D, p90R := quantile(times[0], 0.9), quantile(times[1], 0.9)
-	ratio := float64(p50R) / float64(p50D)
+	p50P, p90P := quantile(times[2], 0.5), quantile(times[2], 0.9)
+	ratio, ratioP := float64(p50R)/float64(p50D), float64(p50P)/float64(p50D)
 	tb.ReportMetric(ratio, "kept/deleted_p50")
+	tb.ReportMetric(ratioP, "partitioned/deleted_p50")
 	r := newReport(fmt.Sprintf("Claim with %d kept rows (audit retention) vs delete-on-confirm", kept),
 		"outbox", "rows waiting", "rows kept", "claim p50", "claim p90", "EXPLAIN ANALYZE (one claim)")
 	r.row("delete on confirm (default)", "10,000", "0", fmtMS(p50D), fmtMS(p90D), exD+"; buffers "+bufD)
 	r.row("SIDEBOX_OUTBOX_RETENTION, kept rows", "10,000", fmt.Sprintf("%d", kept), fmtMS(p50R), fmtMS(p90R), exR+"; buffers "+bufR)
+	r.row(fmt.Sprintf("SIDEBOX_OUTBOX_PARTITIONS=daily, %d partitions", nparts), "10,000", fmt.Sprintf("%d", kept), fmtMS(p50P), fmtMS(p90P), exP+"; buffers "+bufP)
 	r.note("kept ÷ deleted, claim p50: **%.2f** (target ≤ 1.10)", ratio)
+	r.note("partitioned ÷ deleted, claim p50: **%.2f** (each partition's claim index is read: the cost grows with the number of partitions, docs/DESIGN.md \"Retention\")", ratioP)
 	r.note("%d claims of %d rows per table, interleaved, keyed part first in every other one, each rolled back so that all see the same rows; JIT off as the relay runs them; both tables vacuumed and analysed; kept rows loaded in %s", claims, relay.DefaultBatchSize, loaded.Round(time.Second))
 	r.note("load average at start: %s", e.load)
 	return r

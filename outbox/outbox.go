@@ -30,7 +30,7 @@ import (
 // DefaultTable is the outbox table's default name.
 const DefaultTable = "outbox"
 
-//go:embed migrations/*.sql
+//go:embed migrations/*.sql migrations/partitioned/*.sql
 var migrationFiles embed.FS
 
 // MigrationFiles returns the outbox table's SQL snippet files, NNNN_name.up.sql and
@@ -38,6 +38,18 @@ var migrationFiles embed.FS
 // service's own. `sidebox migrate print` prints them.
 func MigrationFiles() fs.FS {
 	sub, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		panic(fmt.Sprintf("embedded outbox migrations are broken: %v", err)) // a build defect, caught by tests
+	}
+	return sub
+}
+
+// PartitionedMigrationFiles returns the SQL snippet files of the outbox table
+// partitioned by day (SIDEBOX_OUTBOX_PARTITIONS=daily), in migrations/partitioned,
+// written for the table named "outbox". They make the same table as MigrationFiles,
+// partitioned; a table is made by one set or the other.
+func PartitionedMigrationFiles() fs.FS {
+	sub, err := fs.Sub(migrationFiles, "migrations/partitioned")
 	if err != nil {
 		panic(fmt.Sprintf("embedded outbox migrations are broken: %v", err)) // a build defect, caught by tests
 	}
@@ -55,6 +67,30 @@ func Migrate(ctx context.Context, db *sql.DB, table string) error {
 		return fmt.Errorf("outbox table: %w", err)
 	}
 	return outboxdb.Migrate(ctx, db, MigrationFiles(), t)
+}
+
+// MigratePartitioned is Migrate for the outbox partitioned by day
+// (PartitionedMigrationFiles), the table a relay with Partitions "daily" keeps. It
+// refuses an existing table of the plain layout.
+func MigratePartitioned(ctx context.Context, db *sql.DB, table string) error {
+	t, err := pg.ParseTable(cmp.Or(table, DefaultTable))
+	if err != nil {
+		return fmt.Errorf("outbox table: %w", err)
+	}
+	if err := outboxdb.CheckLayout(ctx, db, t, outboxdb.Daily); err != nil {
+		return err
+	}
+	ms, err := outboxdb.PartitionedMigrations(PartitionedMigrationFiles())
+	if err != nil {
+		return err
+	}
+	if err := ms.CheckFirst(ctx, db, t); err != nil {
+		return err
+	}
+	if _, err := ms.Up(ctx, db, t); err != nil {
+		return fmt.Errorf("migrate outbox table %s: %w", t, err)
+	}
+	return nil
 }
 
 // Execer is what Write needs: a *sql.Tx, or a *sql.Conn inside a transaction.

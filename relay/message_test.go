@@ -106,7 +106,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	want := Config{Table: "outbox", ConnectionName: "sidebox relay", BatchSize: 500, PollInterval: time.Second, RetryBackoff: time.Second,
-		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2, Prepare: "auto", BatchBytes: 8 << 20, MaxMessageBytes: 128 << 20}
+		RetryBackoffMax: 5 * time.Minute, PublishTimeout: 30 * time.Second, MaxAttempts: 10, Workers: 2, Prepare: "auto", BatchBytes: 8 << 20, MaxMessageBytes: 128 << 20, Partitions: "none"}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults = %+v, want %+v", c, want)
 	}
@@ -129,12 +129,19 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{func(c *Config) { c.Prepare = "sometimes" }, "Prepare"},
 		{func(c *Config) { c.BatchBytes = 1000 }, "BatchBytes"},
 		{func(c *Config) { c.MaxMessageBytes = 512<<20 + 1 }, "MaxMessageBytes"},
+		{func(c *Config) { c.Partitions = "weekly" }, "Partitions"},
+		{func(c *Config) { c.Partitions = "daily" }, "Retention"}, // 0: only New fills in the default
 	} {
 		c := want
 		tc.change(&c)
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.err) || strings.Contains(err.Error(), "secret") {
 			t.Errorf("Validate() = %v, want an error about %s, without the password", err, tc.err)
 		}
+	}
+	p := Config{Partitions: "Daily"}
+	p.setDefaults()
+	if p.Partitions != "daily" || p.Retention != DefaultPartitionedRetention {
+		t.Errorf("defaults with Partitions Daily: %s, Retention %v; want daily, %v", p.Partitions, p.Retention, DefaultPartitionedRetention)
 	}
 	db, err := sql.Open("postgres", "postgres://127.0.0.1:1/none")
 	if err != nil {

@@ -39,6 +39,7 @@ import (
 	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/metrics"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/outbox"
 )
@@ -88,8 +89,15 @@ type Config struct {
 	MaxMessageBytes int
 	// Retention keeps published rows (published_at set) for this long for audit, then
 	// purges them in small batches; 0 (the default): a row is deleted once confirmed.
-	// Needs the outbox migration 0003.
+	// Needs the outbox migration 0003. With Partitions "daily" it is the window after
+	// which a day's partition is dropped; default DefaultPartitionedRetention.
 	Retention time.Duration
+	// Partitions is the layout of the table: "none" (the default) for the plain
+	// table, "daily" for the table partitioned by day (the partitioned migration):
+	// the relay keeps published rows, makes each day's partition ahead and drops the
+	// partitions past Retention that hold no unpublished row. Run refuses a table of
+	// the other layout.
+	Partitions string
 }
 
 // Defaults.
@@ -119,6 +127,9 @@ const (
 	MaxMaxMessageBytes = 512 << 20
 	// MinRetention is the shortest Retention above 0.
 	MinRetention = time.Minute
+	// DefaultPartitionedRetention is the Retention of a table partitioned by day when
+	// none is given: three days' partitions are kept.
+	DefaultPartitionedRetention = 72 * time.Hour
 )
 
 const (
@@ -155,6 +166,12 @@ func (c *Config) setDefaults() {
 	c.ConnectionName = cmp.Or(c.ConnectionName, "sidebox relay")
 	c.BatchBytes = cmp.Or(c.BatchBytes, DefaultBatchBytes)
 	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultMaxMessageBytes)
+	if p, err := outboxdb.ParsePartitioning(c.Partitions); err == nil {
+		c.Partitions = string(p) // else Validate says what is wrong
+	}
+	if c.Partitions == string(outboxdb.Daily) {
+		c.Retention = cmp.Or(c.Retention, DefaultPartitionedRetention)
+	}
 }
 
 // ConfigError reports an invalid Config field. Field is the Go field name (BatchSize,
@@ -195,6 +212,9 @@ func (c Config) Validate() error {
 	check(c.Retention < 0 || c.Retention > 0 && c.Retention < MinRetention, "Retention", "must be 0 (delete on confirm) or at least %v, got %v", MinRetention, c.Retention)
 	_, err = pg.ParsePrepareMode(c.Prepare)
 	check(err != nil, "Prepare", "%v", err)
+	p, err := outboxdb.ParsePartitioning(c.Partitions)
+	check(err != nil, "Partitions", "%v", err)
+	check(p == outboxdb.Daily && c.Retention == 0, "Retention", "must be above 0 with a table partitioned by day (Partitions daily): it is the window after which a day's partition is dropped")
 	return errors.Join(errs...)
 }
 
@@ -239,8 +259,9 @@ type Relay struct {
 	// refusal of a larger one; 0: not known.
 	brokerMax atomic.Int64
 
-	purgeEvery time.Duration // pause between purges of kept rows (Retention)
-	warns      *warnLimiter  // WARN lines for failed rows, per exchange and routing key (explain.go)
+	purgeEvery  time.Duration // pause between purges of kept rows (Retention), and between partition rounds
+	partitioned bool          // Partitions daily: the table is partitioned by day
+	warns       *warnLimiter  // WARN lines for failed rows, per exchange and routing key (explain.go)
 
 	// large is held by the worker that has a batch above BatchBytes (one row, read
 	// from the table in chunks) in memory: one such payload at a time.
@@ -294,26 +315,27 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 	}
 	log = log.With(zap.String("table", table.String()))
 	return &Relay{
-		db:         db,
-		dsn:        cfg.ListenDatabaseURL,
-		broker:     conn,
-		owned:      owned,
-		cfg:        cfg,
-		table:      table,
-		log:        log,
-		stmts:      pg.NewStatements(db, prepare, log),
-		m:          m,
-		q:          q,
-		flag:       &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},
-		txSettings: claimSettings(cfg.PublishTimeout),
-		retry:      backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
-		reconnect:  backoff.Database(),
-		suspects:   map[string]time.Time{},
-		large:      make(chan struct{}, 1),
-		purgeEvery: purgeEvery,
-		beats:      newBeats(),
-		trace:      newTracer(o.tp),
-		warns:      newWarnLimiter(failureWarnEvery, time.Now),
+		db:          db,
+		dsn:         cfg.ListenDatabaseURL,
+		broker:      conn,
+		owned:       owned,
+		cfg:         cfg,
+		table:       table,
+		log:         log,
+		stmts:       pg.NewStatements(db, prepare, log),
+		m:           m,
+		q:           q,
+		flag:        &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},
+		txSettings:  claimSettings(cfg.PublishTimeout),
+		retry:       backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
+		reconnect:   backoff.Database(),
+		suspects:    map[string]time.Time{},
+		large:       make(chan struct{}, 1),
+		purgeEvery:  purgeEvery,
+		partitioned: cfg.Partitions == string(outboxdb.Daily),
+		beats:       newBeats(),
+		trace:       newTracer(o.tp),
+		warns:       newWarnLimiter(failureWarnEvery, time.Now),
 	}, nil
 }
 
@@ -330,7 +352,9 @@ func (r *Relay) WakeupsPolled() bool { return r.polled.Load() }
 
 // Run relays until ctx is cancelled, then stops claiming, lets the batches in flight
 // finish (confirms awaited, rows settled; bounded by PublishTimeout) and returns nil.
-// Outages of the database or the broker are waited out, never returned.
+// Outages of the database or the broker are waited out, never returned. A table laid
+// out otherwise than Config.Partitions says is: Run returns a *ConfigError on
+// Partitions before it claims anything.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("relay: Run is already running")
@@ -353,6 +377,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.log.Info("relay started",
 		zap.Int("batch_size", r.cfg.BatchSize), zap.Int("batch_bytes", r.cfg.BatchBytes), zap.Int("workers", r.cfg.Workers),
 		zap.Duration("poll_interval", r.cfg.PollInterval), zap.Int("max_attempts", r.cfg.MaxAttempts))
+
+	if err := r.checkLayout(ctx); err != nil {
+		return err
+	}
 
 	var hb sync.WaitGroup
 	hb.Go(func() { r.heartbeat(ctx) })
@@ -378,7 +406,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		workers[i] = w
 		wg.Go(func() { w.run(ctx) })
 	}
-	if r.cfg.Retention > 0 {
+	switch {
+	case r.partitioned:
+		wg.Go(func() { r.maintainPartitions(ctx) })
+	case r.cfg.Retention > 0:
 		wg.Go(func() { r.purge(ctx) })
 	}
 	d.run(ctx)

@@ -31,7 +31,8 @@ Commands:
                       or --all; retry and discard require one. --consumer C (inbox)
   replay --since T [--dry-run]
                       publish again the outbox rows kept by SIDEBOX_OUTBOX_RETENTION
-                      and published since T (RFC 3339, or a duration ago: 90m), with
+                      (or SIDEBOX_OUTBOX_PARTITIONS=daily) and published since T
+                      (RFC 3339, or a duration ago: 90m), with
                       their ids (inboxes deduplicate them) and in their order
   inject              the Kubernetes admission webhook that adds the sidecar to pods
   version             print the version, commit, Go version and build date

@@ -53,13 +53,17 @@ SIDEBOX_DATABASE_URL, SIDEBOX_AMQP_URL and SIDEBOX_INBOX_QUEUE.
   print   print the SQL snippet files (up, or down with --down), for your own
           migration tool
 
-up and down need SIDEBOX_DATABASE_URL; print needs nothing.
+up and down need SIDEBOX_DATABASE_URL; print needs nothing. With
+SIDEBOX_OUTBOX_PARTITIONS=daily all three use the outbox partitioned by day
+(outbox/migrations/partitioned).
 `,
 	"migrate up": `Usage: sidebox migrate up
 
 Applies the pending migrations of the outbox table (SIDEBOX_OUTBOX_TABLE) and the inbox
 table (SIDEBOX_INBOX_TABLE), each in its own transaction with its record in
 sidebox_migrations. Safe to run again, and after your own tool applied the printed SQL.
+With SIDEBOX_OUTBOX_PARTITIONS=daily the outbox is made partitioned by day; an outbox
+of the other layout is refused, not converted.
 `,
 	"migrate down": `Usage: sidebox migrate down [--force]
 
@@ -69,7 +73,8 @@ unpublished rows or the inbox unprocessed ones, unless --force.
 	"migrate print": `Usage: sidebox migrate print [--down]
 
 Prints the SQL snippet files for the default table names, up files in the order to
-apply them (or the down files, in the order to run them).
+apply them (or the down files, in the order to run them): the partitioned outbox's with
+SIDEBOX_OUTBOX_PARTITIONS=daily.
 `,
 	"status": `Usage: sidebox status [--json]
 

@@ -27,6 +27,8 @@ const connectTimeout = sidecar.ConnectTimeout
 type schema struct {
 	table pg.Table
 	ms    pg.Migrations // ms.Base, "outbox" or "inbox", names the kind of table
+	// layout is the outbox table's (SIDEBOX_OUTBOX_PARTITIONS); "" for the inbox.
+	layout outboxdb.Partitioning
 }
 
 func (s schema) String() string { return s.ms.Base + " table " + s.table.String() }
@@ -34,19 +36,34 @@ func (s schema) String() string { return s.ms.Base + " table " + s.table.String(
 // schemas returns the tables in the order they are created, every outbox table then
 // every inbox table as listed; down goes in reverse.
 func schemas(cfg *config.Config) []schema {
+	layout, _ := cfg.OutboxPartitioning() // checked
 	var out []schema
 	for _, t := range cfg.Outboxes {
-		out = append(out, schema{t, outboxMigrations()})
+		out = append(out, schema{t, outboxMigrations(layout), layout})
 	}
 	for _, t := range cfg.Inboxes {
-		out = append(out, schema{t, inboxMigrations()})
+		out = append(out, schema{t, inboxMigrations(), ""})
 	}
 	return out
 }
 
-// outboxMigrations and inboxMigrations are the embedded migrations of the two tables.
-func outboxMigrations() pg.Migrations { return mustLoad(outboxdb.Migrations(outbox.MigrationFiles())) }
-func inboxMigrations() pg.Migrations  { return mustLoad(inboxdb.Migrations(inbox.MigrationFiles())) }
+// outboxMigrations and inboxMigrations are the embedded migrations of the two tables:
+// the outbox's of the given layout.
+func outboxMigrations(layout outboxdb.Partitioning) pg.Migrations {
+	if layout == outboxdb.Daily {
+		return mustLoad(outboxdb.PartitionedMigrations(outbox.PartitionedMigrationFiles()))
+	}
+	return mustLoad(outboxdb.Migrations(outbox.MigrationFiles()))
+}
+func inboxMigrations() pg.Migrations { return mustLoad(inboxdb.Migrations(inbox.MigrationFiles())) }
+
+// outboxSnippetDir is where the outbox snippets of a layout ship.
+func outboxSnippetDir(layout outboxdb.Partitioning) string {
+	if layout == outboxdb.Daily {
+		return "outbox/migrations/partitioned"
+	}
+	return "outbox/migrations"
+}
 
 func mustLoad(ms pg.Migrations, err error) pg.Migrations {
 	if err != nil {
@@ -70,7 +87,11 @@ func migrateCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := noArgs(fs, rest); err != nil {
 			return err
 		}
-		return printSnippets(stdout, *down)
+		layout, cerr := config.Load().OutboxPartitioning()
+		if cerr != nil {
+			return cerr
+		}
+		return printSnippets(stdout, layout, *down)
 	case "up":
 		if err := noArgs(fs, rest); err != nil {
 			return err
@@ -93,7 +114,21 @@ func migrateUp(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	return migrateEach(ctx, stdout, db, schemas(cfg), "migrate up", "applied", "up to date", pg.Migrations.Up)
+	all := schemas(cfg)
+	for _, s := range all {
+		if s.layout == "" {
+			continue
+		}
+		// A table of the other layout is refused before anything changes: sidebox
+		// does not convert one into the other.
+		if err := outboxdb.CheckLayout(ctx, db, s.table, s.layout); err != nil {
+			return fmt.Errorf("migrate up refused: %w", err)
+		}
+		if err := s.ms.CheckFirst(ctx, db, s.table); err != nil {
+			return fmt.Errorf("migrate up refused: %w", err)
+		}
+	}
+	return migrateEach(ctx, stdout, db, all, "migrate up", "applied", "up to date", pg.Migrations.Up)
 }
 
 func migrateDown(ctx context.Context, stdout io.Writer, force bool) error {
@@ -108,6 +143,11 @@ func migrateDown(ctx context.Context, stdout io.Writer, force bool) error {
 		}
 	}
 	all := schemas(cfg)
+	for _, s := range all {
+		if err := s.ms.CheckFirst(ctx, db, s.table); err != nil {
+			return fmt.Errorf("migrate down refused: %w", err)
+		}
+	}
 	slices.Reverse(all)
 	return migrateEach(ctx, stdout, db, all, "migrate down", "rolled back", "nothing to roll back", pg.Migrations.Down)
 }
@@ -169,8 +209,9 @@ func refuseDown(ctx context.Context, db *sql.DB, cfg *config.Config) error {
 }
 
 // printHeader opens the output of `migrate print`: how it coexists with `migrate up`.
-const printHeader = `-- sidebox migrations, as shipped in outbox/migrations and inbox/migrations, for the
--- default table names outbox and inbox. Apply them with any tool (psql -f, Flyway,
+const printHeader = `-- sidebox migrations, as shipped in outbox/migrations (outbox/migrations/partitioned
+-- with SIDEBOX_OUTBOX_PARTITIONS=daily) and inbox/migrations, for the default table
+-- names outbox and inbox. Apply them with any tool (psql -f, Flyway,
 -- golang-migrate...). Every up statement is idempotent, and ` + "`sidebox migrate up`" + `
 -- recognises tables and indexes already there: it records them in sidebox_migrations and
 -- exits 0. So the order does not matter: your tool then ` + "`migrate up`" + `, or ` + "`migrate up`" + `
@@ -178,17 +219,21 @@ const printHeader = `-- sidebox migrations, as shipped in outbox/migrations and 
 `
 
 // printSnippets writes the shipped SQL files, each under a comment naming it: the up
-// files in the order to apply them, or the down files in the order to run them.
-func printSnippets(w io.Writer, down bool) error {
+// files in the order to apply them, or the down files in the order to run them; the
+// outbox's of the given layout (SIDEBOX_OUTBOX_PARTITIONS).
+func printSnippets(w io.Writer, layout outboxdb.Partitioning, down bool) error {
 	type file struct{ name, sql string }
 	var files []file
-	for _, ms := range []pg.Migrations{outboxMigrations(), inboxMigrations()} {
-		for _, m := range ms.Steps {
+	for _, set := range []struct {
+		ms  pg.Migrations
+		dir string
+	}{{outboxMigrations(layout), outboxSnippetDir(layout)}, {inboxMigrations(), "inbox/migrations"}} {
+		for _, m := range set.ms.Steps {
 			ext, text := "up", m.Up
 			if down {
 				ext, text = "down", m.Down
 			}
-			files = append(files, file{fmt.Sprintf("%s/migrations/%04d_%s.%s.sql", ms.Base, m.Version, m.Name, ext), text})
+			files = append(files, file{fmt.Sprintf("%s/%04d_%s.%s.sql", set.dir, m.Version, m.Name, ext), text})
 		}
 	}
 	if down {

@@ -67,7 +67,7 @@ func replayTable(ctx context.Context, db *sql.DB, t pg.Table, since outboxdb.Sin
 	what := "outbox table " + t.String()
 	switch {
 	case n == 0:
-		_, err = fmt.Fprintf(stdout, "%s: no kept rows published since %s (rows are kept only with SIDEBOX_OUTBOX_RETENTION); nothing changed\n", what, sinceText)
+		_, err = fmt.Fprintf(stdout, "%s: no kept rows published since %s (rows are kept only with SIDEBOX_OUTBOX_RETENTION or SIDEBOX_OUTBOX_PARTITIONS=daily); nothing changed\n", what, sinceText)
 	case dryRun:
 		_, err = fmt.Fprintf(stdout, "%s: would republish %d rows published since %s (dry run: nothing changed)\n", what, n, sinceText)
 	default:

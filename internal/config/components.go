@@ -4,9 +4,11 @@ import (
 	"cmp"
 	"errors"
 	"regexp"
+	"time"
 
 	"github.com/sidebox/sidebox/inbox"
 	"github.com/sidebox/sidebox/internal/inject"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/relay"
 )
@@ -34,8 +36,19 @@ func (c *Config) RelayConfigFor(t pg.Table, listenDSN string) relay.Config {
 		Prepare:           string(c.Prepare),
 		BatchBytes:        c.BatchBytes,
 		MaxMessageBytes:   c.MaxMessageBytes,
-		Retention:         c.OutboxRetention,
+		Retention:         c.outboxRetention(),
+		Partitions:        c.OutboxPartitions,
 	}
+}
+
+// outboxRetention is SIDEBOX_OUTBOX_RETENTION, or the partitioned table's default when
+// SIDEBOX_OUTBOX_PARTITIONS is daily and the variable is not set (set to 0, it is
+// refused by the relay's Validate).
+func (c *Config) outboxRetention() time.Duration {
+	if p, err := c.OutboxPartitioning(); err == nil && p == outboxdb.Daily && !c.set["SIDEBOX_OUTBOX_RETENTION"] {
+		return relay.DefaultPartitionedRetention
+	}
+	return c.OutboxRetention
 }
 
 // ConsumerConfig maps the inbox consumer's variables onto its configuration. Call it
@@ -92,6 +105,7 @@ func relayVar(field string) string {
 		"BatchBytes":      "SIDEBOX_BATCH_BYTES",
 		"MaxMessageBytes": "SIDEBOX_MAX_MESSAGE_BYTES",
 		"Retention":       "SIDEBOX_OUTBOX_RETENTION",
+		"Partitions":      "SIDEBOX_OUTBOX_PARTITIONS",
 	}[field]
 }
 

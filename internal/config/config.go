@@ -36,6 +36,7 @@ import (
 	"github.com/sidebox/sidebox/inbox"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/inject"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/redact"
 	"github.com/sidebox/sidebox/internal/topology"
@@ -64,8 +65,9 @@ type Config struct {
 	AMQPCertFile string `envconfig:"SIDEBOX_AMQP_CERT_FILE" group:"broker" desc:"PEM client certificate (chain) presented to amqps:// servers, for mutual TLS; needs SIDEBOX_AMQP_KEY_FILE"`
 	AMQPKeyFile  string `envconfig:"SIDEBOX_AMQP_KEY_FILE" group:"broker" desc:"PEM private key of SIDEBOX_AMQP_CERT_FILE"`
 
-	OutboxTable string `envconfig:"SIDEBOX_OUTBOX_TABLE" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox); a comma-separated list for several (one relay loop each), as one per tenant schema (a.outbox,b.outbox)"`
-	InboxTable  string `envconfig:"SIDEBOX_INBOX_TABLE" group:"inbox" desc:"inbox table, optionally schema-qualified; a comma-separated list for migrate and status (a sidecar that consumes SIDEBOX_INBOX_QUEUE takes one)"`
+	OutboxTable      string `envconfig:"SIDEBOX_OUTBOX_TABLE" group:"outbox" desc:"outbox table, optionally schema-qualified (app.outbox); a comma-separated list for several (one relay loop each), as one per tenant schema (a.outbox,b.outbox)"`
+	OutboxPartitions string `envconfig:"SIDEBOX_OUTBOX_PARTITIONS" group:"outbox" desc:"layout of the outbox table: none, or daily for a table partitioned by day (PARTITION BY RANGE (created_at)) for very high volume: migrate up creates it so, the relay keeps published rows, makes each day's partition ahead and drops a day's partition once it is older than SIDEBOX_OUTBOX_RETENTION and holds no unpublished row"`
+	InboxTable       string `envconfig:"SIDEBOX_INBOX_TABLE" group:"inbox" desc:"inbox table, optionally schema-qualified; a comma-separated list for migrate and status (a sidecar that consumes SIDEBOX_INBOX_QUEUE takes one)"`
 
 	HTTPAddr        string        `envconfig:"SIDEBOX_HTTP_ADDR" group:"server" desc:"listen address of /healthz, /readyz and /metrics"`
 	ShutdownTimeout time.Duration `envconfig:"SIDEBOX_SHUTDOWN_TIMEOUT" group:"server" desc:"longest drain after SIGTERM/SIGINT; past it the process exits with code 1"`
@@ -81,7 +83,7 @@ type Config struct {
 	PublishTimeout  time.Duration `envconfig:"SIDEBOX_PUBLISH_TIMEOUT" group:"relay" desc:"longest wait for the broker's confirms of one batch"`
 	RelayWorkers    int           `envconfig:"SIDEBOX_RELAY_WORKERS" group:"relay" desc:"batches in flight at once, each in its own transaction and channel ({min}-{max})"`
 	BatchBytes      int           `envconfig:"SIDEBOX_BATCH_BYTES" group:"relay" desc:"payload bytes claimed per relay batch ({min}-{max}); a larger row goes alone"`
-	OutboxRetention time.Duration `envconfig:"SIDEBOX_OUTBOX_RETENTION" group:"relay" desc:"keep published outbox rows this long for audit (published_at set), then purge them; 0: delete each row once the broker confirmed it (at least {min} otherwise)"`
+	OutboxRetention time.Duration `envconfig:"SIDEBOX_OUTBOX_RETENTION" group:"relay" desc:"keep published outbox rows this long for audit (published_at set), then purge them; 0: delete each row once the broker confirmed it (at least {min} otherwise); with SIDEBOX_OUTBOX_PARTITIONS=daily it must be above 0 and defaults to 72h: a day's partition is dropped once the window has passed"`
 	MaxMessageBytes int           `envconfig:"SIDEBOX_MAX_MESSAGE_BYTES" group:"relay" desc:"largest payload the broker takes, its max_message_size ({min}-{max}); a larger row is kept as dead at once, unsent"`
 
 	OutboxDeclare  string `envconfig:"SIDEBOX_OUTBOX_DECLARE" group:"relay" desc:"exchange[:type],... exchanges the service publishes to, declared durable before the relay starts (type direct, fanout, topic or headers; default topic); an existing exchange of another definition stops sidebox with exit code 2"`
@@ -118,6 +120,9 @@ type Config struct {
 	Prepare  pg.PrepareMode
 	Topology topology.Topology // SIDEBOX_OUTBOX_DECLARE and SIDEBOX_OUTBOX_BINDINGS
 
+	// set holds the variables set in the environment, even to "".
+	set map[string]bool
+
 	// parseErrors holds envconfig's conversion failures by variable; Check reports those
 	// of the groups it is asked about.
 	parseErrors map[string]*Error
@@ -127,9 +132,10 @@ type Config struct {
 // takes the component's default: each default is defined once.
 func defaults() Config {
 	return Config{
-		DatabasePrepare: string(pg.PrepareAuto),
-		OutboxTable:     outbox.DefaultTable,
-		InboxTable:      inbox.DefaultTable,
+		DatabasePrepare:  string(pg.PrepareAuto),
+		OutboxTable:      outbox.DefaultTable,
+		OutboxPartitions: string(outboxdb.NotPartitioned),
+		InboxTable:       inbox.DefaultTable,
 
 		HTTPAddr:        ":9719",
 		ShutdownTimeout: 30 * time.Second,
@@ -259,8 +265,10 @@ func envFields() []reflect.StructField {
 func Load() *Config {
 	c := defaults()
 	c.parseErrors = map[string]*Error{}
+	c.set = map[string]bool{}
 	v := reflect.ValueOf(&c).Elem()
 	for _, f := range envFields() {
+		_, c.set[f.Tag.Get("envconfig")] = os.LookupEnv(f.Tag.Get("envconfig"))
 		// One field at a time, so that one bad value does not hide the next one. The
 		// field starts at its default, which envconfig keeps when the variable is unset.
 		one := reflect.New(reflect.StructOf([]reflect.StructField{{Name: f.Name, Type: f.Type, Tag: f.Tag}}))

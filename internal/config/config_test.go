@@ -85,6 +85,12 @@ func TestErrors(t *testing.T) {
 			[]string{`SIDEBOX_OUTBOX_TABLE: "Outbox; drop table x" is not a lower-case SQL identifier`}},
 		{"same tables", map[string]string{"SIDEBOX_OUTBOX_TABLE": "app.box", "SIDEBOX_INBOX_TABLE": "app.box"}, Outbox | Inbox,
 			[]string{`SIDEBOX_INBOX_TABLE: must differ from SIDEBOX_OUTBOX_TABLE`}},
+		{"partitions", map[string]string{"SIDEBOX_OUTBOX_PARTITIONS": "weekly"}, Outbox,
+			[]string{`SIDEBOX_OUTBOX_PARTITIONS: must be none or daily, got "weekly"`}},
+		{"partitions without retention", map[string]string{"SIDEBOX_OUTBOX_PARTITIONS": "daily", "SIDEBOX_OUTBOX_RETENTION": "0"}, Relay,
+			[]string{`SIDEBOX_OUTBOX_RETENTION: must be above 0 with a table partitioned by day (SIDEBOX_OUTBOX_PARTITIONS daily)`}},
+		{"partitioned table name", map[string]string{"SIDEBOX_OUTBOX_PARTITIONS": "daily", "SIDEBOX_OUTBOX_TABLE": "app." + strings.Repeat("o", 54)}, Outbox,
+			[]string{`SIDEBOX_OUTBOX_TABLE: "` + strings.Repeat("o", 54) + `" is longer than 53 characters`}},
 		{"table list item", map[string]string{"SIDEBOX_OUTBOX_TABLE": "a.outbox,B.outbox"}, Outbox,
 			[]string{`SIDEBOX_OUTBOX_TABLE: item 2 of 2: "B" is not a lower-case SQL identifier`}},
 		{"table list empty item", map[string]string{"SIDEBOX_OUTBOX_TABLE": "a.outbox,,b.outbox"}, Outbox,
@@ -274,5 +280,25 @@ func TestTableLists(t *testing.T) {
 	}
 	if rc := c.RelayConfigFor(c.Outboxes[1], ""); rc.Table != "b.outbox" || rc.BatchSize != c.BatchSize {
 		t.Errorf("RelayConfigFor = %+v", rc)
+	}
+}
+
+// With partitions and no SIDEBOX_OUTBOX_RETENTION, the relay keeps three days.
+func TestPartitionsDefaultRetention(t *testing.T) {
+	setEnv(t, map[string]string{"SIDEBOX_OUTBOX_PARTITIONS": "Daily"})
+	c := Load()
+	if err := c.Check(Outbox | Relay); err != nil {
+		t.Fatal(err)
+	}
+	if rc := c.RelayConfig(""); rc.Retention != 72*time.Hour || rc.Partitions != "Daily" {
+		t.Errorf("relay config: Retention %v, Partitions %q; want 72h, Daily", rc.Retention, rc.Partitions)
+	}
+	setEnv(t, map[string]string{"SIDEBOX_OUTBOX_PARTITIONS": "daily", "SIDEBOX_OUTBOX_RETENTION": "24h"})
+	if c := Load(); c.RelayConfig("").Retention != 24*time.Hour {
+		t.Errorf("Retention %v, want the 24h set", c.RelayConfig("").Retention)
+	}
+	setEnv(t, nil)
+	if c := Load(); c.RelayConfig("").Retention != 0 {
+		t.Errorf("without partitions Retention %v, want 0", c.RelayConfig("").Retention)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
@@ -46,6 +47,16 @@ func (c *Config) checkTables(groups Group, bad func(string, string, ...any)) {
 		}
 		c.Outboxes = ts
 		c.Outbox = first(ts)
+		if p, err := c.OutboxPartitioning(); err != nil {
+			bad(err.Var, "%s", err.Problem)
+		} else if p == outboxdb.Daily {
+			for _, t := range ts {
+				// Room for the partitions' suffix, _pYYYYMMDD.
+				if len(t.Name) > maxPartitionedName {
+					bad("SIDEBOX_OUTBOX_TABLE", "%q is longer than %d characters, too long for the names of its daily partitions (%s_pYYYYMMDD)", t.Name, maxPartitionedName, t.Name)
+				}
+			}
+		}
 	}
 	if groups&Inbox == 0 {
 		return
@@ -77,4 +88,18 @@ func first(ts []pg.Table) pg.Table {
 		return pg.Table{}
 	}
 	return ts[0]
+}
+
+// maxPartitionedName is the longest name of an outbox table partitioned by day: its
+// partitions are named <name>_pYYYYMMDD, within PostgreSQL's 63 characters.
+const maxPartitionedName = 63 - len("_pYYYYMMDD")
+
+// OutboxPartitioning returns the layout of the outbox tables, SIDEBOX_OUTBOX_PARTITIONS,
+// or the *Error that names the variable.
+func (c *Config) OutboxPartitioning() (outboxdb.Partitioning, *Error) {
+	p, err := outboxdb.ParsePartitioning(c.OutboxPartitions)
+	if err != nil {
+		return "", &Error{Var: "SIDEBOX_OUTBOX_PARTITIONS", Problem: err.Error()}
+	}
+	return p, nil
 }

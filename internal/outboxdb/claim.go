@@ -1,7 +1,7 @@
 // Package outboxdb holds the SQL of the outbox table, in one place: the writers' insert,
 // the relay's claim and settlement, the wake-up flag, the state counts behind `sidebox
-// status` and the backlog gauges, the check that guards `migrate down`, and the loading
-// of the table's migrations.
+// status` and the backlog gauges, the check that guards `migrate down`, the loading
+// of the table's migrations, and the partitions of the table partitioned by day.
 package outboxdb
 
 import (
@@ -146,10 +146,11 @@ func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bo
 	// transaction holds it: its key is in flight (or being settled), and none of its
 	// rows may be taken. The lock is what keeps two batches, of this relay or another,
 	// from holding rows of one key at once: a batch takes a key's rows only with its
-	// head.
+	// head. The lock finds the head again by its ctid and tableoid: a ctid is unique
+	// within one partition only.
 	head := func(after string) string {
 		return `SELECT p.ordering_key, p.seq, CASE WHEN ` + eligible("p") + ` THEN
-            (SELECT true FROM ` + tbl + ` l WHERE l.ctid = p.ctid AND l.dead_at IS NULL AND l.published_at IS NULL AND l.available_at <= now()
+            (SELECT true FROM ` + tbl + ` l WHERE l.ctid = p.ctid AND l.tableoid = p.tableoid AND l.dead_at IS NULL AND l.published_at IS NULL AND l.available_at <= now()
              FOR UPDATE OF l SKIP LOCKED) IS NOT NULL ELSE false END AS ok, p.attempts
         FROM ` + tbl + ` p
         WHERE p.dead_at IS NULL AND p.published_at IS NULL` + after + `

@@ -17,7 +17,7 @@ import (
 
 var (
 	createdRelation = regexp.MustCompile(`(?i)\bCREATE\s+(?:UNIQUE\s+)?(TABLE|INDEX|SEQUENCE)\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)`)
-	tableBody       = regexp.MustCompile(`(?is)\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)\s*\((.*?)\n\);`)
+	tableBody       = regexp.MustCompile(`(?is)\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)\s*\((.*?)\n\)(?:\s*PARTITION\s+BY\s[^;]*)?;`)
 	columnLine      = regexp.MustCompile(`^\s+([a-z_][a-z0-9_]*)\s+[a-z]`)
 )
 

@@ -3,6 +3,7 @@ package pg
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io/fs"
@@ -313,4 +314,32 @@ func CountRows(ctx context.Context, db *sql.DB, t Table, where string) (int64, e
 		return 0, fmt.Errorf("count rows of %s: %w", t, err)
 	}
 	return n, nil
+}
+
+// CheckFirst returns an error when the ledger records a first step for t under another
+// name than ms's: t was made by another migration set (a table's layouts each have
+// their own, see the outbox's), whose later steps ms would wrongly take as applied.
+func (ms Migrations) CheckFirst(ctx context.Context, db *sql.DB, t Table) error {
+	if len(ms.Steps) == 0 {
+		return nil
+	}
+	var exists bool
+	if err := db.QueryRowContext(ctx, `SELECT to_regclass($1) IS NOT NULL`, ledgerFor(t)).Scan(&exists); err != nil {
+		return fmt.Errorf("look up migration ledger: %w", err)
+	}
+	if !exists {
+		return nil
+	}
+	var name string
+	err := db.QueryRowContext(ctx, `SELECT name FROM `+ledgerFor(t)+` WHERE tbl = $1 AND version = $2`, t.String(), ms.Steps[0].Version).Scan(&name)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read migration ledger: %w", err)
+	case name != ms.Steps[0].Name:
+		return fmt.Errorf("%s records migration %04d_%s for %s, not %04d_%s: the table was made by the other layout's migrations; roll it back with the setting it was made with, or delete its rows from %s if the table is gone",
+			ledgerFor(t), ms.Steps[0].Version, name, t, ms.Steps[0].Version, ms.Steps[0].Name, ledgerFor(t))
+	}
+	return nil
 }

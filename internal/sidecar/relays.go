@@ -49,7 +49,8 @@ func (s *sidecar) relays(db *sql.DB, listenDSN string, pubs []*broker.Broker, hs
 			if !gate.wait(ctx) {
 				return nil
 			}
-			return r.Run(ctx)
+			// A table of the other layout than SIDEBOX_OUTBOX_PARTITIONS: exit 2.
+			return config.FromComponent(r.Run(ctx))
 		}})
 	}
 	relayRuns = func() bool {
