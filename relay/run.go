@@ -63,12 +63,13 @@ func settleRuns(rows []row, res []result) (putBack int) {
 	return putBack
 }
 
-// runGate tracks, while a batch is published, which keys have started and which are
-// held: a held key's later rows are not published (they stay as they are), so that
-// none overtakes a row of its key that did not go.
+// runGate tracks, while a batch is published, which keys have started and where a key
+// is held: the rows of a held key from the held row on are not published (they stay as
+// they are), so that none overtakes a row of its key that did not go; the rows before
+// it go as usual.
 type runGate struct {
 	startedKeys map[string]bool
-	heldKeys    map[string]bool
+	heldFrom    map[string]int64 // key: seq of the held row
 }
 
 func (g *runGate) start(rw row) {
@@ -82,18 +83,29 @@ func (g *runGate) start(rw row) {
 
 func (g *runGate) started(rw row) bool { return rw.keyed && g.startedKeys[rw.orderingKey] }
 
+// hold holds rw's key from rw on (from the earliest row held, when held twice).
 func (g *runGate) hold(rw row) {
-	if rw.keyed {
-		if g.heldKeys == nil {
-			g.heldKeys = map[string]bool{}
-		}
-		g.heldKeys[rw.orderingKey] = true
+	if !rw.keyed {
+		return
+	}
+	if g.heldFrom == nil {
+		g.heldFrom = map[string]int64{}
+	}
+	if from, ok := g.heldFrom[rw.orderingKey]; !ok || rw.seq < from {
+		g.heldFrom[rw.orderingKey] = rw.seq
 	}
 }
 
-func (g *runGate) held(rw row) bool { return rw.keyed && g.heldKeys[rw.orderingKey] }
+// held reports whether rw is at or after the held row of its key.
+func (g *runGate) held(rw row) bool {
+	if !rw.keyed {
+		return false
+	}
+	from, ok := g.heldFrom[rw.orderingKey]
+	return ok && rw.seq >= from
+}
 
-// drop returns idx without the rows of held keys.
+// drop returns idx without the rows that are held.
 func (g *runGate) drop(rows []row, idx []int) []int {
 	return slices.DeleteFunc(idx, func(i int) bool { return g.held(rows[i]) })
 }

@@ -271,3 +271,44 @@ func TestSettleRunsKeepsConfirmedPrefix(t *testing.T) {
 		}
 	}
 }
+
+// A row that must go alone (a suspect) behind rows of its key that may be pipelined:
+// the rows before it go, the run ends at it, and it goes alone at the next claim. The
+// key drains. (Its hold used to drop the earlier rows too, and the same run was
+// claimed for ever.)
+func TestSuspectBehindItsKeysEarlierRowsDrains(t *testing.T) {
+	t.Parallel()
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "rk")
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, insertRow(t, db, table, exchange, "rk", fmt.Sprint("r", i), map[string]any{"ordering_key": "k"}))
+	}
+	r := startRelay(t, db, dsn, url, testConfig(table), func(r *Relay) { r.suspects[ids[1]] = time.Now() })
+	s.waitDistinct(t, 3, 20*time.Second)
+	testenv.Eventually(t, 10*time.Second, "the outbox to drain", func() bool {
+		return outboxCount(t, db, table, "") == 0
+	})
+	var got []string
+	for _, m := range s.messages() {
+		got = append(got, m.MessageId)
+	}
+	if !slices.Equal(got, ids) {
+		t.Errorf("arrival order %v, want %v", got, ids)
+	}
+	if n := r.claims.Load(); n > 50 {
+		t.Errorf("%d claims for three rows: the relay claimed the same run again and again", n)
+	}
+}
+
+// The gate holds a key from its held row on; the key's earlier rows and other keys go.
+func TestRunGateHoldsFromTheHeldRowOn(t *testing.T) {
+	t.Parallel()
+	k := func(key string, seq int64) row { return row{keyed: true, orderingKey: key, seq: seq} }
+	rows := []row{k("a", 1), k("a", 2), k("b", 3), k("a", 4), {seq: 5}}
+	var g runGate
+	g.hold(rows[1])
+	g.hold(rows[3]) // later: the earlier hold stands
+	if got := g.drop(rows, []int{0, 1, 2, 3, 4}); !slices.Equal(got, []int{0, 2, 4}) {
+		t.Errorf("kept %v, want [0 2 4]: a's row before the held one, b, the unkeyed row", got)
+	}
+}

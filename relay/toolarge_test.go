@@ -94,3 +94,37 @@ func TestRowOverBrokerMaxMessageSizeIsDeadAtOnce(t *testing.T) {
 		t.Errorf("second dead row: attempts %d, last_error %q", attempts, reason)
 	}
 }
+
+// An oversized row in the middle of its key's run: the rows before it are published,
+// it is dead at once, the row behind it waits, and the relay does not claim the run
+// again and again. (The hold used to take the run's earlier rows with it: nothing
+// was published, the failure was put back, and the same run was claimed for ever.)
+func TestOversizedRowMidRunLetsTheRowsBeforeItGo(t *testing.T) {
+	t.Parallel()
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "rk")
+	n := testenv.Count(t, db, `WITH i AS (INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
+		VALUES ($1, 'rk', 'before', 'k'), ($1, 'rk', decode(repeat('ab', 4096), 'hex'), 'k'), ($1, 'rk', 'behind', 'k') RETURNING 1) SELECT count(*) FROM i`, exchange)
+	if n != 3 {
+		t.Fatal("insert")
+	}
+	cfg := testConfig(table)
+	cfg.MaxMessageBytes = 4095
+	r := startRelay(t, db, dsn, url, cfg)
+	testenv.Eventually(t, 20*time.Second, "the large row dead", func() bool {
+		return outboxCount(t, db, table, `dead_at IS NOT NULL`) == 1
+	})
+	s.waitDistinct(t, 1, 10*time.Second)
+	waitIdle(t, db, r)
+	msgs := s.messages()
+	if len(msgs) != 1 || string(msgs[0].Body) != "before" {
+		t.Errorf("arrived %d messages, want one: the row before the large one", len(msgs))
+	}
+	if n := outboxCount(t, db, table, `dead_at IS NULL AND payload = 'behind'`); n != 1 {
+		t.Errorf("the row behind the dead one: %d left, want 1 (blocked)", n)
+	}
+	claims := r.claims.Load()
+	t.Logf("claims until idle: %d", claims)
+	if claims > 50 {
+		t.Errorf("%d claims for three rows: the relay claimed the same run again and again", claims)
+	}
+}
