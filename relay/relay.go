@@ -381,6 +381,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.checkLayout(ctx); err != nil {
 		return err
 	}
+	r.checkAutovacuum(ctx)
 
 	var hb sync.WaitGroup
 	hb.Go(func() { r.heartbeat(ctx) })
@@ -524,3 +525,20 @@ func (f *wakeFlag) clear(ctx context.Context, log *zap.Logger) {
 }
 
 func (f *wakeFlag) wait() { f.wg.Wait() }
+
+// checkAutovacuum warns once, at start, when autovacuum does not keep the table's
+// statistics: without them the planner takes a large backlog for a few rows, and each
+// claim sorts the whole backlog instead of reading the first rows of an index
+// (docs/DESIGN.md, "Cost at any backlog").
+func (r *Relay) checkAutovacuum(ctx context.Context) {
+	dbctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	why, err := outboxdb.Autovacuum(dbctx, r.db, r.table)
+	cancel()
+	switch {
+	case err != nil:
+		r.log.Debug("cannot read the autovacuum settings", errField(err))
+	case why != "":
+		r.log.Warn("autovacuum does not analyse the outbox table: the claim's plans rely on its statistics, and without them a backlog of a few hundred thousand rows drains at a small fraction of the usual rate",
+			zap.String("reason", why), zap.String("hint", "enable autovacuum, or run ANALYZE "+r.table.String()+" after large changes (an outage's backlog)"))
+	}
+}

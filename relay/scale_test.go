@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/broker"
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
@@ -431,5 +432,33 @@ func TestUnkeyedCursorComesBackForRowsLeftBehind(t *testing.T) {
 		if got := claim(want.settle); got != want.rows {
 			t.Errorf("claim %d: rows %s, want %s", i+1, got, want.rows)
 		}
+	}
+}
+
+// The relay's start-up check names why autovacuum does not keep the table's
+// statistics: off on the server, or off for the table.
+func TestAutovacuumCheckNamesWhyItIsOff(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	var server bool
+	if err := db.QueryRow(`SELECT current_setting('autovacuum') = 'on'`).Scan(&server); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	why, err := outboxdb.Autovacuum(ctx, db, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[bool]string{true: "", false: "autovacuum is off on the server"}[server]; why != want {
+		t.Errorf("autovacuum on the server %v, table default: %q, want %q", server, why, want)
+	}
+	testenv.Exec(t, db, `ALTER TABLE outbox SET (autovacuum_enabled = false)`)
+	if why, err = outboxdb.Autovacuum(ctx, db, table); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[bool]string{true: "autovacuum_enabled = false on the table", false: "autovacuum is off on the server"}[server]; why != want {
+		t.Errorf("autovacuum on the server %v, off for the table: %q, want %q", server, why, want)
 	}
 }

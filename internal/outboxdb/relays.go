@@ -105,3 +105,22 @@ func ReadDetail(ctx context.Context, db *sql.DB, t pg.Table) (*Detail, error) {
 	}
 	return &d, nil
 }
+
+// Autovacuum returns why autovacuum does not run for table t: "" when it does, else
+// "autovacuum is off on the server" or "autovacuum_enabled = false on the table". The
+// claim's plans rely on the table's statistics, which autovacuum keeps (ANALYZE).
+func Autovacuum(ctx context.Context, db *sql.DB, t pg.Table) (string, error) {
+	var server, table bool
+	err := db.QueryRowContext(ctx, `SELECT current_setting('autovacuum') = 'on',
+    coalesce((SELECT o.option_value::bool FROM pg_class c, pg_options_to_table(c.reloptions) o
+              WHERE c.oid = $1::regclass AND o.option_name = 'autovacuum_enabled'), true)`, t.String()).Scan(&server, &table)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("read the autovacuum settings of %s: %w", t, err)
+	case !server:
+		return "autovacuum is off on the server", nil
+	case !table:
+		return "autovacuum_enabled = false on the table", nil
+	}
+	return "", nil
+}
