@@ -282,6 +282,13 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 		tb.Fatalf("writer stopped: %v", werr)
 	}
 	backlog := written.Load()
+	// The outage's inserts are what autovacuum analyses (its threshold is 50 rows
+	// plus 10 % of the table); the shared test server runs without autovacuum, and
+	// without statistics the planner takes the backlog for a few rows (see
+	// docs/DESIGN.md, "Cost at any backlog"). Analyse as autovacuum would have.
+	if _, err := e.db.ExecContext(ctx, `ANALYZE outbox`); err != nil {
+		tb.Fatalf("analyze: %v", err)
+	}
 	var startedAt time.Time
 	if err := e.db.QueryRowContext(ctx, `SELECT clock_timestamp()`).Scan(&startedAt); err != nil {
 		tb.Fatal(err)
@@ -295,11 +302,13 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 	start := time.Now()
 	writtenAtStart := written.Load()
 	go func() { exited <- rl.Run(runCtx) }()
-	// Caught up: no row remains that was committed before the relay started.
+	// Caught up: no row remains that was committed before the relay started. The
+	// probe matches outbox_unkeyed_idx's predicate: one index probe, not a scan of
+	// the table every 50 ms beside the relay.
 	err = waitFor(ctx, 50*time.Millisecond, func() (bool, error) {
 		var left bool
 		err := e.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM outbox
-			WHERE ordering_key IS NULL AND dead_at IS NULL AND available_at <= $1)`, startedAt).Scan(&left)
+			WHERE ordering_key IS NULL AND dead_at IS NULL AND published_at IS NULL AND available_at <= $1)`, startedAt).Scan(&left)
 		return !left, err
 	})
 	took := time.Since(start)
@@ -333,7 +342,7 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 		fmt.Sprintf("1/%.0f", outage.Seconds()/took.Seconds()), "≤ 1/20",
 		rate(float64(backlog)/took.Seconds()), fmt.Sprintf("%s (%d rows, %s)", alive, writtenDuring, rate(float64(writtenDuring)/took.Seconds())))
 	r.note("Caught up: no row committed before the relay's start is left in the outbox (polled every 50 ms). 256 B rows, default configuration, a consumer attached (%d deliveries counted, %v published).", counted.Load(), published.value)
-	r.note("The writer commits every 10 ms the rows due at 1,000 per second, on the application's pool.")
+	r.note("The writer commits every 10 ms the rows due at 1,000 per second, on the application's pool. The outbox is ANALYZEd when the relay starts, as autovacuum would have analysed it during the outage (the shared test server runs without autovacuum; without statistics the claim's plan sorts the whole backlog: 1/1 of the outage in an earlier run).")
 	e.noteLoad(r)
 	frac := took.Seconds() / outage.Seconds()
 	r.goal(fmt.Sprintf("catch-up after a %s outage at 1,000 msg/s, writer running", outage), fmt.Sprintf("%s (1/%.0f of the outage)", took.Round(10*time.Millisecond), 1/frac),
