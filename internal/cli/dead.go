@@ -81,19 +81,7 @@ func deadCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := f.check(fs, sub); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(config.Database | config.Outbox | config.Inbox)
-	if err != nil {
-		return err
-	}
-	configured, kind := cfg.Outboxes, "outbox"
-	if f.inbox {
-		configured, kind = cfg.Inboxes, "inbox"
-	}
-	tables, err := chooseTables(fs.Name(), kind, configured, f.tables)
-	if err != nil {
-		return err
-	}
-	db, err := connect(ctx, cfg.DatabaseURL)
+	tables, db, err := openTables(ctx, fs.Name(), f.inbox, f.tables)
 	if err != nil {
 		return err
 	}
@@ -115,22 +103,39 @@ func deadCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	return nil
 }
 
-// chooseTables returns the tables a command acts on: those named by --table, else every
-// configured one. A named table must be a valid identifier; it need not be configured,
-// so that a tool can reach a table the sidecar no longer serves.
-func chooseTables(cmd, kind string, configured []pg.Table, named []string) ([]pg.Table, error) {
-	if len(named) == 0 {
-		return configured, nil
+// openTables reads the configuration of a command that works on tables (the outbox
+// tables, or the inbox tables when inbox), picks those named by --table or else every
+// configured one, and connects to the database. A named table must be a valid
+// identifier; it need not be configured, so that a tool can reach a table the sidecar
+// no longer serves.
+func openTables(ctx context.Context, cmd string, inbox bool, named []string) ([]pg.Table, *sql.DB, error) {
+	what := config.Database | config.Outbox
+	if inbox {
+		what = config.Database | config.Inbox
 	}
-	tables := make([]pg.Table, 0, len(named))
-	for _, n := range named {
-		t, err := pg.ParseTable(n)
-		if err != nil {
-			return nil, usagef("%s: --table %q is not a valid %s table name: %v", cmd, n, kind, err)
+	cfg, err := loadConfig(what)
+	if err != nil {
+		return nil, nil, err
+	}
+	tables, kind := cfg.Outboxes, "outbox"
+	if inbox {
+		tables, kind = cfg.Inboxes, "inbox"
+	}
+	if len(named) > 0 {
+		tables = make([]pg.Table, 0, len(named))
+		for _, n := range named {
+			t, err := pg.ParseTable(n)
+			if err != nil {
+				return nil, nil, usagef("%s: --table %q is not a valid %s table name: %v", cmd, n, kind, err)
+			}
+			tables = append(tables, t)
 		}
-		tables = append(tables, t)
 	}
-	return tables, nil
+	db, err := connect(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tables, db, nil
 }
 
 // deadRun is one `dead` command over one or more tables. With --json, list collects

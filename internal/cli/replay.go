@@ -7,7 +7,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/sidebox/sidebox/internal/config"
 	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 )
@@ -37,15 +36,7 @@ func replayCmd(ctx context.Context, args []string, stdout io.Writer) error {
 			return usagef("replay: --since %q is neither an RFC 3339 time nor a positive duration", *sinceFlag)
 		}
 	}
-	cfg, err := loadConfig(config.Database | config.Outbox)
-	if err != nil {
-		return err
-	}
-	tables, err := chooseTables(fs.Name(), "outbox", cfg.Outboxes, named)
-	if err != nil {
-		return err
-	}
-	db, err := connect(ctx, cfg.DatabaseURL)
+	tables, db, err := openTables(ctx, fs.Name(), false, named)
 	if err != nil {
 		return err
 	}
