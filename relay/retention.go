@@ -37,12 +37,8 @@ func (r *Relay) purge(ctx context.Context) {
 		if total > 0 {
 			r.log.Debug("purged published outbox rows past the retention", zap.Int64("rows", total), zap.Duration("retention", r.cfg.Retention))
 		}
-		t := time.NewTimer(r.purgeEvery)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !r.nextRound(ctx) {
 			return
-		case <-t.C:
 		}
 	}
 }
@@ -118,12 +114,21 @@ func (r *Relay) maintainPartitions(ctx context.Context) {
 		default:
 			busy = 0
 		}
-		t := time.NewTimer(r.purgeEvery)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !r.nextRound(ctx) {
 			return
-		case <-t.C:
 		}
+	}
+}
+
+// nextRound waits purgeEvery, the pause between rounds of the purge and of partition
+// upkeep; false when ctx is done first.
+func (r *Relay) nextRound(ctx context.Context) bool {
+	t := time.NewTimer(r.purgeEvery)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
