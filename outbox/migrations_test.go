@@ -183,6 +183,29 @@ func assertWakeup(t *testing.T, db *sql.DB, dsn string, table pg.Table) {
 	if got := next(); got != "marker2" {
 		t.Fatalf("a three-row transaction notified more than once (got %q before the marker)", got)
 	}
+	// That writer took the flag: the writers after it do not notify, until a relay
+	// raises the flag again (migration 0006).
+	var flag int64
+	if err := db.QueryRow(`SELECT last_value FROM ` + table.Ident("_wakeup")).Scan(&flag); err != nil {
+		t.Fatal(err)
+	}
+	if flag < 2 {
+		t.Errorf("after the notifying commit the wake-up flag is %d, want 2 or more (taken by the writer)", flag)
+	}
+	for range 5 {
+		insert()
+	}
+	if _, err := db.Exec(`SELECT pg_notify($1, 'marker3')`, table.Channel()); err != nil {
+		t.Fatal(err)
+	}
+	if got := next(); got != "marker3" {
+		t.Fatalf("a writer notified after another had taken the flag (got %q before the marker)", got)
+	}
+	setFlag(1)
+	insert()
+	if got := next(); got != "" {
+		t.Fatalf("the flag raised again: notification %q, want the writer's", got)
+	}
 	setFlag(0)
 	if _, err := db.Exec(`DELETE FROM ` + table.String()); err != nil {
 		t.Fatal(err)

@@ -27,7 +27,8 @@ type batch struct {
 // walk cursor and the wake-up state need no locking.
 //
 // Wake-up. Writers notify at commit only while the table's wake-up flag is up. The
-// relay sleeps with the flag up: a commit wakes it at once. Once rows come in a
+// relay sleeps with the flag up: a commit wakes it at once, and that writer takes the
+// flag, so that the writers after it do not notify. Once rows come in a
 // stream, or it falls behind (a batch comes back full or every worker is busy), it
 // lowers the flag and streams (wakeup.go): it claims again whenever a worker is free
 // and rows were found, and peeks every few milliseconds otherwise, so writers pay
@@ -45,7 +46,7 @@ type dispatcher struct {
 	inflight atomic.Int32 // batches handed out and not yet settled
 	followUp atomic.Bool  // a finished batch may have made rows claimable (a key's next row, a retry)
 
-	flagSet    bool      // this relay raised the wake-up flag and has not lowered it since
+	flagSet    bool      // this relay raised the wake-up flag, and no one lowered or took it since
 	raise      bool      // raise the flag before the next claim
 	settleAt   time.Time // a claim is due at this time (zero: none) after the flag went up
 	keyedFirst bool      // which part of the claim goes first; alternates

@@ -483,8 +483,8 @@ func (r *Relay) dropSuspect(id string) {
 	delete(r.suspects, id)
 }
 
-// wakeFlag writes the table's wake-up sequence: 1 while the relay sleeps (writers then
-// notify at commit), 0 while it works (writers do not). Setting is synchronous, because
+// wakeFlag writes the table's wake-up sequence: 1 while the relay sleeps (the first
+// writer to commit then takes it and notifies), 0 while it works (writers do not). Setting is synchronous, because
 // the relay must claim once more after it; clearing is asynchronous, off the hot path,
 // but never overtakes a later set.
 type wakeFlag struct {

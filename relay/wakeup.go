@@ -65,15 +65,28 @@ func (d *dispatcher) streamWait(due time.Duration) time.Duration {
 	return w.gap
 }
 
-// sawFlag records the wake-up flag as a claim or a peek read it. Down while this relay
-// had it up: another relay of the table streams (or the database lost it); this one
-// leaves it down for a poll interval (see yield) and raises it again then. Up while
-// this relay streams: another relay raised it on going to sleep; the streaming relay
-// lowers it again, so that writers do not notify.
+// Values of the wake-up flag (migration 0006). A writer that commits while the flag is
+// up moves it to flagTaken (nextval: exactly one writer gets flagTaken) and notifies;
+// later writers see it taken and do not notify.
+const (
+	flagDown  = 0 // lowered by a relay that streams or polls
+	flagUp    = 1 // raised by a sleeping relay: the next writer notifies
+	flagTaken = 2 // and more: taken by a writer, whose notification wakes the relays
+)
+
+// sawFlag records the wake-up flag as a claim or a peek read it. Lowered while this
+// relay had it up: another relay of the table streams (or the database lost it); this
+// one leaves it down for a poll interval (see yield) and raises it again then. Taken
+// by a writer: the writer's notification wakes the relay, and writers stay quiet until
+// the relay raises the flag again, once it has caught up. Up while this relay streams:
+// another relay raised it on going to sleep; the streaming relay lowers it again, so
+// that writers do not notify.
 func (d *dispatcher) sawFlag(ctx context.Context, v int64) {
 	switch {
-	case v == 0:
+	case v == flagDown:
 		d.wk.yielded = d.wk.yielded || d.flagSet
+		d.flagSet = false
+	case v >= flagTaken:
 		d.flagSet = false
 	case d.wk.streaming && !d.flagSet:
 		d.r.flag.clear(context.WithoutCancel(ctx), d.r.log)

@@ -105,6 +105,56 @@ func TestStreamingWritersSendNoNotify(t *testing.T) {
 	}
 }
 
+// A burst of commits on a sleeping relay costs one NOTIFY, not one per transaction
+// until the relay lowers the flag: the first writer takes the flag (migration 0006),
+// the writers after it find it taken. Once the burst is published the relay raises
+// the flag again, and the next lone row wakes it by notification.
+func TestBurstOnSleepingRelaySendsOneNotify(t *testing.T) {
+	t.Parallel()
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "k")
+	notified := countNotifications(t, dsn, table)
+
+	cfg := testConfig(table)
+	cfg.PollInterval = 30 * time.Second // only notifications or streaming can deliver fast
+	r := startRelay(t, db, dsn, url, cfg)
+	waitIdle(t, db, r)
+
+	// 8 writers commit 25 one-row transactions each, as fast as they can.
+	const writers, each = 8, 25
+	before := notified.Load()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for w := range writers {
+		wg.Go(func() {
+			<-start
+			for i := range each {
+				if _, err := db.Exec(`INSERT INTO `+table.String()+` (exchange, routing_key, payload) VALUES ($1, 'k', $2)`,
+					exchange, fmt.Appendf(nil, "%d-%d", w, i)); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	s.waitDistinct(t, writers*each, 20*time.Second)
+	n := notified.Load() - before
+	t.Logf("%d NOTIFYs for a burst of %d writer transactions", n, writers*each)
+	// One for the burst's first commit; a few more where the relay raised the flag
+	// again between claims before the burst had reached it.
+	if n > 3 {
+		t.Errorf("a burst of %d transactions on a sleeping relay sent %d NOTIFYs, want at most 3", writers*each, n)
+	}
+
+	waitIdle(t, db, r)
+	at := time.Now()
+	insertRow(t, db, table, exchange, "k", "after", nil)
+	s.waitDistinct(t, writers*each+1, 5*time.Second)
+	if d := time.Since(at); d > 2*time.Second {
+		t.Errorf("a row written after the burst took %v with a poll interval of %v: no wake-up by notification", d, cfg.PollInterval)
+	}
+}
+
 // The race: a writer's trigger finds the flag down (the relay is streaming), then the
 // relay goes to sleep and raises the flag, then the writer commits. The writer sends no
 // NOTIFY, and still its row is published within one poll interval of its commit.

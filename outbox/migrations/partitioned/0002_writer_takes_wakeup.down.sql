@@ -1,0 +1,15 @@
+-- Back to migration 0001: notifying writers leave the flag up.
+CREATE OR REPLACE FUNCTION outbox_wakeup() RETURNS trigger LANGUAGE plpgsql
+SECURITY INVOKER SET search_path FROM CURRENT AS $$
+BEGIN
+    IF (SELECT last_value FROM outbox_wakeup) = 1
+       AND coalesce(current_setting('sidebox.outbox_notified', true), '') = '' THEN
+        PERFORM set_config('sidebox.outbox_notified', 'yes', true);
+        PERFORM pg_notify('sidebox_outbox', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+SELECT setval('outbox_wakeup', 1) WHERE pg_sequence_last_value('outbox_wakeup'::regclass) > 1;
+ALTER SEQUENCE outbox_wakeup MAXVALUE 1;
