@@ -86,9 +86,6 @@ func benchClaimRetention(tb *testing.B) *report {
 	}
 
 	// Prepared, as the relay runs its claim on a direct connection (PrepareAuto).
-	// Runs on 2026-12-03 read the same buffers in both tables but gave kept ÷ deleted
-	// 0.96 and 1.32 prepared, 1.29 and 1.32 unprepared (planned at every claim):
-	// the difference is in planning and plan choice, not in the rows read.
 	st := pg.NewStatements(e.db, pg.PrepareOn, nil)
 	settings := outboxdb.ClaimSettings(time.Minute)
 	measure := func(t pg.Table, keyedFirst bool) (time.Duration, int) {
@@ -173,7 +170,7 @@ func benchClaimRetention(tb *testing.B) *report {
 	r.row(fmt.Sprintf("SIDEBOX_OUTBOX_PARTITIONS=daily, %d partitions", nparts), "10,000", fmt.Sprintf("%d", kept), fmtMS(p50P), fmtMS(p90P), exP+"; buffers "+bufP)
 	r.note("kept ÷ deleted, claim p50: **%.2f** (target ≤ 1.10)", ratio)
 	r.note("partitioned ÷ deleted, claim p50: **%.2f** (each partition's claim index is read: the cost grows with the number of partitions, docs/DESIGN.md \"Retention\")", ratioP)
-	r.note("%d claims of %d rows per table, interleaved, keyed part first in every other one, each rolled back so that all see the same rows; JIT off and prepared as the relay runs them on a direct connection (the ratio varied from 0.96 to 1.32 between runs, prepared or not, with the same buffers read); the tables vacuumed and analysed; kept rows loaded in %s", claims, relay.DefaultBatchSize, loaded.Round(time.Second))
+	r.note("%d claims of %d rows per table, interleaved, keyed part first in every other one, each rolled back so that all see the same rows; in the relay's claim transaction (JIT and incremental sorts off) and prepared, as the relay runs them on a direct connection; the tables vacuumed and analysed; kept rows loaded in %s", claims, relay.DefaultBatchSize, loaded.Round(time.Second))
 	r.note("load average at start: %s", e.load)
 	return r
 }

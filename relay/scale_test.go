@@ -86,6 +86,7 @@ func TestClaimTransactionSettings(t *testing.T) {
 	_, tx := claimOnce(t, db, cfg, true)
 	for setting, want := range map[string]string{
 		"jit":                                 "off",
+		"enable_incremental_sort":             "off",
 		"synchronous_commit":                  "off",
 		"idle_in_transaction_session_timeout": "37s",
 	} {
@@ -460,5 +461,53 @@ func TestAutovacuumCheckNamesWhyItIsOff(t *testing.T) {
 	}
 	if want := map[bool]string{true: "autovacuum_enabled = false on the table", false: "autovacuum is off on the server"}[server]; why != want {
 		t.Errorf("autovacuum on the server %v, off for the table: %q, want %q", server, why, want)
+	}
+}
+
+// The claim's unkeyed part reads outbox_unkeyed_idx in claim order and stops at the
+// batch, however many published rows the table keeps (audit retention). Beside
+// 1,000,000 kept rows the planner used to prefer outbox_available_idx, which also
+// holds the keyed rows, under an incremental sort on seq: every unkeyed-first claim
+// then read and sorted all the waiting rows of one commit time (the claim took 1.3 ×
+// as long as without kept rows, bench "Claim with 1000000 kept rows"). The claim's
+// transaction turns incremental sorts off. The rows are real: the plan flips with the
+// table's size, which statistics alone do not reproduce.
+func TestUnkeyedClaimUsesItsIndexBesideKeptRows(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	// Kept rows first, a quarter of them keyed; then the waiting rows of one commit,
+	// half of them keyed.
+	testenv.Exec(t, db, `INSERT INTO outbox (routing_key, payload, ordering_key, created_at, available_at, published_at)
+		SELECT 'rk', convert_to(lpad(g::text, 32, '0'), 'UTF8'), CASE WHEN g % 4 = 0 THEN 'k' || (g % 1000) END,
+			now() - interval '2 days', now() - interval '2 days', now() - interval '1 day'
+		FROM generate_series(1, 1000000) g`)
+	testenv.Exec(t, db, `INSERT INTO outbox (routing_key, payload, ordering_key)
+		SELECT 'rk', convert_to(repeat('x', 256), 'UTF8'), CASE WHEN g % 2 = 0 THEN 'k' || (g % 1000) END FROM generate_series(1, 10000) g`)
+	testenv.Exec(t, db, `VACUUM ANALYZE outbox`)
+
+	cfg := claimConfig(DefaultBatchSize)
+	cfg.Table = table.String()
+	_, tx := claimOnce(t, db, cfg, false) // in the claim's transaction, with its settings
+	q := newQueries(table)
+	rows, err := tx.Query(`EXPLAIN (FORMAT TEXT) `+q.Variant(false, false, false), claimArgs(cfg, nil, 4*DefaultBatchSize+16, nil)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, line)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if text := strings.Join(plan, "\n"); strings.Contains(text, "Incremental Sort") || !strings.Contains(text, "outbox_unkeyed_idx") {
+		t.Errorf("the unkeyed part of the claim does not read outbox_unkeyed_idx in claim order:\n%s", text)
 	}
 }

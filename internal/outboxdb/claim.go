@@ -39,12 +39,15 @@ const asyncCommit = `SET LOCAL synchronous_commit TO off`
 // which refuses most start-up parameters:
 //   - no JIT: the claim runs in milliseconds, and compiling it would cost hundreds
 //     of milliseconds whenever the planner's estimate passes jit_above_cost;
+//   - no incremental sort: with many published rows kept (audit retention) the
+//     planner would read the unkeyed part from outbox_available_idx, which holds
+//     keyed rows too, and sort on seq, instead of outbox_unkeyed_idx in claim order;
 //   - asynchronous commit (asyncCommit);
 //   - a batch's transaction that stays idle longer than idle is ended by the server,
 //     so that a relay that hangs or loses its process does not keep the batch's rows
 //     locked.
 func ClaimSettings(idle time.Duration) string {
-	return fmt.Sprintf("SET LOCAL jit = off; %s; SET LOCAL idle_in_transaction_session_timeout = %d",
+	return fmt.Sprintf("SET LOCAL jit = off; SET LOCAL enable_incremental_sort = off; %s; SET LOCAL idle_in_transaction_session_timeout = %d",
 		asyncCommit, idle.Milliseconds())
 }
 
