@@ -29,6 +29,11 @@ type wakeState struct {
 	streaming bool          // the flag is kept down and the relay polls
 	gap       time.Duration // the last pause between polls while streaming
 	yielded   bool          // the flag went down under this sleeping relay
+	flag      int64         // the flag as the last claim or peek read it
+	// served: a claim found rows since this relay last saw its raised flag taken. A
+	// relay that finds the flag taken and no rows leaves the writers to the relay that
+	// serves them (see yield).
+	served bool
 }
 
 // found is called after a claim that found rows, with the start of the previous claim
@@ -37,6 +42,7 @@ type wakeState struct {
 func (d *dispatcher) found(prev, now time.Time, drained bool) bool {
 	w := &d.wk
 	w.gap = 0
+	w.served = true
 	if !w.streaming && !d.r.polled.Load() {
 		w.streaming = drained || (!prev.IsZero() && now.Sub(prev) < streamQuiet)
 	}
@@ -82,22 +88,31 @@ const (
 // another relay raised it on going to sleep; the streaming relay lowers it again, so
 // that writers do not notify.
 func (d *dispatcher) sawFlag(ctx context.Context, v int64) {
+	d.wk.flag = v
 	switch {
 	case v == flagDown:
 		d.wk.yielded = d.wk.yielded || d.flagSet
 		d.flagSet = false
 	case v >= flagTaken:
+		if d.flagSet {
+			d.wk.served = false // taken from under this relay: by whose rows, we shall see
+		}
 		d.flagSet = false
 	case d.wk.streaming && !d.flagSet:
 		d.r.flag.clear(context.WithoutCancel(ctx), d.r.log)
 	}
 }
 
-// yield reports, once, that the flag went down under this relay while it slept: it
-// then sleeps a poll interval before it raises the flag again, rather than raising it
-// against a streaming relay that lowers it at once.
+// yield reports that this relay, with nothing to claim, should leave the flag alone
+// and sleep a poll interval (or until a notification) rather than raise it:
+//   - once, after the flag went down under it while it slept: rather than raising it
+//     against a streaming relay that lowers it at once;
+//   - while the flag is taken and this relay found no rows since it was taken: another
+//     relay serves those writers (or the taker's commit is not visible yet, and its
+//     notification is on its way). Raising it would only let the next writer take it
+//     again and notify, round after round, while the other relay streams.
 func (d *dispatcher) yield() bool {
-	y := d.wk.yielded
+	y := d.wk.yielded || d.wk.flag >= flagTaken && !d.wk.served
 	d.wk.yielded = false
 	return y
 }

@@ -57,3 +57,44 @@ func TestNotificationWakesSleepingRelay(t *testing.T) {
 		t.Errorf("a message took %v to arrive; the notification did not wake the relay", worst)
 	}
 }
+
+// The wake-up state after a writer took the flag (pure logic, no database). A relay
+// whose raised flag was taken, and which then found no rows, leaves the flag alone
+// (yield) for as long as it finds none: another relay serves those writers, or the
+// taker's notification is on its way. Once it finds rows, it is the one serving, and
+// it raises the flag again when it has caught up.
+func TestTakenFlagIsRaisedAgainOnlyByTheRelayServingIt(t *testing.T) {
+	ctx := t.Context()
+	d := &dispatcher{r: &Relay{}, flagSet: true}
+
+	d.sawFlag(ctx, flagTaken) // the claim after the notification found nothing
+	if d.flagSet {
+		t.Fatal("a taken flag still counts as raised by this relay")
+	}
+	for round := range 3 {
+		if !d.yield() {
+			t.Fatalf("round %d: a relay that found no rows since the flag was taken raises it again", round)
+		}
+		d.sawFlag(ctx, flagTaken+int64(round)) // more writers took it meanwhile
+	}
+
+	d.found(time.Time{}, time.Now(), false) // it found the writers' rows
+	d.sawFlag(ctx, flagTaken)               // and caught up, the flag still taken
+	if d.yield() {
+		t.Fatal("the relay that served the writers does not raise the flag once caught up")
+	}
+
+	// Raised again, taken again: the relay that last served must find rows anew.
+	d.flagSet = true
+	d.sawFlag(ctx, flagTaken)
+	if !d.yield() {
+		t.Fatal("a relay that served an earlier take raises the flag again for a take it has not served")
+	}
+
+	// Lowered under a sleeping relay: it yields once, as before.
+	d.flagSet = true
+	d.sawFlag(ctx, flagDown)
+	if !d.yield() || d.yield() {
+		t.Fatal("a flag lowered under a sleeping relay: want one yield")
+	}
+}

@@ -16,7 +16,7 @@ import (
 	"github.com/sidebox/sidebox/internal/pg"
 )
 
-// Partitioning is the layout of an outbox table: plain (migrations 0001-0005) or
+// Partitioning is the layout of an outbox table: plain (migrations 0001-0006) or
 // partitioned by day (the partitioned migration), SIDEBOX_OUTBOX_PARTITIONS.
 type Partitioning string
 

@@ -7,6 +7,8 @@
 -- one notifies. The relay raises the flag to 1 again when it has caught up.
 -- SECURITY DEFINER: writers keep only SELECT on the sequence (roles.sql.example); the
 -- function runs as the migration's owner, with the search_path it was created with.
+-- Nobody needs to call it (a trigger fires without EXECUTE): it is revoked from PUBLIC,
+-- so that no other table's trigger can run it as the owner.
 -- Upgrade the sidecars before this migration: an older relay does not read 2 as a taken
 -- flag, and wakes up only by its poll until it raises the flag again.
 ALTER SEQUENCE outbox_wakeup MAXVALUE 9223372036854775807;
@@ -21,3 +23,5 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION outbox_wakeup() FROM PUBLIC;

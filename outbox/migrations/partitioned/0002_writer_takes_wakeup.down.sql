@@ -11,5 +11,9 @@ BEGIN
 END
 $$;
 
+GRANT EXECUTE ON FUNCTION outbox_wakeup() TO PUBLIC;
+
+-- A taken flag (2 or more) reads as up again. The sequence keeps its larger MAXVALUE:
+-- lowering it would fail while a writer still running the function of 0006 takes the
+-- flag, and make such a writer's nextval fail once this commits.
 SELECT setval('outbox_wakeup', 1) WHERE pg_sequence_last_value('outbox_wakeup'::regclass) > 1;
-ALTER SEQUENCE outbox_wakeup MAXVALUE 1;
