@@ -240,10 +240,14 @@ const rescanAfter = 10 * time.Second
 
 // limit is the row limit of the next claim.
 func (d *dispatcher) limit() int {
-	if d.rowLimit == 0 {
-		return d.r.cfg.BatchSize
+	n := d.r.cfg.BatchSize
+	if d.rowLimit > 0 {
+		n = d.rowLimit
 	}
-	return d.rowLimit
+	if c := d.r.batchCap.Load(); c > 0 {
+		n = min(n, int(c))
+	}
+	return n
 }
 
 // maxVisits bounds the keys one claim's walk visits, so that many blocked keys cannot

@@ -264,3 +264,35 @@ func TestFloatHeadersArriveAsFloats(t *testing.T) {
 		t.Errorf("headers = %#v\nwant      %#v", m.Headers, want)
 	}
 }
+
+// A link too slow to confirm a whole batch within PublishTimeout: each timeout halves
+// the rows the next batches take, until they are confirmed in time, so the backlog
+// drains with few duplicates. Batches of the full size would time out round after
+// round, every round sending the whole batch again behind the copies still in flight.
+func TestSlowLinkShrinksBatchesUntilConfirmsArriveInTime(t *testing.T) {
+	t.Parallel()
+	db, dsn, table, url, exchange, s := setup(t, "outbox", "slow")
+	const rows, size = 400, 2000
+	testenv.Exec(t, db, `INSERT INTO `+table.String()+` (exchange, routing_key, payload)
+		SELECT $1, 'slow', convert_to(lpad(i::text, $2, '0'), 'UTF8') FROM generate_series(1, $3) i`, exchange, size, rows)
+
+	// 100 KB/s: a batch of 400 rows of 2 KB takes 8 s to send; 1 s carries about 50.
+	proxy := testenv.Proxy(t, url)
+	proxy.Bandwidth(t, 100)
+	cfg := testConfig(table)
+	cfg.BatchSize = rows
+	cfg.PublishTimeout = time.Second
+	r := startRelay(t, db, dsn, proxy.URL(url), cfg)
+	s.waitDistinct(t, rows, 90*time.Second)
+	testenv.Eventually(t, 30*time.Second, "the outbox to be empty", func() bool { return outboxCount(t, db, table, "") == 0 })
+	dups := s.total() - rows
+	t.Logf("%d rows over a 100 KB/s link with a 1 s publish timeout: %d duplicates, %d claims, batches now at most %d rows",
+		rows, dups, r.claims.Load(), r.batchCap.Load())
+	// Sending the first full batch alone takes 8 s: the rows it could not confirm
+	// within the second (about 350) are sent again, and so are those of the next
+	// batches until one fits (about 550 duplicates in all). Batches that kept their
+	// full size did not drain the outbox within a minute.
+	if dups > 2*rows {
+		t.Errorf("%d duplicates for %d rows: batches did not shrink to what the link confirms in time", dups, rows)
+	}
+}

@@ -255,6 +255,10 @@ type Relay struct {
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time
 
+	// batchCap bounds the rows of a batch after publish timeouts; 0: no bound but
+	// BatchSize (see publishTimedOut).
+	batchCap atomic.Int64
+
 	// brokerMax is the largest message the broker said it takes, learned from its
 	// refusal of a larger one; 0: not known.
 	brokerMax atomic.Int64

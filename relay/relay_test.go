@@ -11,6 +11,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
@@ -382,5 +383,39 @@ func TestDelayedRowWaitsForAvailableAt(t *testing.T) {
 	}
 	if s.count(now) != 1 || s.count(later) != 1 {
 		t.Errorf("deliveries: now %d, later %d; want 1 each", s.count(now), s.count(later))
+	}
+}
+
+// The bound on a batch's rows after publish timeouts (pure logic): down to half, or to
+// what was confirmed in time, never below one; back up by a fiftieth of the batch size
+// per batch confirmed in time, then gone.
+func TestBatchCapAfterPublishTimeouts(t *testing.T) {
+	r := &Relay{cfg: Config{BatchSize: 500}, log: zap.NewNop()}
+	for _, step := range []struct {
+		inTime int // -1: a batch confirmed in time
+		want   int64
+	}{
+		{inTime: 400, want: 250}, {inTime: 40, want: 40}, {inTime: 0, want: 1}, {inTime: 0, want: 1},
+		{inTime: -1, want: 11}, {inTime: -1, want: 21}, {inTime: 3, want: 3},
+	} {
+		if step.inTime < 0 {
+			r.publishedInTime()
+		} else {
+			r.publishTimedOut(step.inTime)
+		}
+		if got := r.batchCap.Load(); got != step.want {
+			t.Fatalf("after %+v: bound %d, want %d", step, got, step.want)
+		}
+	}
+	for range 50 {
+		r.publishedInTime()
+	}
+	if got := r.batchCap.Load(); got != 0 {
+		t.Fatalf("after 50 batches in time the bound is %d, want none (0)", got)
+	}
+	d := &dispatcher{r: r}
+	r.batchCap.Store(7)
+	if got := d.limit(); got != 7 {
+		t.Fatalf("claim limit %d under a bound of 7", got)
 	}
 }
