@@ -239,8 +239,8 @@ func TestMigratePrint(t *testing.T) {
 	if r.code != 0 {
 		t.Fatal(r)
 	}
-	for _, want := range []string{"-- outbox/migrations/0001_create_outbox.up.sql\n", "CREATE TABLE IF NOT EXISTS outbox (",
-		"-- inbox/migrations/0001_create_inbox.up.sql\n", "CREATE TABLE IF NOT EXISTS inbox ("} {
+	for _, want := range []string{"-- outbox/migrations/0001_create_outbox.up.sql, for outbox\n", "CREATE TABLE IF NOT EXISTS outbox (",
+		"-- inbox/migrations/0001_create_inbox.up.sql, for inbox\n", "CREATE TABLE IF NOT EXISTS inbox ("} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("migrate print lacks %q", want)
 		}

@@ -67,6 +67,46 @@ func TestMigratePrintThenUp(t *testing.T) {
 	}
 }
 
+// With tables of other names, in schemas of their own, the printed SQL makes what
+// migrate up would: the user's tool applies it, and up finds the tables there already
+// (steps that create no table or index, such as a trigger's, up applies again).
+func TestMigratePrintNamesTheConfiguredTables(t *testing.T) {
+	t.Parallel()
+	db, dsn := testenv.DB(t)
+	tables := []string{"SIDEBOX_OUTBOX_TABLE=sales.orders_outbox,billing.outbox", "SIDEBOX_INBOX_TABLE=sales.orders_inbox"}
+	printed := run(t, tables, "migrate", "print")
+	if printed.code != 0 {
+		t.Fatalf("migrate print: %s", printed)
+	}
+	psql(t, dsn, printed.stdout)
+	r := run(t, append([]string{"SIDEBOX_DATABASE_URL=" + withPassword(t, dsn)}, tables...), "migrate", "up")
+	if r.code != 0 {
+		t.Fatalf("migrate up after the printed SQL: %s", r)
+	}
+	for _, want := range []string{"outbox table sales.orders_outbox: 0001_create_outbox was there already",
+		"outbox table billing.outbox: 0001_create_outbox was there already", "inbox table sales.orders_inbox: 0001_create_inbox was there already"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("migrate up lacks %q:\n%s", want, r)
+		}
+	}
+	for _, obj := range []string{"sales.orders_outbox_wakeup", "billing.outbox_wakeup", "sales.orders_outbox_unkeyed_idx", "sales.orders_inbox"} {
+		if testenv.Count(t, db, `SELECT count(*) FROM pg_class WHERE oid = to_regclass($1)`, obj) != 1 {
+			t.Errorf("the printed SQL did not make %s", obj)
+		}
+	}
+	if n := testenv.Count(t, db, `SELECT count(*) FROM pg_class WHERE relname IN ('outbox', 'inbox') AND relnamespace = 'public'::regnamespace`); n != 0 {
+		t.Errorf("the printed SQL made %d tables of the default names in public", n)
+	}
+	// The wake-up function notifies on the table's own channel.
+	var body string
+	if err := db.QueryRow(`SELECT prosrc FROM pg_proc WHERE oid = 'sales.orders_outbox_wakeup()'::regprocedure`).Scan(&body); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(body, "'sidebox_sales.orders_outbox'") {
+		t.Errorf("the wake-up function of sales.orders_outbox notifies elsewhere:\n%s", body)
+	}
+}
+
 // `sidebox migrate up` first, then the user's tool applies the printed SQL: it runs
 // without error over what up made, and up stays up to date.
 func TestMigrateUpThenPrint(t *testing.T) {

@@ -72,9 +72,10 @@ unpublished rows or the inbox unprocessed ones, unless --force.
 `,
 	"migrate print": `Usage: sidebox migrate print [--down]
 
-Prints the SQL snippet files for the default table names, up files in the order to
-apply them (or the down files, in the order to run them): the partitioned outbox's with
-SIDEBOX_OUTBOX_PARTITIONS=daily.
+Prints the SQL snippet files with every name made for the configured tables
+(SIDEBOX_OUTBOX_TABLE, SIDEBOX_INBOX_TABLE), as migrate up makes them: up files in the
+order to apply them (or the down files, in the order to run them), the partitioned
+outbox's with SIDEBOX_OUTBOX_PARTITIONS=daily. Needs no database.
 `,
 	"status": `Usage: sidebox status [--json]
 

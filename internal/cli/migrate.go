@@ -87,11 +87,11 @@ func migrateCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := noArgs(fs, rest); err != nil {
 			return err
 		}
-		layout, cerr := config.Load().OutboxPartitioning()
-		if cerr != nil {
-			return cerr
+		cfg, err := loadConfig(config.Outbox | config.Inbox)
+		if err != nil {
+			return err
 		}
-		return printSnippets(stdout, layout, *down)
+		return printSnippets(stdout, cfg, *down)
 	case "up":
 		if err := noArgs(fs, rest); err != nil {
 			return err
@@ -210,41 +210,54 @@ func refuseDown(ctx context.Context, db *sql.DB, cfg *config.Config) error {
 
 // printHeader opens the output of `migrate print`: how it coexists with `migrate up`.
 const printHeader = `-- sidebox migrations, as shipped in outbox/migrations (outbox/migrations/partitioned
--- with SIDEBOX_OUTBOX_PARTITIONS=daily) and inbox/migrations, for the default table
--- names outbox and inbox. Apply them with any tool (psql -f, Flyway,
--- golang-migrate...). Every up statement is idempotent, and ` + "`sidebox migrate up`" + `
+-- with SIDEBOX_OUTBOX_PARTITIONS=daily) and inbox/migrations, with every name made for
+-- the configured tables (SIDEBOX_OUTBOX_TABLE and SIDEBOX_INBOX_TABLE; outbox and inbox
+-- by default), as ` + "`sidebox migrate up`" + ` makes them. Apply them with any tool (psql -f,
+-- Flyway, golang-migrate...). Every up statement is idempotent, and ` + "`sidebox migrate up`" + `
 -- recognises tables and indexes already there: it records them in sidebox_migrations and
 -- exits 0. So the order does not matter: your tool then ` + "`migrate up`" + `, or ` + "`migrate up`" + `
 -- then your tool.
 `
 
-// printSnippets writes the shipped SQL files, each under a comment naming it: the up
-// files in the order to apply them, or the down files in the order to run them; the
-// outbox's of the given layout (SIDEBOX_OUTBOX_PARTITIONS).
-func printSnippets(w io.Writer, layout outboxdb.Partitioning, down bool) error {
-	type file struct{ name, sql string }
-	var files []file
-	for _, set := range []struct {
-		ms  pg.Migrations
-		dir string
-	}{{outboxMigrations(layout), outboxSnippetDir(layout)}, {inboxMigrations(), "inbox/migrations"}} {
-		for _, m := range set.ms.Steps {
+// printSnippets writes the shipped SQL of every configured table, made for its names as
+// migrate up makes it, each file under a comment naming it: the up files in the order
+// to apply them, or the down files in the order to run them. A table in a schema of its
+// own gets its schema created and set as the search_path first, as migrate up does, and
+// the search_path reset after it.
+func printSnippets(w io.Writer, cfg *config.Config, down bool) error {
+	all := schemas(cfg)
+	if down {
+		slices.Reverse(all)
+	}
+	fmt.Fprint(w, printHeader)
+	for _, s := range all {
+		dir := "inbox/migrations"
+		if s.layout != "" {
+			dir = outboxSnippetDir(s.layout)
+		}
+		steps := slices.Clone(s.ms.Steps)
+		if down {
+			slices.Reverse(steps)
+		}
+		if s.table.Schema != "" {
+			fmt.Fprintf(w, "\n-- %s: its schema, where the names below resolve\n", s.table)
+			if !down {
+				fmt.Fprintf(w, "CREATE SCHEMA IF NOT EXISTS %s;\n", s.table.Schema)
+			}
+			fmt.Fprintf(w, "SET search_path TO %s;\n", s.table.Schema)
+		}
+		for _, m := range steps {
 			ext, text := "up", m.Up
 			if down {
 				ext, text = "down", m.Down
 			}
-			files = append(files, file{fmt.Sprintf("%s/%04d_%s.%s.sql", set.dir, m.Version, m.Name, ext), text})
+			fmt.Fprintf(w, "\n-- %s/%04d_%s.%s.sql, for %s\n%s", dir, m.Version, m.Name, ext, s.table, s.ms.Rewrite(text, s.table))
+			if !strings.HasSuffix(text, "\n") {
+				fmt.Fprintln(w)
+			}
 		}
-	}
-	if down {
-		slices.Reverse(files)
-	}
-	fmt.Fprint(w, printHeader)
-	for _, f := range files {
-		fmt.Fprintln(w)
-		fmt.Fprintf(w, "-- %s\n%s", f.name, f.sql)
-		if !strings.HasSuffix(f.sql, "\n") {
-			fmt.Fprintln(w)
+		if s.table.Schema != "" {
+			fmt.Fprintln(w, "\nRESET search_path;")
 		}
 	}
 	return nil
