@@ -489,9 +489,10 @@ wait:
 		w.r.publishedInTime()
 	}
 	if timedOut {
+		inTime := confirmedIn(res, idx)
 		w.r.log.Warn("confirms did not arrive in time; the unconfirmed rows will be published again, in smaller batches",
 			zap.Int("worker", w.id), zap.Duration("publish_timeout", w.r.cfg.PublishTimeout),
-			zap.Int("unconfirmed", len(idx)-confirmedIn(res, idx)), zap.Int("batch_rows_at_most", w.r.publishTimedOut(confirmedIn(res, idx))))
+			zap.Int("unconfirmed", len(idx)-inTime), zap.Int("batch_rows_at_most", w.r.publishTimedOut(inTime)))
 		// Late confirms must not be taken for the next batch's. The close is not
 		// waited for: on a blocked connection it takes as long as the block, and
 		// the batch's transaction is still open.
