@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lib/pq"
 	"go.uber.org/zap"
 
+	"github.com/sidebox/sidebox/internal/outboxdb"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
@@ -78,10 +80,14 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 				arg = *cur
 			}
 			// As a plain query (custom plan) and prepared (generic plan, as the
-			// relay runs it once a connection has executed it a few times).
+			// relay runs it).
 			for _, generic := range []bool{false, true} {
 				tx, err := db.BeginTx(context.Background(), nil)
 				if err != nil {
+					t.Fatal(err)
+				}
+				// In the claim's transaction, with its settings.
+				if _, err := tx.Exec(outboxdb.ClaimSettings(time.Minute)); err != nil {
 					t.Fatal(err)
 				}
 				var raw []byte
@@ -91,9 +97,6 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 					cursorLit := "NULL"
 					if cur != nil {
 						cursorLit = "'" + *cur + "'"
-					}
-					if _, err := tx.Exec(`SET LOCAL plan_cache_mode = force_generic_plan`); err != nil {
-						t.Fatal(err)
 					}
 					if _, err := tx.Exec(`PREPARE claim_plan (int, text, int, bigint, timestamptz, bigint) AS ` + sql); err != nil {
 						t.Fatal(err)
