@@ -12,6 +12,7 @@ import (
 // row is one claimed outbox row.
 type row struct {
 	id          string // canonical lower-case UUID text, as PostgreSQL prints it
+	tid         string // the claimed row version's ctid, for settling it (outboxdb.Settle)
 	exchange    string
 	routingKey  string
 	payload     []byte // nil until read when size > outboxdb.InlinePayload (see worker.payloads)

@@ -40,6 +40,15 @@ func claimOnce(t *testing.T, db *sql.DB, cfg Config, keyedFirst bool) (claimed, 
 	return c, tx
 }
 
+// refs names rows for Settle.
+func refs(rows []row) []outboxdb.Ref {
+	out := make([]outboxdb.Ref, len(rows))
+	for i, rw := range rows {
+		out[i] = outboxdb.Ref{ID: rw.id, TID: rw.tid}
+	}
+	return out
+}
+
 // claimConfig is a configuration with the defaults and the given batch size.
 func claimConfig(batch int) Config {
 	c := Config{BatchSize: batch}
@@ -344,11 +353,7 @@ func TestClaimTimeOverDrain(t *testing.T) {
 			}
 			buffers = append(buffers, plans[0].Plan.Hit+plans[0].Plan.Read)
 		}
-		ids := make([]string, len(c.rows))
-		for i, rw := range c.rows {
-			ids[i] = rw.id
-		}
-		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, ids, nil, 10); err != nil {
+		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, refs(c.rows), nil, 10); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.Commit(); err != nil {
@@ -406,16 +411,15 @@ func TestUnkeyedCursorComesBackForRowsLeftBehind(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got, ids []string
+		var got []string
 		for _, rw := range c.rows {
 			got = append(got, string(rw.payload))
-			ids = append(ids, rw.id)
 		}
 		if !settle {
 			_ = tx.Rollback()
 			return strings.Join(got, ",")
 		}
-		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, ids, nil, 10); err != nil {
+		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, refs(c.rows), nil, 10); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.Commit(); err != nil {

@@ -67,7 +67,7 @@ func (q *queries) claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cfg 
 		out.rows = make([]row, len(c.Rows))
 		for i, r := range c.Rows {
 			out.rows[i] = row{
-				id: r.ID, exchange: r.Exchange, routingKey: r.RoutingKey, payload: r.Payload, size: r.Size,
+				id: r.ID, tid: r.TID, exchange: r.Exchange, routingKey: r.RoutingKey, payload: r.Payload, size: r.Size,
 				messageType: r.MessageType, contentType: r.ContentType, headers: r.Headers,
 				orderingKey: r.OrderingKey, keyed: r.Keyed, seq: r.Seq, createdAt: r.CreatedAt, attempts: r.Attempts,
 			}

@@ -519,7 +519,7 @@ func isSoftError(e *amqp.Error) bool {
 // is finished even when the relay is stopping.
 func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.Time) bool {
 	var (
-		ids      []string
+		refs     []outboxdb.Ref
 		failures []outboxdb.Failure
 		failedAt = map[string]int{} // index in b.rows of each failed row
 		returned int
@@ -534,7 +534,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 		rw := &b.rows[i]
 		switch x.outcome {
 		case confirmed:
-			ids = append(ids, rw.id)
+			refs = append(refs, outboxdb.Ref{ID: rw.id, TID: rw.tid})
 		case failed:
 			failures = append(failures, outboxdb.Failure{ID: rw.id, Err: x.reason, Delay: r.retry.Delay(rw.attempts + 1), Permanent: x.kind == failPermanent})
 			failedAt[rw.id] = i
@@ -550,7 +550,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 	}
 	dbctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
 	defer cancel()
-	latencies, states, err := r.q.Settle(dbctx, r.stmts, b.tx, ids, failures, r.cfg.MaxAttempts)
+	latencies, states, err := r.q.Settle(dbctx, r.stmts, b.tx, refs, failures, r.cfg.MaxAttempts)
 	if err == nil {
 		err = b.tx.Commit()
 		if err != nil {
@@ -561,14 +561,14 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 		_ = b.tx.Rollback()
 		r.setDBOK(false)
 		r.log.Warn("cannot settle a batch; its rows stay in the outbox and will be published again",
-			zap.Int("rows", len(b.rows)), zap.Int("confirmed", len(ids)), errField(err))
+			zap.Int("rows", len(b.rows)), zap.Int("confirmed", len(refs)), errField(err))
 		return false
 	}
 	r.setDBOK(true)
 
 	table := r.q.tableName
-	r.m.Published.WithLabelValues(table).Add(float64(len(ids)))
-	r.beats.published.Add(int64(len(ids)))
+	r.m.Published.WithLabelValues(table).Add(float64(len(refs)))
+	r.beats.published.Add(int64(len(refs)))
 	lat := r.m.PublishLatency.WithLabelValues(table)
 	for _, l := range latencies {
 		lat.Observe(l)
@@ -601,7 +601,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 		}
 	}
 	r.m.DeadTotal.WithLabelValues(table).Add(float64(dead))
-	fields := []zap.Field{zap.Int("rows", len(b.rows)), zap.Int("published", len(ids)),
+	fields := []zap.Field{zap.Int("rows", len(b.rows)), zap.Int("published", len(refs)),
 		zap.Int("failed", len(failures)), zap.Int("unconfirmed", unknowns), zap.Duration("took", time.Since(start))}
 	if unknowns > 0 {
 		r.log.Info("batch settled; rows without a confirm stay in the outbox and will be published again", fields...)

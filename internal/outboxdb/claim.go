@@ -21,10 +21,13 @@ import (
 type Queries struct {
 	table    pg.Table
 	claimSQL [2][2][2]string // [keyedFirst][afterCursor][unkeyedAfter]
-	remove   string
-	fail     string
-	payload  string
-	flag     [2]string // lower, raise the wake-up flag
+	// remove settles confirmed rows of the table itself named by ctid (ONLY: a ctid
+	// names a row within one table); removeByID by id, in the table, its partitions
+	// and children.
+	remove, removeByID string
+	fail               string
+	payload            string
+	flag               [2]string // lower, raise the wake-up flag
 }
 
 // asyncCommit makes the current transaction commit without waiting for its WAL flush.
@@ -68,17 +71,20 @@ const InlinePayload = 4 << 20
 // PayloadChunk is the most bytes of a payload Payload reads per round trip.
 const PayloadChunk = pg.Chunk
 
-// claimColumns returns the columns of a claimed row, in scan order.
-func claimColumns() string {
+// claimColumns returns the columns of a claimed row of table t, in scan order. tid is
+// the row's ctid when the row is in t itself, NULL when it is in a partition or a
+// child table of t (Settle).
+func claimColumns(t pg.Table) string {
 	return `o.id::text AS id, o.exchange, o.routing_key,
         CASE WHEN octet_length(o.payload) <= ` + strconv.Itoa(InlinePayload) + ` THEN o.payload END AS payload,
-        o.message_type, o.content_type, o.headers::text AS headers, o.ordering_key, o.created_at, o.attempts`
+        o.message_type, o.content_type, o.headers::text AS headers, o.ordering_key, o.created_at, o.attempts,
+        CASE WHEN o.tableoid = '` + t.String() + `'::regclass THEN o.ctid::text END AS tid`
 }
 
 // claimNames are the names of the columns of claimColumns and of a part's extra
 // columns, in the same order.
 const claimNames = `id, exchange, routing_key, payload, message_type, content_type, headers, ordering_key,
-        created_at, attempts, claim_bytes, claim_at, claim_seq`
+        created_at, attempts, tid, claim_bytes, claim_at, claim_seq`
 
 // New builds the SQL for table t, for batches of at most maxBatch rows.
 //
@@ -120,8 +126,7 @@ func New(t pg.Table, maxBatch int) *Queries {
 			}
 		}
 	}
-	q.remove = `DELETE FROM ` + t.String() + ` WHERE id = ANY($1::uuid[])
-RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_at))::float8`
+	q.setRemove(`DELETE FROM %s`, ``)
 	q.fail = `UPDATE ` + t.String() + ` o SET attempts = o.attempts + 1, last_error = f.err,
     available_at = clock_timestamp() + make_interval(secs => f.delay),
     dead_at = CASE WHEN o.attempts + 1 >= $4 OR f.permanent THEN clock_timestamp() END
@@ -244,14 +249,14 @@ runs AS (
     SELECT w.key, s.seq, s.rn FROM walk w CROSS JOIN LATERAL unnest(w.seqs) WITH ORDINALITY AS s(seq, rn) WHERE w.ok
 ),
 heads AS MATERIALIZED (
-    SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `
+    SELECT ` + claimColumns(t) + extra(`NULL::timestamptz`) + `
     FROM ` + tbl + ` o
     WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
       AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()
     FOR UPDATE OF o SKIP LOCKED
 ),
 tails AS MATERIALIZED (
-    SELECT ` + claimColumns() + extra(`NULL::timestamptz`) + `
+    SELECT ` + claimColumns(t) + extra(`NULL::timestamptz`) + `
     FROM runs c JOIN ` + tbl + ` o ON o.ordering_key = c.key AND o.seq = c.seq
     WHERE c.rn > 1 AND c.key IN (SELECT ordering_key FROM heads)
       AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()
@@ -268,7 +273,7 @@ keyed AS MATERIALIZED (
 ),
 unkeyed AS MATERIALIZED (
     SELECT * FROM (
-        SELECT ` + claimColumns() + extra(`o.available_at`) + `
+        SELECT ` + claimColumns(t) + extra(`o.available_at`) + `
         FROM ` + tbl + ` o
         WHERE o.ordering_key IS NULL AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()` + unkeyedStart + `
         ORDER BY o.available_at, o.seq
@@ -283,7 +288,7 @@ FROM part1 f WHERE f.claim_before = 0 OR f.claim_before + f.claim_bytes <= $4
 UNION ALL
 SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s.claim_before = 0 OR s.claim_before + s.claim_bytes <= $4
 UNION ALL
-SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `
         WHERE dead_at IS NULL AND published_at IS NULL AND available_at > now()),
     (SELECT last_value FROM ` + t.Ident("_wakeup") + `),
@@ -308,12 +313,13 @@ func (q *Queries) Hot() []string {
 			out = append(out, variants[:]...)
 		}
 	}
-	return append(out, q.remove, q.payload)
+	return append(out, q.remove, q.removeByID, q.payload)
 }
 
 // Row is one claimed outbox row.
 type Row struct {
 	ID          string // canonical lower-case UUID text, as PostgreSQL prints it
+	TID         string // the row version's ctid, as PostgreSQL prints it; "" in a partition or child table (Settle)
 	Exchange    string
 	RoutingKey  string
 	Payload     []byte // nil when Size > InlinePayload: read it with Payload
@@ -401,25 +407,29 @@ func (q *Queries) Claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cl C
 		return c, fmt.Errorf("claim from %s: %w", q.table, err)
 	}
 	defer func() { _ = rs.Close() }()
+	// One set of destinations for every row: Scan sets each of them, NULL included, and
+	// what a row keeps is copied out of them (the payload is a new slice per row).
+	var (
+		meta                  bool
+		id, exchange, rk, ct  sql.NullString
+		mtype, key, hdr, last sql.NullString
+		tid                   sql.NullString
+		payload               []byte
+		created               sql.NullTime
+		attempts              sql.NullInt64
+		size, before          sql.NullInt64
+		at                    sql.NullTime
+		seq                   sql.NullInt64
+		due                   sql.NullFloat64
+		flag, visited, found  sql.NullInt64
+		locked                sql.NullInt64
+		ended                 sql.NullBool
+	)
+	dest := []any{&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts, &tid,
+		&size, &at, &seq, &before,
+		&due, &flag, &visited, &found, &last, &locked, &ended}
 	for rs.Next() {
-		var (
-			meta                  bool
-			id, exchange, rk, ct  sql.NullString
-			mtype, key, hdr, last sql.NullString
-			payload               []byte
-			created               sql.NullTime
-			attempts              sql.NullInt64
-			size, before          sql.NullInt64
-			at                    sql.NullTime
-			seq                   sql.NullInt64
-			due                   sql.NullFloat64
-			flag, visited, found  sql.NullInt64
-			locked                sql.NullInt64
-			ended                 sql.NullBool
-		)
-		if err := rs.Scan(&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts,
-			&size, &at, &seq, &before,
-			&due, &flag, &visited, &found, &last, &locked, &ended); err != nil {
+		if err := rs.Scan(dest...); err != nil {
 			return c, fmt.Errorf("read claimed rows of %s: %w", q.table, err)
 		}
 		if meta {
@@ -435,7 +445,7 @@ func (q *Queries) Claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cl C
 			continue
 		}
 		rw := Row{
-			ID: id.String, Exchange: exchange.String, RoutingKey: rk.String, Payload: payload,
+			ID: id.String, TID: tid.String, Exchange: exchange.String, RoutingKey: rk.String, Payload: payload,
 			MessageType: mtype.String, ContentType: ct.String, Headers: []byte(hdr.String),
 			OrderingKey: key.String, Keyed: key.Valid, CreatedAt: created.Time, Attempts: int(attempts.Int64),
 			Seq: seq.Int64, Size: int(size.Int64),
@@ -512,17 +522,65 @@ type FailedRow struct {
 	Dead     bool
 }
 
+// setRemove sets the statements that settle confirmed rows: verb is the DELETE or
+// UPDATE with a %s where the table goes, and (when not empty) cond a condition
+// the rows must also meet.
+func (q *Queries) setRemove(verb, cond string) {
+	if cond != "" {
+		cond = " AND " + cond
+	}
+	const latency = `
+RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_at))::float8`
+	q.remove = fmt.Sprintf(verb, "ONLY "+q.table.String()) + ` WHERE ctid = ANY($1::tid[])` + cond + latency
+	q.removeByID = fmt.Sprintf(verb, q.table.String()) + ` WHERE id = ANY($1::uuid[])` + cond + latency
+}
+
+// Remove returns the statement with which Settle removes confirmed rows named by
+// ctid ($1, tid[]).
+func (q *Queries) Remove() string { return q.remove }
+
+// Ref names a claimed row for Settle.
+type Ref struct {
+	ID  string
+	TID string // Row.TID; "": found by ID
+}
+
 // Settle deletes the confirmed rows and records the failed attempts, in tx. It returns
 // the delivery latencies of the removed rows and the state of the failed ones.
-func (q *Queries) Settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, confirmed []string, failed []Failure, maxAttempts int) ([]float64, []FailedRow, error) {
+//
+// The confirmed rows are found by their ctid, a direct heap fetch per row, rather than
+// through the primary key: random UUIDs spread a batch over as many index pages as it
+// has rows, which a large table no longer holds in shared buffers (measured on
+// 1,000,000 rows, 500 rows: by id 3.2 ms with the index cached, 28 to 69 ms without;
+// by ctid 0.4 to 0.6 ms). A ctid names the same row for as long as tx holds it locked,
+// which it does from the claim on: no other transaction can update or delete it, and
+// nothing can move it (VACUUM FULL and CLUSTER wait for tx's lock). A ctid names a row
+// within one table only: the claim gives one (Row.TID) only for rows of the table
+// itself, the statement reads that table alone, and rows of partitions (the table
+// partitioned by day) or child tables are found by id.
+func (q *Queries) Settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, confirmed []Ref, failed []Failure, maxAttempts int) ([]float64, []FailedRow, error) {
 	var latencies []float64
 	if len(confirmed) > 0 {
-		rs, err := st.Query(ctx, tx, q.remove, pq.Array(confirmed))
-		if err == nil {
-			latencies, err = scanAll(rs, func(l *float64) []any { return []any{l} })
+		var tids, ids []string
+		for _, c := range confirmed {
+			if c.TID != "" {
+				tids = append(tids, c.TID)
+			} else {
+				ids = append(ids, c.ID)
+			}
 		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.table, err)
+		for _, by := range []struct {
+			stmt string
+			keys []string
+		}{{q.remove, tids}, {q.removeByID, ids}} {
+			if len(by.keys) == 0 {
+				continue
+			}
+			l, err := q.settleBy(ctx, st, tx, by.stmt, by.keys)
+			if err != nil {
+				return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.table, err)
+			}
+			latencies = append(latencies, l...)
 		}
 	}
 	var out []FailedRow
@@ -543,6 +601,16 @@ func (q *Queries) Settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, con
 		}
 	}
 	return latencies, out, nil
+}
+
+// settleBy runs remove or removeByID for keys and returns the latencies of the rows
+// it settled.
+func (q *Queries) settleBy(ctx context.Context, st *pg.Statements, tx *sql.Tx, stmt string, keys []string) ([]float64, error) {
+	rs, err := st.Query(ctx, tx, stmt, pq.Array(keys))
+	if err != nil {
+		return nil, err
+	}
+	return scanAll(rs, func(l *float64) []any { return []any{l} })
 }
 
 // scanAll reads every row of rs into a T, through the scan destinations that dest

@@ -15,9 +15,7 @@ import (
 // leave published rows out, through partial indexes that do not hold them (migration
 // 0003), so kept rows cost the claim nothing.
 func (q *Queries) KeepPublished() {
-	q.remove = `UPDATE ` + q.table.String() + ` SET published_at = clock_timestamp()
-WHERE id = ANY($1::uuid[]) AND published_at IS NULL
-RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_at))::float8`
+	q.setRemove(`UPDATE %s SET published_at = clock_timestamp()`, `published_at IS NULL`)
 }
 
 // PurgeBatch is the most kept rows one purge statement deletes: short transactions,
