@@ -42,7 +42,7 @@ func TestSettleFindsRowsWithoutTheIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw []byte
-	if err := tx.QueryRow(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+q.Remove(), pq.Array(tids)).Scan(&raw); err != nil {
+	if err := tx.QueryRow(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+q.Remove(), pq.Array(tids), c.rows[0].rel).Scan(&raw); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tx.Exec(`ROLLBACK TO SAVEPOINT explain`); err != nil {
@@ -65,9 +65,10 @@ func TestSettleFindsRowsWithoutTheIndex(t *testing.T) {
 	if len(indexes) > 0 {
 		t.Errorf("settling reads index %v", indexes)
 	}
-	// A row's heap page once to find it, once to delete it, and the visibility map;
-	// by id it was three index pages per row on top.
-	if limit := int64(3 * len(c.rows)); buffers > limit {
+	// A row's heap page to find it and to delete it: 2.6 to 3 buffers per row here
+	// (by id, on 1,000,000 rows: 4, three of them index pages that a large table's
+	// cache does not hold).
+	if limit := int64(4 * len(c.rows)); buffers > limit {
 		t.Errorf("settling %d rows read %d buffers, more than %d", len(c.rows), buffers, limit)
 	}
 
@@ -147,5 +148,39 @@ func TestSettleTouchesOnlyTheConfirmedRowsOfAnotherTable(t *testing.T) {
 				t.Errorf("rows left unsettled: %v, want %v", left, want)
 			}
 		})
+	}
+}
+
+// A confirmed row that is no longer where the claim found it (updated within the
+// batch: nothing does so today) is settled by id rather than left to be published
+// again and again.
+func TestSettleFindsMovedRowsByID(t *testing.T) {
+	t.Parallel()
+	db, _ := testenv.DB(t)
+	table := pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	testenv.Exec(t, db, `INSERT INTO outbox (exchange, routing_key, payload) SELECT '', 'k', '\x00' FROM generate_series(1, 10)`)
+	c, tx := claimOnce(t, db, claimConfig(DefaultBatchSize), false)
+	if len(c.rows) != 10 {
+		t.Fatalf("claimed %d rows, want 10", len(c.rows))
+	}
+	// A new version of the first row, at another ctid.
+	if _, err := tx.Exec(`UPDATE outbox SET attempts = attempts WHERE id = $1`, c.rows[0].id); err != nil {
+		t.Fatal(err)
+	}
+	q := newQueries(table)
+	lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c.rows), nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lat) != 10 {
+		t.Errorf("settled %d rows, want 10", len(lat))
+	}
+	var left int
+	if err := tx.QueryRow(`SELECT count(*) FROM outbox`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d rows left, want none", left)
 	}
 }

@@ -30,7 +30,7 @@ func claimSettings(publishTimeout time.Duration) string {
 	return outboxdb.ClaimSettings(publishTimeout + dbTimeout + 20*time.Second) // PublishTimeout + 30s
 }
 
-// hot returns the queries worth preparing: every claim variant and the delete.
+// hot returns the queries worth preparing: every claim variant and the settle statements.
 func (q *queries) hot() []string { return q.Hot() }
 
 // claimed is the outcome of one claim statement.
@@ -67,7 +67,7 @@ func (q *queries) claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cfg 
 		out.rows = make([]row, len(c.Rows))
 		for i, r := range c.Rows {
 			out.rows[i] = row{
-				id: r.ID, tid: r.TID, exchange: r.Exchange, routingKey: r.RoutingKey, payload: r.Payload, size: r.Size,
+				id: r.ID, tid: r.TID, rel: c.Rel, exchange: r.Exchange, routingKey: r.RoutingKey, payload: r.Payload, size: r.Size,
 				messageType: r.MessageType, contentType: r.ContentType, headers: r.Headers,
 				orderingKey: r.OrderingKey, keyed: r.Keyed, seq: r.Seq, createdAt: r.CreatedAt, attempts: r.Attempts,
 			}

@@ -37,7 +37,8 @@ type Queries struct {
 const asyncCommit = `SET LOCAL synchronous_commit TO off`
 
 // ClaimSettings is run right after BEGIN in every batch's transaction, in one round
-// trip, before the claim is planned. They are transaction settings rather than
+// trip, before the claim is planned; they hold for every statement of the batch (the
+// claim, the payload reads, Settle). They are transaction settings rather than
 // connection parameters so that they also hold behind a pooler in transaction mode,
 // which refuses most start-up parameters:
 //   - no JIT: the claim runs in milliseconds, and compiling it would cost hundreds
@@ -46,6 +47,10 @@ const asyncCommit = `SET LOCAL synchronous_commit TO off`
 //     every execution on any table it holds statistics for (the generic plan's
 //     estimate stays above the custom plan's), about 4 ms per claim, as much as
 //     running it;
+//   - no sequential scans: every statement of the batch's transaction has an index
+//     (or a ctid) to find its rows by, and a generic plan made while the table was
+//     nearly empty, which is kept as a backlog grows until the next ANALYZE, would
+//     otherwise read the whole table for each claim;
 //   - no sort where an index gives the order: with few waiting rows estimated (a
 //     generic plan's guess, or many published rows kept for audit) the planner
 //     would read the unkeyed part from outbox_available_idx, which holds the keyed
@@ -57,7 +62,7 @@ const asyncCommit = `SET LOCAL synchronous_commit TO off`
 //     so that a relay that hangs or loses its process does not keep the batch's rows
 //     locked.
 func ClaimSettings(idle time.Duration) string {
-	return fmt.Sprintf("SET LOCAL jit = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_sort = off; SET LOCAL enable_incremental_sort = off; %s; SET LOCAL idle_in_transaction_session_timeout = %d",
+	return fmt.Sprintf("SET LOCAL jit = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; SET LOCAL enable_incremental_sort = off; %s; SET LOCAL idle_in_transaction_session_timeout = %d",
 		asyncCommit, idle.Milliseconds())
 }
 
@@ -234,6 +239,17 @@ func claimSQL(t pg.Table, maxBatch int, keyedFirst, afterCursor, unkeyedAfter bo
 		return `SELECT c.*, ` + before + `sum(c.claim_bytes) OVER (ORDER BY c.claim_at, c.claim_seq ROWS UNBOUNDED PRECEDING) - c.claim_bytes AS claim_before
     FROM ` + part + ` c`
 	}
+	// lock locks and reads the row at the key and seq of r, one index probe per row
+	// of r: a lateral subquery, so that no plan can read the index or the table from
+	// its start instead, whatever the statistics said when the plan was made (a
+	// generic plan made while the table was empty is kept as its backlog grows).
+	lock := func(r string) string {
+		return `SELECT ` + claimColumns(t) + extra(`NULL::timestamptz`) + `
+        FROM ` + tbl + ` o
+        WHERE o.ordering_key = ` + r + `.key AND o.seq = ` + r + `.seq
+          AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()
+        FOR UPDATE OF o SKIP LOCKED`
+	}
 	s := `WITH RECURSIVE walk (key, seq, ok, found, visited, bytes, seqs) AS (
     (SELECT h.ordering_key, h.seq, h.ok, coalesce(cardinality(r.seqs), 0), 1, coalesce(r.bytes, 0), r.seqs
      FROM (` + head(start) + `) h
@@ -249,18 +265,12 @@ runs AS (
     SELECT w.key, s.seq, s.rn FROM walk w CROSS JOIN LATERAL unnest(w.seqs) WITH ORDINALITY AS s(seq, rn) WHERE w.ok
 ),
 heads AS MATERIALIZED (
-    SELECT ` + claimColumns(t) + extra(`NULL::timestamptz`) + `
-    FROM ` + tbl + ` o
-    WHERE (o.ordering_key, o.seq) IN (SELECT key, seq FROM walk WHERE ok)
-      AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()
-    FOR UPDATE OF o SKIP LOCKED
+    SELECT l.* FROM walk w CROSS JOIN LATERAL (` + lock(`w`) + `) l
+    WHERE w.ok
 ),
 tails AS MATERIALIZED (
-    SELECT ` + claimColumns(t) + extra(`NULL::timestamptz`) + `
-    FROM runs c JOIN ` + tbl + ` o ON o.ordering_key = c.key AND o.seq = c.seq
+    SELECT l.* FROM runs c CROSS JOIN LATERAL (` + lock(`c`) + `) l
     WHERE c.rn > 1 AND c.key IN (SELECT ordering_key FROM heads)
-      AND o.dead_at IS NULL AND o.published_at IS NULL AND o.available_at <= now()
-    FOR UPDATE OF o SKIP LOCKED
 ),
 keyed AS MATERIALIZED (
     SELECT ` + claimNames + ` FROM (
@@ -283,10 +293,10 @@ unkeyed AS MATERIALIZED (
 ),
 part1 AS (` + budgeted(first, "") + `),
 part2 AS (` + budgeted(second, used(first)+` + `) + `)
-SELECT false, f.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::boolean
+SELECT false, f.*, NULL::float8, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::boolean, NULL::bigint
 FROM part1 f WHERE f.claim_before = 0 OR f.claim_before + f.claim_bytes <= $4
 UNION ALL
-SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s.claim_before = 0 OR s.claim_before + s.claim_bytes <= $4
+SELECT false, s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM part2 s WHERE s.claim_before = 0 OR s.claim_before + s.claim_bytes <= $4
 UNION ALL
 SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     (SELECT extract(epoch FROM min(available_at) - now())::float8 FROM ` + tbl + `
@@ -296,7 +306,8 @@ SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
     (SELECT coalesce(max(found), 0) FROM walk),
     (SELECT key FROM walk ORDER BY visited DESC LIMIT 1),
     (SELECT count(*) FROM heads) + (SELECT count(*) FROM tails) + (SELECT count(*) FROM unkeyed),
-    coalesce((SELECT ` + more("w") + ` FROM walk w ORDER BY w.visited DESC LIMIT 1), ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0)`
+    coalesce((SELECT ` + more("w") + ` FROM walk w ORDER BY w.visited DESC LIMIT 1), ` + keyedLimit + ` > 0 AND ` + keyedBudget + ` > 0),
+    '` + tbl + `'::regclass::oid::bigint`
 	return s
 }
 
@@ -304,8 +315,8 @@ SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 // in one simple-protocol round trip with asynchronous commit.
 func (q *Queries) Flag(v int) string { return q.flag[v] }
 
-// Hot returns the queries worth preparing: every claim variant, the delete and the
-// payload read (prepared, its bytea comes in binary rather than hex).
+// Hot returns the queries worth preparing: every claim variant, the settle statements
+// and the payload read (prepared, its bytea comes in binary rather than hex).
 func (q *Queries) Hot() []string {
 	var out []string
 	for _, byCursor := range q.claimSQL {
@@ -346,6 +357,8 @@ type Claimed struct {
 	Found     int           // rows of eligible heads' runs the walk found
 	Last      sql.NullString
 	WalkEnded bool // the walk reached the last key
+	// Rel is the table's oid, for Ref.Rel: with a row's TID it names the row.
+	Rel int64
 	// UnkeyedLast is the (available_at, seq) of the last unkeyed row claimed; valid
 	// when Unkeyed > 0.
 	UnkeyedLast UnkeyedCursor
@@ -424,10 +437,11 @@ func (q *Queries) Claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cl C
 		flag, visited, found  sql.NullInt64
 		locked                sql.NullInt64
 		ended                 sql.NullBool
+		rel                   sql.NullInt64
 	)
 	dest := []any{&meta, &id, &exchange, &rk, &payload, &mtype, &ct, &hdr, &key, &created, &attempts, &tid,
 		&size, &at, &seq, &before,
-		&due, &flag, &visited, &found, &last, &locked, &ended}
+		&due, &flag, &visited, &found, &last, &locked, &ended, &rel}
 	for rs.Next() {
 		if err := rs.Scan(dest...); err != nil {
 			return c, fmt.Errorf("read claimed rows of %s: %w", q.table, err)
@@ -442,6 +456,7 @@ func (q *Queries) Claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cl C
 			c.Last = last
 			c.Locked = int(locked.Int64)
 			c.WalkEnded = ended.Bool
+			c.Rel = rel.Int64
 			continue
 		}
 		rw := Row{
@@ -531,18 +546,19 @@ func (q *Queries) setRemove(verb, cond string) {
 	}
 	const latency = `
 RETURNING extract(epoch FROM clock_timestamp() - greatest(created_at, available_at))::float8`
-	q.remove = fmt.Sprintf(verb, "ONLY "+q.table.String()) + ` WHERE ctid = ANY($1::tid[])` + cond + latency
+	q.remove = fmt.Sprintf(verb, "ONLY "+q.table.String()) + ` WHERE ctid = ANY($1::tid[]) AND tableoid = $2::oid` + cond + latency
 	q.removeByID = fmt.Sprintf(verb, q.table.String()) + ` WHERE id = ANY($1::uuid[])` + cond + latency
 }
 
 // Remove returns the statement with which Settle removes confirmed rows named by
-// ctid ($1, tid[]).
+// ctid ($1, tid[]) in the table whose oid the claim gave ($2, Claimed.Rel).
 func (q *Queries) Remove() string { return q.remove }
 
 // Ref names a claimed row for Settle.
 type Ref struct {
 	ID  string
 	TID string // Row.TID; "": found by ID
+	Rel int64  // Claimed.Rel, with TID
 }
 
 // Settle deletes the confirmed rows and records the failed attempts, in tx. It returns
@@ -556,27 +572,43 @@ type Ref struct {
 // which it does from the claim on: no other transaction can update or delete it, and
 // nothing can move it (VACUUM FULL and CLUSTER wait for tx's lock). A ctid names a row
 // within one table only: the claim gives one (Row.TID) only for rows of the table
-// itself, the statement reads that table alone, and rows of partitions (the table
-// partitioned by day) or child tables are found by id.
+// itself, with the table's oid (Claimed.Rel), and the statement reads that table alone
+// (ONLY) and only while the name still means it (tableoid). Rows of partitions (the
+// table partitioned by day) or child tables are found by id, and so are the rows of a
+// ctid statement that found fewer rows than it was given.
 func (q *Queries) Settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, confirmed []Ref, failed []Failure, maxAttempts int) ([]float64, []FailedRow, error) {
 	var latencies []float64
 	if len(confirmed) > 0 {
-		var tids, ids []string
+		byRel := map[int64][]Ref{} // rows of the table itself, by the oid their claim saw
+		var ids []string           // the others
 		for _, c := range confirmed {
 			if c.TID != "" {
-				tids = append(tids, c.TID)
+				byRel[c.Rel] = append(byRel[c.Rel], c)
 			} else {
 				ids = append(ids, c.ID)
 			}
 		}
-		for _, by := range []struct {
-			stmt string
-			keys []string
-		}{{q.remove, tids}, {q.removeByID, ids}} {
-			if len(by.keys) == 0 {
-				continue
+		for rel, refs := range byRel {
+			tids := make([]string, len(refs))
+			for i, c := range refs {
+				tids[i] = c.TID
 			}
-			l, err := q.settleBy(ctx, st, tx, by.stmt, by.keys)
+			l, err := q.settleBy(ctx, st, tx, q.remove, pq.Array(tids), rel)
+			if err != nil {
+				return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.table, err)
+			}
+			latencies = append(latencies, l...)
+			if len(l) < len(refs) {
+				// Not where the claim found them: the name now means another table,
+				// or a row changed within the batch. By id, rows the first
+				// statement settled are not found again.
+				for _, c := range refs {
+					ids = append(ids, c.ID)
+				}
+			}
+		}
+		if len(ids) > 0 {
+			l, err := q.settleBy(ctx, st, tx, q.removeByID, pq.Array(ids))
 			if err != nil {
 				return nil, nil, fmt.Errorf("delete published rows from %s: %w", q.table, err)
 			}
@@ -603,10 +635,10 @@ func (q *Queries) Settle(ctx context.Context, st *pg.Statements, tx *sql.Tx, con
 	return latencies, out, nil
 }
 
-// settleBy runs remove or removeByID for keys and returns the latencies of the rows
+// settleBy runs remove or removeByID with args and returns the latencies of the rows
 // it settled.
-func (q *Queries) settleBy(ctx context.Context, st *pg.Statements, tx *sql.Tx, stmt string, keys []string) ([]float64, error) {
-	rs, err := st.Query(ctx, tx, stmt, pq.Array(keys))
+func (q *Queries) settleBy(ctx context.Context, st *pg.Statements, tx *sql.Tx, stmt string, args ...any) ([]float64, error) {
+	rs, err := st.Query(ctx, tx, stmt, args...)
 	if err != nil {
 		return nil, err
 	}
