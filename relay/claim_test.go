@@ -29,6 +29,18 @@ type planNode struct {
 // maxClaimBuffersPerRow bounds the buffers a claim reads per row it claims.
 const maxClaimBuffersPerRow = 24
 
+// readPlan reads the plan of one statement from EXPLAIN (FORMAT JSON).
+func readPlan(t *testing.T, raw []byte) planNode {
+	t.Helper()
+	var plans []struct {
+		Plan planNode `json:"Plan"`
+	}
+	if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
+		t.Fatalf("cannot read the plan: %v", err)
+	}
+	return plans[0].Plan
+}
+
 func (n planNode) walk(f func(planNode)) {
 	f(n)
 	for _, c := range n.Plans {
@@ -347,19 +359,13 @@ func TestClaimPlanMadeOnEmptyTableServesLargeBacklog(t *testing.T) {
 		testenv.Exec(t, db, fill)
 	}
 	for i, v := range variants {
-		var plans []struct {
-			Plan planNode `json:"Plan"`
-		}
-		raw := run(fmt.Sprintf(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim_%d(%s)`, i, v.args))
-		if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
-			t.Fatalf("%s: cannot read the plan: %v", v.name, err)
-		}
-		plans[0].Plan.walk(func(n planNode) {
+		plan := readPlan(t, run(fmt.Sprintf(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim_%d(%s)`, i, v.args)))
+		plan.walk(func(n planNode) {
 			if n.RelationName == "outbox" && strings.Contains(n.NodeType, "Seq Scan") {
 				t.Errorf("%s: the claim scans the whole table (%s)", v.name, n.NodeType)
 			}
 		})
-		buffers := plans[0].Plan.SharedHit + plans[0].Plan.SharedRead
+		buffers := plan.SharedHit + plan.SharedRead
 		t.Logf("%s: %d buffers", v.name, buffers)
 
 		if limit := int64(maxClaimBuffersPerRow * batch); buffers > limit {

@@ -21,6 +21,7 @@ type batch struct {
 	// overlocked: the claim locked rows it left out (past the byte budget); they
 	// become claimable when the batch commits.
 	overlocked bool
+	rel        int64 // claimed.rel
 }
 
 // dispatcher claims batches and hands them to free workers. It alone claims, so the
@@ -148,7 +149,7 @@ func (d *dispatcher) run(ctx context.Context) {
 				r.flag.clear(context.WithoutCancel(ctx), r.log)
 				d.flagSet = false
 			}
-			w.in <- &batch{tx: tx, rows: c.rows, overlocked: c.locked > len(c.rows)}
+			w.in <- &batch{tx: tx, rows: c.rows, overlocked: c.locked > len(c.rows), rel: c.rel}
 			switch {
 			case full, !busy && !d.flagSet:
 				wait = 0 // draining, and a worker is free (or will be: acquire waits)

@@ -13,7 +13,6 @@ import (
 type row struct {
 	id          string // canonical lower-case UUID text, as PostgreSQL prints it
 	tid         string // the claimed row version's ctid, for settling it (outboxdb.Settle)
-	rel         int64  // the oid of the table the claim read, with tid
 	exchange    string
 	routingKey  string
 	payload     []byte // nil until read when size > outboxdb.InlinePayload (see worker.payloads)

@@ -41,11 +41,11 @@ func claimOnce(t *testing.T, db *sql.DB, cfg Config, keyedFirst bool) (claimed, 
 	return c, tx
 }
 
-// refs names rows for Settle.
-func refs(rows []row) []outboxdb.Ref {
+// refs names the rows of the claim c for Settle.
+func refs(c claimed, rows []row) []outboxdb.Ref {
 	out := make([]outboxdb.Ref, len(rows))
 	for i, rw := range rows {
-		out[i] = outboxdb.Ref{ID: rw.id, TID: rw.tid, Rel: rw.rel}
+		out[i] = outboxdb.Ref{ID: rw.id, TID: rw.tid, Rel: c.rel}
 	}
 	return out
 }
@@ -364,7 +364,7 @@ func TestClaimTimeOverDrain(t *testing.T) {
 			}
 			buffers = append(buffers, plans[0].Plan.Hit+plans[0].Plan.Read)
 		}
-		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, refs(c.rows), nil, 10); err != nil {
+		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, refs(c, c.rows), nil, 10); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.Commit(); err != nil {
@@ -430,7 +430,7 @@ func TestUnkeyedCursorComesBackForRowsLeftBehind(t *testing.T) {
 			_ = tx.Rollback()
 			return strings.Join(got, ",")
 		}
-		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, refs(c.rows), nil, 10); err != nil {
+		if _, _, err := r.q.Settle(context.Background(), r.stmts, tx, refs(c, c.rows), nil, 10); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.Commit(); err != nil {

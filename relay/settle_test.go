@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -42,25 +41,20 @@ func TestSettleFindsRowsWithoutTheIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw []byte
-	if err := tx.QueryRow(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+q.Remove(), pq.Array(tids), c.rows[0].rel).Scan(&raw); err != nil {
+	if err := tx.QueryRow(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+q.Remove(), pq.Array(tids), c.rel).Scan(&raw); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tx.Exec(`ROLLBACK TO SAVEPOINT explain`); err != nil {
 		t.Fatal(err)
 	}
-	var plans []struct {
-		Plan planNode `json:"Plan"`
-	}
-	if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
-		t.Fatalf("cannot read the plan: %v", err)
-	}
+	plan := readPlan(t, raw)
 	var indexes []string
-	plans[0].Plan.walk(func(n planNode) {
+	plan.walk(func(n planNode) {
 		if n.IndexName != "" {
 			indexes = append(indexes, n.IndexName)
 		}
 	})
-	buffers := plans[0].Plan.SharedHit + plans[0].Plan.SharedRead
+	buffers := plan.SharedHit + plan.SharedRead
 	t.Logf("settling %d rows read %d buffers, indexes %v", len(c.rows), buffers, indexes)
 	if len(indexes) > 0 {
 		t.Errorf("settling reads index %v", indexes)
@@ -73,7 +67,7 @@ func TestSettleFindsRowsWithoutTheIndex(t *testing.T) {
 	}
 
 	// And Settle removes exactly the rows given.
-	if _, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c.rows), nil, 10); err != nil {
+	if _, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c, c.rows), nil, 10); err != nil {
 		t.Fatal(err)
 	}
 	var left int
@@ -129,7 +123,7 @@ func TestSettleTouchesOnlyTheConfirmedRowsOfAnotherTable(t *testing.T) {
 					confirmed = append(confirmed, rw)
 				}
 			}
-			lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(confirmed), nil, 10)
+			lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c, confirmed), nil, 10)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -169,7 +163,7 @@ func TestSettleFindsMovedRowsByID(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := newQueries(table)
-	lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c.rows), nil, 10)
+	lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c, c.rows), nil, 10)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,7 +44,8 @@ type claimed struct {
 	visited   int           // keys the walk visited
 	found     int           // eligible heads the walk found
 	last      sql.NullString
-	walkEnded bool // the walk reached the last key
+	walkEnded bool  // the walk reached the last key
+	rel       int64 // the table's oid, for settling rows by tid (outboxdb.Ref)
 	// unkeyedLast is the (available_at, seq) of the last unkeyed row claimed; valid
 	// when unkeyed > 0.
 	unkeyedLast unkeyedCursor
@@ -61,13 +62,13 @@ func (q *queries) claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, cfg 
 	})
 	out := claimed{
 		unkeyed: c.Unkeyed, bytes: c.Bytes, locked: c.Locked, due: c.Due, flag: c.Flag,
-		visited: c.Visited, found: c.Found, last: c.Last, walkEnded: c.WalkEnded, unkeyedLast: c.UnkeyedLast,
+		visited: c.Visited, found: c.Found, last: c.Last, walkEnded: c.WalkEnded, unkeyedLast: c.UnkeyedLast, rel: c.Rel,
 	}
 	if len(c.Rows) > 0 {
 		out.rows = make([]row, len(c.Rows))
 		for i, r := range c.Rows {
 			out.rows[i] = row{
-				id: r.ID, tid: r.TID, rel: c.Rel, exchange: r.Exchange, routingKey: r.RoutingKey, payload: r.Payload, size: r.Size,
+				id: r.ID, tid: r.TID, exchange: r.Exchange, routingKey: r.RoutingKey, payload: r.Payload, size: r.Size,
 				messageType: r.MessageType, contentType: r.ContentType, headers: r.Headers,
 				orderingKey: r.OrderingKey, keyed: r.Keyed, seq: r.Seq, createdAt: r.CreatedAt, attempts: r.Attempts,
 			}

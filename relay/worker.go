@@ -534,7 +534,7 @@ func (r *Relay) settle(ctx context.Context, b *batch, res []result, start time.T
 		rw := &b.rows[i]
 		switch x.outcome {
 		case confirmed:
-			refs = append(refs, outboxdb.Ref{ID: rw.id, TID: rw.tid, Rel: rw.rel})
+			refs = append(refs, outboxdb.Ref{ID: rw.id, TID: rw.tid, Rel: b.rel})
 		case failed:
 			failures = append(failures, outboxdb.Failure{ID: rw.id, Err: x.reason, Delay: r.retry.Delay(rw.attempts + 1), Permanent: x.kind == failPermanent})
 			failedAt[rw.id] = i
