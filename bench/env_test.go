@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
 
@@ -182,6 +183,13 @@ func sample(reg *prometheus.Registry, name, label, value string) (metricSample, 
 		}
 	}
 	return s, nil
+}
+
+// counterValue reads one counter.
+func counterValue(c prometheus.Counter) float64 {
+	var d dto.Metric
+	_ = c.Write(&d) // a counter's Write does not fail
+	return d.GetCounter().GetValue()
 }
 
 // payload returns the 256-byte body of message i: printable, different per message.

@@ -146,18 +146,14 @@ func ingest(ctx context.Context, db *sql.DB, brk *broker.Broker, log *zap.Logger
 	if err != nil {
 		return 0, fmt.Errorf("inbox consumer: %w", err)
 	}
-	base, err := settled(reg, queue)
-	if err != nil {
-		return 0, err
-	}
+	base := settled(m, queue)
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() { done <- c.Run(runCtx) }()
 	err = waitFor(ctx, time.Millisecond, func() (bool, error) {
-		n, err := settled(reg, queue)
-		return n-base >= inboxMessages, err
+		return settled(m, queue)-base >= inboxMessages, nil
 	})
 	elapsed := time.Since(start)
 	stop()
@@ -170,12 +166,9 @@ func ingest(ctx context.Context, db *sql.DB, brk *broker.Broker, log *zap.Logger
 	return elapsed, nil
 }
 
-// settled reads the inbox consumer's stored + duplicates counters of queue.
-func settled(reg *prometheus.Registry, queue string) (float64, error) {
-	stored, err := sample(reg, "sidebox_inbox_stored_total", "queue", queue)
-	if err != nil {
-		return 0, err
-	}
-	dups, err := sample(reg, "sidebox_inbox_duplicates_total", "queue", queue)
-	return stored.value + dups.value, err
+// settled reads the inbox consumer's stored + duplicates counters of queue. It reads
+// the two counters, not the registry: ingest polls it every millisecond, and a Gather
+// of the whole registry costs about 60 µs of the cores the consumer is measured on.
+func settled(m *metrics.Metrics, queue string) float64 {
+	return counterValue(m.InboxStored.WithLabelValues(queue)) + counterValue(m.InboxDuplicates.WithLabelValues(queue))
 }
