@@ -78,6 +78,7 @@ func benchDrain(b *testing.B) *report {
 	r.note("Both publish persistent, mandatory messages to a durable queue through the default exchange; an auto-ack consumer on its own connection counts distinct message IDs.")
 	r.note("Raw: from opening the channel until all confirmed and consumed. Relay: from Run (start-up included) until all consumed and the table is empty.")
 	r.note("%d rounds, in the order raw, relay | relay, raw | raw, relay; the best run of each counts. The outbox is filled with one INSERT ... SELECT and VACUUM ANALYZEd before each relay run.", drainRounds)
+	r.note("CPU time per message over all runs, read from /proc from each run's start until all were consumed: raw, %s; relay, %s.", d.rawCPU, d.relayCPU)
 	r.note("Duplicate deliveries over all runs: %d; messages found in the queue before a run (purged): %d.", d.duplicates, d.leftover)
 	e.noteLoad(r)
 	b.ReportMetric(best(raw), "raw-msgs/s")
@@ -99,6 +100,8 @@ type drainer struct {
 
 	leftover   int // messages found in the queue before a run (purged)
 	duplicates int // deliveries beyond the distinct IDs
+
+	rawCPU, relayCPU cpuUse // CPU time of the runs, from their start until all consumed
 }
 
 // sink purges what an earlier run left in the queue and attaches a consumer.
@@ -142,10 +145,14 @@ func (d *drainer) raw(ctx context.Context) (float64, error) {
 		return 0, err
 	}
 	start := time.Now()
-	if err := publishConfirmed(ctx, d.pub, d.queue, ids, rawWindow); err != nil {
-		return 0, fmt.Errorf("raw publish: %w", err)
-	}
-	if err := d.wait(ctx, s); err != nil {
+	d.rawCPU.measure(d.n(), func() {
+		if err = publishConfirmed(ctx, d.pub, d.queue, ids, rawWindow); err != nil {
+			err = fmt.Errorf("raw publish: %w", err)
+			return
+		}
+		err = d.wait(ctx, s)
+	})
+	if err != nil {
 		return 0, err
 	}
 	return float64(d.n()) / time.Since(start).Seconds(), nil
@@ -190,20 +197,23 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 	defer stop()
 	done := make(chan error, len(rls))
 	start := time.Now()
-	for _, rl := range rls {
-		go func() { done <- rl.Run(runCtx) }()
-	}
-	err = d.wait(ctx, s)
-	if err == nil {
-		err = waitFor(ctx, 2*time.Millisecond, func() (bool, error) {
-			var empty bool
-			if err := d.e.db.QueryRowContext(ctx, `SELECT NOT EXISTS (SELECT 1 FROM `+tbl+`)`).Scan(&empty); err != nil {
-				return false, fmt.Errorf("check outbox: %w", err)
-			}
-			return empty, nil
-		})
-	}
-	elapsed := time.Since(start)
+	var elapsed time.Duration
+	d.relayCPU.measure(d.n(), func() {
+		for _, rl := range rls {
+			go func() { done <- rl.Run(runCtx) }()
+		}
+		err = d.wait(ctx, s)
+		if err == nil {
+			err = waitFor(ctx, 2*time.Millisecond, func() (bool, error) {
+				var empty bool
+				if err := d.e.db.QueryRowContext(ctx, `SELECT NOT EXISTS (SELECT 1 FROM `+tbl+`)`).Scan(&empty); err != nil {
+					return false, fmt.Errorf("check outbox: %w", err)
+				}
+				return empty, nil
+			})
+		}
+		elapsed = time.Since(start)
+	})
 	stop()
 	for range rls {
 		if rerr := <-done; rerr != nil && err == nil {

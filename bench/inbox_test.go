@@ -67,11 +67,14 @@ func benchInbox(b *testing.B) *report {
 	}
 
 	var raw, box []float64
+	var rawCPU, boxCPU cpuUse
 	var busy []string // the inbox consumer's batch statistics per run
 	runRaw := func() {
 		fill()
 		start := time.Now()
-		if err := consumeAcking(ctx, cons, queue, inboxMessages, rawPrefetch, rawAckBatch); err != nil {
+		var err error
+		rawCPU.measure(inboxMessages, func() { err = consumeAcking(ctx, cons, queue, inboxMessages, rawPrefetch, rawAckBatch) })
+		if err != nil {
 			b.Fatal(err)
 		}
 		raw = append(raw, inboxMessages/time.Since(start).Seconds())
@@ -83,7 +86,10 @@ func benchInbox(b *testing.B) *report {
 		if err != nil {
 			b.Fatal(err)
 		}
-		elapsed, err := ingest(ctx, sidecarDB, brk, e.log, reg, m, inbox.ConsumerConfig{Queue: queue, Table: table.String()})
+		var elapsed time.Duration
+		boxCPU.measure(inboxMessages, func() {
+			elapsed, err = ingest(ctx, sidecarDB, brk, e.log, reg, m, inbox.ConsumerConfig{Queue: queue, Table: table.String()})
+		})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -128,6 +134,7 @@ func benchInbox(b *testing.B) *report {
 	r.plot(series{Plot: "throughput", Group: "inbox", Label: "sidebox inbox", Y: box})
 	r.note("Queue durable, filled before each run with 50,000 persistent messages (%s distinct IDs); %d rounds in the order raw, inbox | inbox, raw | raw, inbox; the best run of each counts.", group(int64(distinct)), inboxRounds)
 	r.note("Inbox run: from Consumer.Run until its counters show all 50,000 deliveries stored or counted as duplicates (then acked); checked: %s rows, queue empty.", group(int64(distinct)))
+	r.note("CPU time per message over all runs, read from /proc from each run's start until all were settled: raw, %s; inbox, %s.", rawCPU, boxCPU)
 	for i, s := range busy {
 		r.note("Inbox run %d: %s (sidebox_inbox_batch_duration_seconds; %d workers store batches concurrently, so up to %d%%).", i+1, s, inbox.DefaultWorkers, 100*inbox.DefaultWorkers)
 	}
