@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -72,13 +73,16 @@ func isPostgres(pid int) bool {
 type cpuUse struct {
 	t    cpuTimes
 	msgs int
+	wall time.Duration
 }
 
-// measure runs run, which moves msgs messages, and adds the CPU time used meanwhile.
-// Without /proc it only runs it.
-func (u *cpuUse) measure(msgs int, run func()) {
+// measure runs run, which returns how many messages it moved, and adds the CPU time
+// used meanwhile. Without /proc it only runs it.
+func (u *cpuUse) measure(run func() (msgs int)) {
 	before, err := readCPU()
-	run()
+	start := time.Now()
+	msgs := run()
+	wall := time.Since(start)
 	after, err2 := readCPU()
 	if err != nil || err2 != nil {
 		return
@@ -87,14 +91,17 @@ func (u *cpuUse) measure(msgs int, run func()) {
 	u.t.rabbit += after.rabbit - before.rabbit
 	u.t.postgres += after.postgres - before.postgres
 	u.msgs += msgs
+	u.wall += wall
 }
 
-// String is the CPU time per message, by process.
+// String is the CPU time per message, by process, and how many of the machine's cores
+// the three kept busy on average.
 func (u cpuUse) String() string {
-	if u.msgs == 0 {
+	if u.msgs == 0 || u.wall <= 0 {
 		return "not measured"
 	}
 	per := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(u.msgs) }
-	return fmt.Sprintf("RabbitMQ %.0f µs, PostgreSQL %.0f µs, benchmark process %.0f µs (total %.0f µs)",
-		per(u.t.rabbit), per(u.t.postgres), per(u.t.bench), per(u.t.rabbit+u.t.postgres+u.t.bench))
+	total := u.t.rabbit + u.t.postgres + u.t.bench
+	return fmt.Sprintf("RabbitMQ %.0f µs, PostgreSQL %.0f µs, benchmark process %.0f µs (total %.0f µs; %.1f of %d cores busy)",
+		per(u.t.rabbit), per(u.t.postgres), per(u.t.bench), per(total), total.Seconds()/u.wall.Seconds(), runtime.NumCPU())
 }

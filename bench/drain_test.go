@@ -145,12 +145,13 @@ func (d *drainer) raw(ctx context.Context) (float64, error) {
 		return 0, err
 	}
 	start := time.Now()
-	d.rawCPU.measure(d.n(), func() {
+	d.rawCPU.measure(func() int {
 		if err = publishConfirmed(ctx, d.pub, d.queue, ids, rawWindow); err != nil {
 			err = fmt.Errorf("raw publish: %w", err)
-			return
+			return 0
 		}
 		err = d.wait(ctx, s)
+		return d.n()
 	})
 	if err != nil {
 		return 0, err
@@ -198,7 +199,7 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 	done := make(chan error, len(rls))
 	start := time.Now()
 	var elapsed time.Duration
-	d.relayCPU.measure(d.n(), func() {
+	d.relayCPU.measure(func() int {
 		for _, rl := range rls {
 			go func() { done <- rl.Run(runCtx) }()
 		}
@@ -213,6 +214,7 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 			})
 		}
 		elapsed = time.Since(start)
+		return d.n()
 	})
 	stop()
 	for range rls {

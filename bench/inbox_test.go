@@ -73,7 +73,10 @@ func benchInbox(b *testing.B) *report {
 		fill()
 		start := time.Now()
 		var err error
-		rawCPU.measure(inboxMessages, func() { err = consumeAcking(ctx, cons, queue, inboxMessages, rawPrefetch, rawAckBatch) })
+		rawCPU.measure(func() int {
+			err = consumeAcking(ctx, cons, queue, inboxMessages, rawPrefetch, rawAckBatch)
+			return inboxMessages
+		})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -87,8 +90,9 @@ func benchInbox(b *testing.B) *report {
 			b.Fatal(err)
 		}
 		var elapsed time.Duration
-		boxCPU.measure(inboxMessages, func() {
+		boxCPU.measure(func() int {
 			elapsed, err = ingest(ctx, sidecarDB, brk, e.log, reg, m, inbox.ConsumerConfig{Queue: queue, Table: table.String()})
+			return inboxMessages
 		})
 		if err != nil {
 			b.Fatal(err)
