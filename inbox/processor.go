@@ -144,12 +144,13 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 	var done []string
 	handled := 0
 	failed := map[string]bool{} // ordered: keys whose row failed in this batch
-	for _, r := range rows {
+	open := false               // a savepoint is open for the next message (see handle)
+	for i, r := range rows {
 		if r.Keyed && failed[r.OrderingKey] {
 			continue
 		}
 		msg := p.message(r)
-		ok, err := p.handle(ctx, tx, &msg)
+		ok, err := p.handle(ctx, tx, &msg, &open, i == len(rows)-1)
 		if err != nil {
 			return 0, err
 		}
@@ -159,6 +160,11 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 			done = append(done, msg.MessageID)
 		case p.cfg.Ordered && r.Keyed:
 			failed[r.OrderingKey] = true
+		}
+	}
+	if open { // the batch's last rows were skipped
+		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT sidebox_inbox_message`); err != nil {
+			return 0, fmt.Errorf("release savepoint: %w", err)
 		}
 	}
 	if len(done) > 0 {
@@ -224,15 +230,31 @@ func (p *Processor) message(r inboxdb.Row) Message {
 // handle runs the handler for msg in a savepoint. It reports whether the handler
 // succeeded; a failure is recorded on the row (still locked by this transaction). An
 // error means the transaction itself is unusable.
-func (p *Processor) handle(ctx context.Context, tx *sql.Tx, msg *Message) (bool, error) {
-	if _, err := tx.ExecContext(ctx, `SAVEPOINT sidebox_inbox_message`); err != nil {
-		return false, fmt.Errorf("savepoint: %w", err)
+//
+// *open says that the previous message's release already opened msg's savepoint: after
+// a success, one round trip releases the savepoint and, unless msg is the batch's last,
+// opens the next one, so that a message costs the handler's statements and one more.
+// The last savepoint is released too, not left to the commit: a subtransaction that
+// wrote keeps its transaction id until the commit, and past 64 of them (a full batch of
+// writing handlers is 64) every session's snapshots must look them up in pg_subtrans;
+// MarkProcessed's update in a savepoint left open would be a 65th.
+func (p *Processor) handle(ctx context.Context, tx *sql.Tx, msg *Message, open *bool, last bool) (bool, error) {
+	if !*open {
+		if _, err := tx.ExecContext(ctx, `SAVEPOINT sidebox_inbox_message`); err != nil {
+			return false, fmt.Errorf("savepoint: %w", err)
+		}
 	}
+	*open = false
 	herr := p.callTraced(ctx, tx, msg)
 	if herr == nil {
-		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT sidebox_inbox_message`); err != nil {
+		release := `RELEASE SAVEPOINT sidebox_inbox_message`
+		if !last {
+			release += `; SAVEPOINT sidebox_inbox_message`
+		}
+		if _, err := tx.ExecContext(ctx, release); err != nil {
 			return false, fmt.Errorf("release savepoint: %w", err)
 		}
+		*open = !last
 		return true, nil
 	}
 	if ctx.Err() != nil {

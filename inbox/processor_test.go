@@ -148,6 +148,44 @@ func TestProcessorRetriesThenDead(t *testing.T) {
 	}
 }
 
+// A batch handles each message in a savepoint of its own: a failed handler's effect is
+// rolled back and the others' stay, whichever succeeded before or after it, and rows
+// left behind a failed row of their key are not handled.
+func TestProcessorBatchKeepsEachMessagesOwnEffect(t *testing.T) {
+	t.Parallel()
+	db, _, _ := migrated(t, "inbox")
+	effectsTable(t, db)
+	storeRows(t, db, "svc", "a", "b", "d:k", "c", "e:k")
+
+	var seen []string
+	p := newProcessor(t, db, ProcessorConfig{Consumer: "svc", Ordered: true, RetryBackoff: time.Hour, RetryBackoffMax: time.Hour},
+		func(ctx context.Context, tx *sql.Tx, msg Message) error {
+			seen = append(seen, msg.MessageID)
+			if err := recordEffect(ctx, tx, msg); err != nil {
+				return err
+			}
+			if msg.MessageID == "b" || msg.MessageID == "d" {
+				return errors.New("boom")
+			}
+			return nil
+		})
+	if n, err := p.ProcessOnce(context.Background()); n != 4 || err != nil {
+		t.Fatalf("ProcessOnce = %d, %v; want 4 rows handled in one batch", n, err)
+	}
+	if got := strings.Join(seen, ","); got != "a,b,d,c" {
+		t.Errorf("handled %s, want a,b,d,c (e waits behind d)", got)
+	}
+	var effects, processed, failed string
+	if err := db.QueryRow(`SELECT coalesce(string_agg(message_id, ',' ORDER BY message_id), '') FROM effects`).Scan(&effects); err != nil || effects != "a,c" {
+		t.Errorf("effects = %q (%v), want a,c", effects, err)
+	}
+	if err := db.QueryRow(`SELECT coalesce(string_agg(message_id, ',' ORDER BY message_id) FILTER (WHERE processed_at IS NOT NULL), ''),
+		coalesce(string_agg(message_id, ',' ORDER BY message_id) FILTER (WHERE attempts = 1 AND last_error = 'boom'), '')
+		FROM inbox WHERE consumer = 'svc'`).Scan(&processed, &failed); err != nil || processed != "a,c" || failed != "b,d" {
+		t.Errorf("processed %q, failed %q (%v); want a,c and b,d", processed, failed, err)
+	}
+}
+
 func TestProcessorPerKeyOrder(t *testing.T) {
 	t.Parallel()
 	for _, ordered := range []bool{true, false} {
