@@ -162,11 +162,6 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 			failed[r.OrderingKey] = true
 		}
 	}
-	if open { // the batch's last rows were skipped
-		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT sidebox_inbox_message`); err != nil {
-			return 0, fmt.Errorf("release savepoint: %w", err)
-		}
-	}
 	if len(done) > 0 {
 		if err := p.sql.MarkProcessed(ctx, tx, p.cfg.Consumer, done); err != nil {
 			return 0, err
@@ -232,12 +227,10 @@ func (p *Processor) message(r inboxdb.Row) Message {
 // error means the transaction itself is unusable.
 //
 // *open says that the previous message's release already opened msg's savepoint: after
-// a success, one round trip releases the savepoint and, unless msg is the batch's last,
-// opens the next one, so that a message costs the handler's statements and one more.
-// The last savepoint is released too, not left to the commit: a subtransaction that
-// wrote keeps its transaction id until the commit, and past 64 of them (a full batch of
-// writing handlers is 64) every session's snapshots must look them up in pg_subtrans;
-// MarkProcessed's update in a savepoint left open would be a 65th.
+// a success, one round trip releases the savepoint and, unless msg is the batch's last
+// row, opens the next one, so that a message costs the handler's statements and one
+// more. A savepoint opened for rows that are then skipped (behind a failed row of their
+// key) is left to the commit.
 func (p *Processor) handle(ctx context.Context, tx *sql.Tx, msg *Message, open *bool, last bool) (bool, error) {
 	if !*open {
 		if _, err := tx.ExecContext(ctx, `SAVEPOINT sidebox_inbox_message`); err != nil {
