@@ -19,9 +19,7 @@ import (
 func TestMemoryAlarmHoldsNoBatchTransaction(t *testing.T) {
 	t.Parallel()
 	mq := testenv.StartRabbitMQ(t)
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, dsn, table := outboxDB(t)
 	exchange, queue := topology(t, mq.URL(), "k")
 	s := consume(t, mq.URL(), queue)
 
@@ -87,9 +85,7 @@ func TestMemoryAlarmHoldsNoBatchTransaction(t *testing.T) {
 func TestBlockedPublishHoldsNoBatchTransaction(t *testing.T) {
 	t.Parallel()
 	mq := testenv.StartRabbitMQ(t)
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, dsn, table := outboxDB(t)
 	exchange, queue := topology(t, mq.URL(), "k")
 	s := consume(t, mq.URL(), queue)
 

@@ -54,9 +54,7 @@ func (n planNode) walk(f func(planNode)) {
 // none behind a live or dead row of its key that it left out.
 func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	for _, q := range []string{
 		// 20 deep keys, 3,000 rows each.
 		`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
@@ -194,9 +192,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 // rows are held by one batch at a time, even when that batch took only part of them.
 func TestConcurrentClaimsTakeDisjointRows(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	// 200 unkeyed rows and 5 keys of 40 rows each.
 	if _, err := db.Exec(`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
 		SELECT 'x', 'k', '\x00', CASE WHEN i % 2 = 0 THEN 'key-' || (i % 10) END FROM generate_series(1, 400) i`); err != nil {
@@ -293,9 +289,7 @@ func TestClaimFallsBackToPlainQueries(t *testing.T) {
 // backlog: every variant reads only index entries of the rows it takes.
 func TestClaimPlanMadeOnEmptyTableServesLargeBacklog(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	testenv.Exec(t, db, `ANALYZE outbox`)
 	ctx := context.Background()
 	conn, err := db.Conn(ctx) // the session that holds the plans

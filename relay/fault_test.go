@@ -232,9 +232,7 @@ func (w *writer) wait() { <-w.done }
 func TestBrokerRestartMidStream(t *testing.T) {
 	t.Parallel()
 	rmq := testenv.StartRabbitMQ(t)
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, dsn, table := outboxDB(t)
 	exchange, queue := topology(t, rmq.URL(), "k")
 	s := consume(t, rmq.URL(), queue)
 

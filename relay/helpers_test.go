@@ -30,6 +30,15 @@ func migrate(t *testing.T, db *sql.DB, table pg.Table) {
 	testenv.Migrate(t, db, outbox.Migrate, table.String())
 }
 
+// outboxDB gives a test a fresh database with the table outbox migrated.
+func outboxDB(t *testing.T) (db *sql.DB, dsn string, table pg.Table) {
+	t.Helper()
+	db, dsn = testenv.DB(t)
+	table = pg.MustParseTable("outbox")
+	migrate(t, db, table)
+	return db, dsn, table
+}
+
 // setup gives a test a fresh database with the outbox table tableName migrated, and an
 // exchange on the shared broker that routes key to a queue the returned sink consumes.
 func setup(t *testing.T, tableName, key string) (db *sql.DB, dsn string, table pg.Table, url, exchange string, s *sink) {

@@ -130,9 +130,7 @@ func TestConfirmsAfterTheDrainAreNotTakenAsConfirmed(t *testing.T) {
 // and the inbox consumer at the other end stores the key: relay → RabbitMQ → inbox.
 func TestOrderingKeyAndSeqReachTheInbox(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, dsn, table := outboxDB(t)
 	inboxTable := pg.MustParseTable("inbox")
 	if err := inbox.Migrate(context.Background(), db, inboxTable.String()); err != nil {
 		t.Fatal(err)

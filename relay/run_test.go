@@ -20,9 +20,7 @@ import (
 // key, and other keys still go to other claims.
 func TestClaimTakesAKeysRun(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	ins := func(key string, n int, extra string) {
 		t.Helper()
 		q := `INSERT INTO outbox (exchange, routing_key, payload, ordering_key` + extra + `)

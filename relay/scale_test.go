@@ -88,9 +88,7 @@ func pretendRows(t *testing.T, db *sql.DB, table pg.Table, rows int) {
 // made inside the transaction, so they also hold behind a transaction-mode pooler.
 func TestClaimTransactionSettings(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	cfg := testConfig(table)
 	cfg.PublishTimeout = 7 * time.Second
 	_, tx := claimOnce(t, db, cfg, true)
@@ -118,9 +116,7 @@ func TestClaimTransactionSettings(t *testing.T) {
 // takes a few. The statistics are set rather than the rows inserted.
 func TestClaimIsNotCompiledOnHugeTable(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	if _, err := db.Exec(`INSERT INTO outbox (exchange, routing_key, payload)
 		SELECT '', 'k', '\x00' FROM generate_series(1, 1000)`); err != nil {
 		t.Fatal(err)
@@ -261,9 +257,7 @@ const disableCost = 1.0e10
 // row larger than the budget goes alone. Keyed and unkeyed rows alike.
 func TestClaimKeepsToByteBudget(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	for _, q := range []string{
 		`INSERT INTO outbox (exchange, routing_key, payload) VALUES ('', 'k', decode(repeat('ab', 2 << 20), 'hex'))`,
 		`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
@@ -308,9 +302,7 @@ func TestClaimTimeOverDrain(t *testing.T) {
 	if n <= 0 {
 		t.Skip("set SIDEBOX_TEST_DRAIN_ROWS to drain a backlog of that many rows")
 	}
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	for done := 0; done < n; done += 1_000_000 {
 		if _, err := db.Exec(`INSERT INTO outbox (exchange, routing_key, payload)
 			SELECT '', 'k', convert_to(repeat(lpad(to_hex(i), 8, '0'), 32), 'UTF8')
@@ -400,9 +392,7 @@ func TestClaimTimeOverDrain(t *testing.T) {
 // claimed when nothing is left after the cursor.
 func TestUnkeyedCursorComesBackForRowsLeftBehind(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	if _, err := db.Exec(`INSERT INTO outbox (exchange, routing_key, payload)
 		SELECT '', 'k', convert_to(i::text, 'UTF8') FROM generate_series(1, 30) i`); err != nil {
 		t.Fatal(err)
@@ -457,9 +447,7 @@ func TestUnkeyedCursorComesBackForRowsLeftBehind(t *testing.T) {
 // statistics: off on the server, or off for the table.
 func TestAutovacuumCheckNamesWhyItIsOff(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	var server bool
 	if err := db.QueryRow(`SELECT current_setting('autovacuum') = 'on'`).Scan(&server); err != nil {
 		t.Fatal(err)
@@ -491,9 +479,7 @@ func TestAutovacuumCheckNamesWhyItIsOff(t *testing.T) {
 // table's size, which statistics alone do not reproduce.
 func TestUnkeyedClaimUsesItsIndexBesideKeptRows(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	// Kept rows first, a quarter of them keyed; then the waiting rows of one commit,
 	// half of them keyed.
 	testenv.Exec(t, db, `INSERT INTO outbox (routing_key, payload, ordering_key, created_at, available_at, published_at)
@@ -554,9 +540,7 @@ func TestUnkeyedClaimUsesItsIndexBesideKeptRows(t *testing.T) {
 // rows).
 func TestClaimIsPlannedOnce(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	for _, q := range []string{
 		`INSERT INTO outbox (exchange, routing_key, payload) SELECT '', 'k', '\x00' FROM generate_series(1, 10000)`,
 		`INSERT INTO outbox (exchange, routing_key, payload, ordering_key) SELECT '', 'k', '\x00', 'key-' || (i % 100) FROM generate_series(1, 10000) i`,

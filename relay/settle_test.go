@@ -21,9 +21,7 @@ import (
 // with the index out of the cache, 0.4 to 0.6 ms by ctid).
 func TestSettleFindsRowsWithoutTheIndex(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	testenv.Exec(t, db, `INSERT INTO outbox (exchange, routing_key, payload) SELECT '', 'k', '\x00' FROM generate_series(1, 20000)`)
 	testenv.Exec(t, db, `VACUUM ANALYZE outbox`)
 	c, tx := claimOnce(t, db, claimConfig(DefaultBatchSize), false)
@@ -85,9 +83,7 @@ func TestSettleFindsRowsWithoutTheIndex(t *testing.T) {
 // itself holds are found by ctid, the others by id.
 func TestSettleTouchesOnlyTheConfirmedRowsOfAnotherTable(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	testenv.Exec(t, db, `CREATE TABLE outbox_child () INHERITS (outbox)`)
 	// Rows 1-3 in the table itself, 4-6 in the child: the same ctids, (0,1) to (0,3).
 	testenv.Exec(t, db, `INSERT INTO outbox (exchange, routing_key, payload) SELECT '', 'k', convert_to(i::text, 'UTF8') FROM generate_series(1, 3) i`)
@@ -150,9 +146,7 @@ func TestSettleTouchesOnlyTheConfirmedRowsOfAnotherTable(t *testing.T) {
 // again and again.
 func TestSettleFindsMovedRowsByID(t *testing.T) {
 	t.Parallel()
-	db, _ := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, _, table := outboxDB(t)
 	testenv.Exec(t, db, `INSERT INTO outbox (exchange, routing_key, payload) SELECT '', 'k', '\x00' FROM generate_series(1, 10)`)
 	c, tx := claimOnce(t, db, claimConfig(DefaultBatchSize), false)
 	if len(c.rows) != 10 {

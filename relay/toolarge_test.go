@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
 )
 
@@ -50,9 +49,7 @@ func TestRowOverMaxMessageBytesIsDeadAtOnce(t *testing.T) {
 func TestRowOverBrokerMaxMessageSizeIsDeadAtOnce(t *testing.T) {
 	t.Parallel()
 	mq := testenv.StartRabbitMQ(t, testenv.WithRabbitMQConf("max_message_size = 1048576"))
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, dsn, table := outboxDB(t)
 	exchange, queue := topology(t, mq.URL(), "rk")
 	s := consume(t, mq.URL(), queue)
 

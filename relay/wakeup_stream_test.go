@@ -252,9 +252,7 @@ func TestRowCommittedAsRelayFallsAsleepWaitsAtMostOnePollInterval(t *testing.T) 
 // An idle relay sends one statement per poll interval, a peek, and no claim.
 func TestIdleRelayPeeksOncePerPollInterval(t *testing.T) {
 	t.Parallel()
-	db, dsn := testenv.DB(t)
-	table := pg.MustParseTable("outbox")
-	migrate(t, db, table)
+	db, dsn, table := outboxDB(t)
 	cfg := testConfig(table)
 	cfg.PollInterval = 200 * time.Millisecond
 	r := startRelay(t, db, dsn, testenv.AMQPURL(t), cfg)
