@@ -340,7 +340,7 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	published, _ := sample(reg, "sidebox_outbox_published_total", "table", "outbox")
+	published := counterValue(m.Published.WithLabelValues("outbox"))
 
 	r := newReport("Catch-up after an outage: the relay stopped while a writer commits 1,000 msg/s, then started (BenchmarkRelayCatchUp)",
 		"outage", "backlog at start", "caught up in", "fraction of the outage", "target", "net drain rate", "writer during catch-up")
@@ -351,7 +351,7 @@ SELECT '', $1, convert_to(repeat(lpad(to_hex(i), 8, '0'), $3 / 8), 'UTF8') FROM 
 	r.row(outage.String(), fmt.Sprintf("%d", backlog), took.Round(10*time.Millisecond).String(),
 		fmt.Sprintf("1/%.0f", outage.Seconds()/took.Seconds()), "≤ 1/20",
 		rate(float64(backlog)/took.Seconds()), fmt.Sprintf("%s (%d rows, %s)", alive, writtenDuring, rate(float64(writtenDuring)/took.Seconds())))
-	r.note("Caught up: no row committed before the relay's start is left in the outbox (polled every 50 ms). 256 B rows, default configuration, a consumer attached (%d deliveries counted, %v published).", counted.Load(), published.value)
+	r.note("Caught up: no row committed before the relay's start is left in the outbox (polled every 50 ms). 256 B rows, default configuration, a consumer attached (%d deliveries counted, %v published).", counted.Load(), published)
 	r.note("CPU time per message published during the catch-up (the backlog and the writer's rows meanwhile; the writer's own work included), from /proc: %s.", cpu)
 	r.note("The writer commits every 10 ms the rows due at 1,000 per second, on the application's pool. The outbox is ANALYZEd when the relay starts, as autovacuum would have analysed it during the outage (the shared test server runs without autovacuum; without statistics the claim's plan sorts the whole backlog: 1/1 of the outage in an earlier run).")
 	e.noteLoad(r)
