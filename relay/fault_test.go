@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sidebox/sidebox/internal/backoff"
 	"github.com/sidebox/sidebox/internal/broker"
 	"github.com/sidebox/sidebox/internal/pg"
 	"github.com/sidebox/sidebox/internal/testenv"
@@ -315,7 +316,10 @@ func TestDatabaseRestartMidStream(t *testing.T) {
 		t.Fatal("Run returned during the database outage")
 	default:
 	}
-	// Notifications work again after the LISTEN connection came back.
+	// Notifications work again after the LISTEN connection came back. The Listener
+	// may reconnect after the relay drained (its backoff doubles up to
+	// backoff.ListenMax), so wait for its probe to succeed first.
+	testenv.Eventually(t, backoff.ListenMax+probeTimeout+10*time.Second, "wake-ups by notification again", func() bool { return !r.WakeupsPolled() })
 	waitIdle(t, db, r)
 	before := s.total()
 	insertRow(t, db, table, exchange, "k", "after restart", nil)
