@@ -10,11 +10,13 @@ import (
 )
 
 // waitIdle waits until the relay sleeps with the wake-up flag up, nothing in flight
-// and its settle claim done.
+// and its settle claim done, woken by notifications: its LISTEN probe succeeded. A
+// relay that still polls (its Listener reconnecting, with backoff up to
+// backoff.ListenMax) would take up to the poll interval to see a new row.
 func waitIdle(t *testing.T, db *sql.DB, r *running) {
 	t.Helper()
-	testenv.Eventually(t, 30*time.Second, "the relay to sleep with the wake-up flag up", func() bool {
-		return wakeFlagValue(t, db) == 1 && r.idle.Load()
+	testenv.Eventually(t, 30*time.Second, "the relay to sleep with the wake-up flag up, woken by notifications", func() bool {
+		return !r.WakeupsPolled() && wakeFlagValue(t, db) == 1 && r.idle.Load()
 	})
 }
 
