@@ -16,37 +16,8 @@ import (
 	"github.com/sidebox/sidebox/internal/testenv"
 )
 
-// planNode is a node of EXPLAIN (FORMAT JSON).
-type planNode struct {
-	NodeType     string     `json:"Node Type"`
-	RelationName string     `json:"Relation Name"`
-	IndexName    string     `json:"Index Name"`
-	SharedHit    int64      `json:"Shared Hit Blocks"`
-	SharedRead   int64      `json:"Shared Read Blocks"`
-	Plans        []planNode `json:"Plans"`
-}
-
 // maxClaimBuffersPerRow bounds the buffers a claim reads per row it claims.
 const maxClaimBuffersPerRow = 24
-
-// readPlan reads the plan of one statement from EXPLAIN (FORMAT JSON).
-func readPlan(t *testing.T, raw []byte) planNode {
-	t.Helper()
-	var plans []struct {
-		Plan planNode `json:"Plan"`
-	}
-	if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
-		t.Fatalf("cannot read the plan: %v", err)
-	}
-	return plans[0].Plan
-}
-
-func (n planNode) walk(f func(planNode)) {
-	f(n)
-	for _, c := range n.Plans {
-		c.walk(f)
-	}
-}
 
 // With a backlog of 100,000 rows of every shape (deep keys, many single-row keys,
 // unkeyed rows, keys blocked by dead heads), every variant of the claim uses the
@@ -129,14 +100,14 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 						}
 					}
 					var plans []struct {
-						Plan          planNode `json:"Plan"`
-						ExecutionTime float64  `json:"Execution Time"`
+						Plan          testenv.PlanNode `json:"Plan"`
+						ExecutionTime float64          `json:"Execution Time"`
 					}
 					if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
 						t.Fatalf("%s: cannot read the plan: %v", name, err)
 					}
 					var indexes []string
-					plans[0].Plan.walk(func(n planNode) {
+					plans[0].Plan.Walk(func(n testenv.PlanNode) {
 						if n.RelationName == "outbox" && strings.Contains(n.NodeType, "Seq Scan") {
 							t.Errorf("%s generic=%v: the claim scans the whole table (%s)", name, generic, n.NodeType)
 						}
@@ -146,7 +117,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 					})
 					// Buffers, not time: what the claim reads does not depend on how busy
 					// the machine is (measured: 516 to 9,179 buffers for 500 rows).
-					buffers := plans[0].Plan.SharedHit + plans[0].Plan.SharedRead
+					buffers := plans[0].Plan.Buffers()
 					t.Logf("%s generic=%v: %.1f ms, %d buffers, indexes %v", name, generic, plans[0].ExecutionTime, buffers, indexes)
 					if limit := int64(maxClaimBuffersPerRow * batch); buffers > limit {
 						t.Errorf("%s generic=%v: the claim read %d buffers for %d rows on a 100,000-row backlog, more than %d", name, generic, buffers, batch, limit)
@@ -353,13 +324,13 @@ func TestClaimPlanMadeOnEmptyTableServesLargeBacklog(t *testing.T) {
 		testenv.Exec(t, db, fill)
 	}
 	for i, v := range variants {
-		plan := readPlan(t, run(fmt.Sprintf(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim_%d(%s)`, i, v.args)))
-		plan.walk(func(n planNode) {
+		plan := testenv.ReadPlan(t, run(fmt.Sprintf(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim_%d(%s)`, i, v.args)))
+		plan.Walk(func(n testenv.PlanNode) {
 			if n.RelationName == "outbox" && strings.Contains(n.NodeType, "Seq Scan") {
 				t.Errorf("%s: the claim scans the whole table (%s)", v.name, n.NodeType)
 			}
 		})
-		buffers := plan.SharedHit + plan.SharedRead
+		buffers := plan.Buffers()
 		t.Logf("%s: %d buffers", v.name, buffers)
 
 		if limit := int64(maxClaimBuffersPerRow * batch); buffers > limit {

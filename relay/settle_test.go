@@ -45,14 +45,14 @@ func TestSettleFindsRowsWithoutTheIndex(t *testing.T) {
 	if _, err := tx.Exec(`ROLLBACK TO SAVEPOINT explain`); err != nil {
 		t.Fatal(err)
 	}
-	plan := readPlan(t, raw)
+	plan := testenv.ReadPlan(t, raw)
 	var indexes []string
-	plan.walk(func(n planNode) {
+	plan.Walk(func(n testenv.PlanNode) {
 		if n.IndexName != "" {
 			indexes = append(indexes, n.IndexName)
 		}
 	})
-	buffers := plan.SharedHit + plan.SharedRead
+	buffers := plan.Buffers()
 	t.Logf("settling %d rows read %d buffers, indexes %v", len(c.rows), buffers, indexes)
 	if len(indexes) > 0 {
 		t.Errorf("settling reads index %v", indexes)
