@@ -253,6 +253,12 @@ type ProcessorConfig struct {
 	// the batch ends. A retrying or dead row blocks its key (and only its key). Rows
 	// without a key are never held up.
 	Ordered bool
+
+	// Prepare says whether the claim is a prepared statement, planned once per
+	// connection instead of at every batch: "auto" (default: unless db's connections
+	// are pooled per transaction, which the Processor looks up with three of them for a
+	// moment), "on" or "off".
+	Prepare string
 }
 
 // SetDefaults fills zero fields with their defaults.
@@ -275,6 +281,9 @@ func (c *ProcessorConfig) SetDefaults() {
 	if c.RetryBackoffMax == 0 {
 		c.RetryBackoffMax = DefaultRetryBackoffMax
 	}
+	if c.Prepare == "" {
+		c.Prepare = string(pg.PrepareAuto)
+	}
 }
 
 // Validate checks a config after SetDefaults and reports every problem, each a
@@ -288,6 +297,8 @@ func (c *ProcessorConfig) Validate() error {
 	k.fail(c.MaxAttempts < 1, "MaxAttempts", "must be at least 1, got %d", c.MaxAttempts)
 	k.positive("RetryBackoff", c.RetryBackoff)
 	k.fail(c.RetryBackoffMax < c.RetryBackoff, "RetryBackoffMax", "must be at least RetryBackoff (%s), got %s", c.RetryBackoff, c.RetryBackoffMax)
+	_, err := pg.ParsePrepareMode(c.Prepare)
+	k.fail(err != nil, "Prepare", "must be auto, on or off, got %q", c.Prepare)
 	return k.result()
 }
 

@@ -51,7 +51,8 @@ type Processor struct {
 	retry   backoff.Policy
 
 	sql    inboxdb.Processor
-	tracer trace.Tracer // nil: no spans (see WithTracerProvider)
+	stmts  *pg.Statements // the claims, prepared where that is safe
+	tracer trace.Tracer   // nil: no spans (see WithTracerProvider)
 
 	mu         sync.Mutex
 	cursor     *string // ordered: the key after which the next claim's walk starts
@@ -78,13 +79,16 @@ func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, opts ...Opti
 	if handler == nil {
 		return nil, errors.New("inbox processor: handler is nil")
 	}
+	log := o.log.With(zap.String("table", cfg.Table), zap.String("consumer", cfg.Consumer))
+	prepare, _ := pg.ParsePrepareMode(cfg.Prepare) // validated
 	return &Processor{
 		db:      db,
 		cfg:     cfg,
 		handler: handler,
-		log:     o.log.With(zap.String("table", cfg.Table), zap.String("consumer", cfg.Consumer)),
+		log:     log,
 		retry:   backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
 		sql:     inboxdb.NewProcessor(cfg.Table, cfg.Ordered),
+		stmts:   pg.NewStatements(db, prepare, log),
 		tracer:  tracing.Tracer(o.tp),
 	}, nil
 }
@@ -93,6 +97,7 @@ func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, opts ...Opti
 // rolled back (its rows are processed later, no attempt counted). Database errors are
 // logged and retried with backoff. Without rows it polls every PollInterval.
 func (p *Processor) Run(ctx context.Context) error {
+	defer p.stmts.Close()
 	failures := 0
 	for {
 		n, err := p.ProcessOnce(ctx)
@@ -127,13 +132,24 @@ func (p *Processor) Run(ctx context.Context) error {
 // key's later rows in the batch are left for a later batch, behind the failed row. It
 // returns the number of rows handled (processed or failed).
 func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
+	if claims := p.sql.Claims(); !p.stmts.Ready(claims...) {
+		p.stmts.Prepare(ctx, claims...) // before the batch: it needs connections of its own
+	}
+	n, err := p.processOnce(ctx)
+	if errors.Is(err, pg.ErrPreparedLost) {
+		// The claim failed before any handler ran, and the claims are plain queries now.
+		n, err = p.processOnce(ctx)
+	}
+	return n, err
+}
+
+func (p *Processor) processOnce(ctx context.Context) (int, error) {
 	tx, err := p.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("begin inbox batch: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	// Before the claim is planned: no JIT for a statement that runs in milliseconds.
-	if _, err := tx.ExecContext(ctx, `SET LOCAL jit = off`); err != nil {
+	if _, err := tx.ExecContext(ctx, inboxdb.ClaimSettings()); err != nil {
 		return 0, fmt.Errorf("begin inbox batch: %w", err)
 	}
 
@@ -141,10 +157,15 @@ func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 	if err != nil || len(rows) == 0 {
 		return 0, err
 	}
+	// The handlers run with the planner settings the application set, from the first
+	// message's savepoint on (see handle).
+	if _, err := tx.ExecContext(ctx, inboxdb.HandlerSettings()+`; SAVEPOINT sidebox_inbox_message`); err != nil {
+		return 0, fmt.Errorf("savepoint: %w", err)
+	}
 	var done []string
 	handled := 0
 	failed := map[string]bool{} // ordered: keys whose row failed in this batch
-	open := false               // a savepoint is open for the next message (see handle)
+	open := true                // a savepoint is open for the next message (see handle)
 	for i, r := range rows {
 		if r.Keyed && failed[r.OrderingKey] {
 			continue
@@ -187,7 +208,7 @@ func (p *Processor) claim(ctx context.Context, tx *sql.Tx) ([]inboxdb.Row, error
 	c := inboxdb.Claim{Limit: p.cfg.BatchSize, KeyedFirst: p.keyedFirst, Cursor: p.cursor, MaxVisits: p.maxVisits()}
 	p.keyedFirst = !p.keyedFirst
 	p.mu.Unlock()
-	got, err := p.sql.Claim(ctx, tx, p.cfg.Consumer, c)
+	got, err := p.sql.Claim(ctx, p.stmts, tx, p.cfg.Consumer, c)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +216,7 @@ func (p *Processor) claim(ctx context.Context, tx *sql.Tx) ([]inboxdb.Row, error
 		// Nothing after the cursor: start again at the first key. The claim that found
 		// nothing holds no row.
 		c.Cursor = nil
-		if got, err = p.sql.Claim(ctx, tx, p.cfg.Consumer, c); err != nil {
+		if got, err = p.sql.Claim(ctx, p.stmts, tx, p.cfg.Consumer, c); err != nil {
 			return nil, err
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"fmt"
 	"strconv"
+
+	"github.com/sidebox/sidebox/internal/pg"
 )
 
 // MaxClaim is the most rows a processor claim takes; the inbox's ProcessorConfig bounds
@@ -84,6 +86,16 @@ func orderedClaimSQL(t string, keyedFirst, afterCursor bool) string {
 	if !keyedFirst {
 		keyedLimit, unkeyedLimit = `$2 - (SELECT count(*) FROM unkeyed)`, `$2`
 	}
+	// lock locks and reads the row at the key and seq of r, one index probe per row of
+	// r: a lateral subquery, so that no plan can read the index from its start instead,
+	// whatever the statistics said when the plan was made (a generic plan made while the
+	// table was empty is kept as its backlog grows).
+	lock := func(r string) string {
+		return `SELECT ` + claimColumns("i") + `
+        FROM ` + t + ` i
+        WHERE i.consumer = $1 AND i.ordering_key = ` + r + `.key AND i.seq = ` + r + `.seq AND ` + due("i") + `
+        FOR UPDATE OF i SKIP LOCKED`
+	}
 	// more: the walk would go on (it has room); a walk whose last step had room ran out
 	// of keys.
 	more := func(w string) string {
@@ -99,10 +111,8 @@ func orderedClaimSQL(t string, keyedFirst, afterCursor bool) string {
     WHERE ` + more("w") + `
 ),
 heads AS MATERIALIZED (
-    SELECT ` + claimColumns("i") + `
-    FROM ` + t + ` i
-    WHERE i.consumer = $1 AND (i.ordering_key, i.seq) IN (SELECT key, seq FROM walk WHERE ok) AND ` + due("i") + `
-    FOR UPDATE OF i SKIP LOCKED
+    SELECT l.* FROM walk w CROSS JOIN LATERAL (` + lock("w") + `) l
+    WHERE w.ok
 ),
 -- The rows after each head held, in seq order, as long as they are due: each key's
 -- equal share of the batch, its head included.
@@ -121,10 +131,7 @@ next AS MATERIALIZED (
     WHERE n.ok
 ),
 run AS MATERIALIZED (
-    SELECT ` + claimColumns("i") + `
-    FROM ` + t + ` i
-    WHERE i.consumer = $1 AND (i.ordering_key, i.seq) IN (SELECT key, seq FROM next) AND ` + due("i") + `
-    FOR UPDATE OF i SKIP LOCKED
+    SELECT l.* FROM next n CROSS JOIN LATERAL (` + lock("n") + `) l
 ),
 -- A row of a run is kept when the rows of its key before it were all locked.
 kept AS MATERIALIZED (
@@ -178,13 +185,72 @@ type Claimed struct {
 	WalkEnded bool
 }
 
+// planSettings are what the claim is planned and run with (see ClaimSettings), each
+// with the placeholder that keeps the transaction's value before it for
+// HandlerSettings.
+var planSettings = [...]struct{ name, value, saved string }{
+	{"plan_cache_mode", "force_generic_plan", "sidebox.saved_plan_cache_mode"},
+	{"enable_seqscan", "off", "sidebox.saved_enable_seqscan"},
+	{"enable_sort", "off", "sidebox.saved_enable_sort"},
+	{"enable_incremental_sort", "off", "sidebox.saved_enable_incremental_sort"},
+}
+
+// ClaimSettings is run right after BEGIN in a processor's batch, in one round trip,
+// before the claim is planned. The claim is a prepared statement where that is safe
+// (pg.Statements), planned once per connection rather than at every claim, which cost
+// as much as running it:
+//   - no JIT, for the whole batch: the claim runs in milliseconds, and compiling it
+//     would cost hundreds whenever the planner's estimate passes jit_above_cost;
+//   - for the claim only: a generic plan (left to choose, PostgreSQL keeps planning
+//     the claim anew at every execution), with no sequential scan and no sort where an
+//     index gives the order, so that a plan made while the table was nearly empty still
+//     reads O(batch) rows of a large backlog. The values the transaction had before
+//     are kept in placeholders, and HandlerSettings puts them back before the handler
+//     runs, so that the handler's statements are planned as the application set them.
+func ClaimSettings() string {
+	s := "SET LOCAL jit = off; SELECT "
+	for i, p := range planSettings {
+		if i > 0 {
+			s += ", "
+		}
+		s += "set_config('" + p.saved + "', current_setting('" + p.name + "'), true)"
+	}
+	for _, p := range planSettings {
+		s += "; SET LOCAL " + p.name + " = " + p.value
+	}
+	return s
+}
+
+// HandlerSettings puts back the planner settings that ClaimSettings changed for the
+// claim, in the same transaction.
+func HandlerSettings() string {
+	s := "SELECT "
+	for i, p := range planSettings {
+		if i > 0 {
+			s += ", "
+		}
+		s += "set_config('" + p.name + "', current_setting('" + p.saved + "'), true)"
+	}
+	return s
+}
+
+// Claims are the claim statements p runs, for preparing them.
+func (p Processor) Claims() []string {
+	if !p.ordered {
+		return []string{p.unordered}
+	}
+	return []string{p.claim[0][0], p.claim[0][1], p.claim[1][0], p.claim[1][1]}
+}
+
 // Claim locks and returns up to c.Limit due rows of consumer in tx, in seq order,
 // skipping rows other transactions hold; ordered, the rows of a key are consecutive
-// from its head (see orderedClaimSQL). tx should have JIT off.
-func (p Processor) Claim(ctx context.Context, tx *sql.Tx, consumer string, c Claim) (Claimed, error) {
+// from its head (see orderedClaimSQL). tx began with ClaimSettings. The claim runs as a
+// prepared statement when st prepared it; an error wrapping pg.ErrPreparedLost means
+// that the connection had lost it, and tx is unusable.
+func (p Processor) Claim(ctx context.Context, st *pg.Statements, tx *sql.Tx, consumer string, c Claim) (Claimed, error) {
 	var out Claimed
 	q := p.ClaimSQL(c)
-	rows, err := tx.QueryContext(ctx, q, p.ClaimArgs(consumer, c)...)
+	rows, err := st.Query(ctx, tx, q, p.ClaimArgs(consumer, c)...)
 	if err != nil {
 		return out, fmt.Errorf("claim inbox rows: %w", err)
 	}
