@@ -86,7 +86,7 @@ func benchClaimRetention(tb *testing.B) *report {
 	}
 
 	// Prepared, as the relay runs its claim on a direct connection (PrepareAuto).
-	st := pg.NewStatements(e.db, pg.PrepareOn, nil)
+	st := pg.NewStatements(e.db, pg.PrepareOn, "prepare", nil)
 	settings := outboxdb.ClaimSettings(time.Minute)
 	measure := func(t pg.Table, keyedFirst bool) (time.Duration, int) {
 		q := outboxdb.New(t, relay.MaxBatchSize)

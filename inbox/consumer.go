@@ -123,7 +123,7 @@ func NewConsumer(db *sql.DB, cfg ConsumerConfig, opts ...Option) (*Consumer, err
 		log:           log,
 		backoff:       backoff.Policy{Base: cfg.Backoff, Max: cfg.BackoffMax},
 		insertSQL:     inboxdb.InsertSQL(cfg.Table),
-		stmts:         pg.NewStatements(db, prepare, log),
+		stmts:         pg.NewStatements(db, prepare, "SIDEBOX_DATABASE_PREPARE (inbox.ConsumerConfig.Prepare)", log),
 		received:      m.InboxReceived.WithLabelValues(q),
 		stored:        m.InboxStored.WithLabelValues(q),
 		duplicates:    m.InboxDuplicates.WithLabelValues(q),

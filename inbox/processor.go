@@ -88,7 +88,7 @@ func NewProcessor(db *sql.DB, cfg ProcessorConfig, handler Handler, opts ...Opti
 		log:     log,
 		retry:   backoff.Policy{Base: cfg.RetryBackoff, Max: cfg.RetryBackoffMax},
 		sql:     inboxdb.NewProcessor(cfg.Table, cfg.Ordered),
-		stmts:   pg.NewStatements(db, prepare, log),
+		stmts:   pg.NewStatements(db, prepare, "inbox.ProcessorConfig.Prepare", log),
 		tracer:  tracing.Tracer(o.tp),
 	}, nil
 }

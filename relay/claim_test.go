@@ -130,7 +130,7 @@ func TestClaimUsesIndexesOnLargeBacklog(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				c, err := q.claim(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, claimConfig(batch), keyedFirst, cur, 4*batch+16, from)
+				c, err := q.claim(context.Background(), pg.NewStatements(db, pg.PrepareOn, "prepare", zap.NewNop()), tx, claimConfig(batch), keyedFirst, cur, 4*batch+16, from)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -170,7 +170,7 @@ func TestConcurrentClaimsTakeDisjointRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := newQueries(table)
-	st := pg.NewStatements(db, pg.PrepareOn, zap.NewNop())
+	st := pg.NewStatements(db, pg.PrepareOn, "prepare", zap.NewNop())
 	defer st.Close()
 	ctx := context.Background()
 	taken := map[string]bool{}
@@ -222,7 +222,7 @@ func TestClaimFallsBackToPlainQueries(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := newQueries(table)
-	st := pg.NewStatements(db, pg.PrepareOn, zap.NewNop())
+	st := pg.NewStatements(db, pg.PrepareOn, "prepare", zap.NewNop())
 	defer st.Close()
 	ctx := context.Background()
 	st.Prepare(ctx, q.hot()...)

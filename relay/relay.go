@@ -326,7 +326,7 @@ func New(db *sql.DB, cfg Config, opts ...Option) (*Relay, error) {
 		cfg:         cfg,
 		table:       table,
 		log:         log,
-		stmts:       pg.NewStatements(db, prepare, log),
+		stmts:       pg.NewStatements(db, prepare, "SIDEBOX_DATABASE_PREPARE (relay.Config.Prepare)", log),
 		m:           m,
 		q:           q,
 		flag:        &wakeFlag{db: db, q: q.flag, name: table.Ident("_wakeup")},

@@ -48,7 +48,7 @@ func TestClaimTakesAKeysRun(t *testing.T) {
 	ins("e", 600, "") // e: deeper than a batch
 
 	q := newQueries(table)
-	st := pg.NewStatements(db, pg.PrepareOn, zap.NewNop())
+	st := pg.NewStatements(db, pg.PrepareOn, "prepare", zap.NewNop())
 	defer st.Close()
 	ctx := context.Background()
 	claim := func(batch int) map[string][]int64 {

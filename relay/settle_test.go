@@ -65,7 +65,7 @@ func TestSettleFindsRowsWithoutTheIndex(t *testing.T) {
 	}
 
 	// And Settle removes exactly the rows given.
-	if _, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c, c.rows), nil, 10); err != nil {
+	if _, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, "prepare", zap.NewNop()), tx, refs(c, c.rows), nil, 10); err != nil {
 		t.Fatal(err)
 	}
 	var left int
@@ -103,7 +103,7 @@ func TestSettleTouchesOnlyTheConfirmedRowsOfAnotherTable(t *testing.T) {
 			if _, err := tx.Exec(outboxdb.ClaimSettings(time.Minute)); err != nil {
 				t.Fatal(err)
 			}
-			c, err := q.claim(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, claimConfig(DefaultBatchSize), false, nil, 10, nil)
+			c, err := q.claim(context.Background(), pg.NewStatements(db, pg.PrepareOn, "prepare", zap.NewNop()), tx, claimConfig(DefaultBatchSize), false, nil, 10, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -119,7 +119,7 @@ func TestSettleTouchesOnlyTheConfirmedRowsOfAnotherTable(t *testing.T) {
 					confirmed = append(confirmed, rw)
 				}
 			}
-			lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c, confirmed), nil, 10)
+			lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, "prepare", zap.NewNop()), tx, refs(c, confirmed), nil, 10)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -157,7 +157,7 @@ func TestSettleFindsMovedRowsByID(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := newQueries(table)
-	lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, zap.NewNop()), tx, refs(c, c.rows), nil, 10)
+	lat, _, err := q.Settle(context.Background(), pg.NewStatements(db, pg.PrepareOn, "prepare", zap.NewNop()), tx, refs(c, c.rows), nil, 10)
 	if err != nil {
 		t.Fatal(err)
 	}

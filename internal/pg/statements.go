@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/lib/pq"
 	"go.uber.org/zap"
 
 	"github.com/sidebox/sidebox/internal/redact"
@@ -66,24 +65,28 @@ var ErrPreparedLost = errors.New("prepared statement lost by the database connec
 // Plain queries with arguments are pooler-safe only as one Parse/Bind/Execute/Sync:
 // open the database with lib/pq's binary_parameters=yes.
 type Statements struct {
-	db   *sql.DB
-	mode PrepareMode
-	log  *zap.Logger
+	db      *sql.DB
+	mode    PrepareMode
+	setting string // where the user sets mode, for log messages
+	log     *zap.Logger
 
 	off     atomic.Bool // plain queries only
 	decided atomic.Bool // the mode is settled (auto: pooling looked up)
-	look    sync.Mutex  // one look at the pooling at a time
+	look    sync.Mutex  // one look at the pooling at a time; guards the two below
+	failed  int         // looks that could not be made in a row
+	next    time.Time   // no look before then, after one that could not be made
 
 	mu    sync.Mutex
 	cache map[string]*sql.Stmt
 }
 
-// NewStatements returns a Statements for db. A nil log discards messages.
-func NewStatements(db *sql.DB, mode PrepareMode, log *zap.Logger) *Statements {
+// NewStatements returns a Statements for db. setting names where the user sets mode,
+// for log messages. A nil log discards messages.
+func NewStatements(db *sql.DB, mode PrepareMode, setting string, log *zap.Logger) *Statements {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Statements{db: db, mode: mode, log: log}
+	s := &Statements{db: db, mode: mode, setting: setting, log: log}
 	switch mode {
 	case PrepareOff:
 		s.off.Store(true)
@@ -128,27 +131,39 @@ func (s *Statements) Prepare(ctx context.Context, qs ...string) {
 	if !s.decide(ctx) || s.off.Load() {
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, q := range qs {
-		if _, ok := s.cache[q]; ok {
+		if s.get(q) != nil {
 			continue
 		}
+		// Not under s.mu: a query of another goroutine, which may hold the pool's
+		// last connection in a transaction, must not wait for this one's connection.
 		st, err := s.db.PrepareContext(ctx, q)
 		if err != nil {
 			if lostStatement(err) {
-				s.switchOffLocked("cannot prepare statements on the database connection (a pooler?); using plain queries", err)
+				s.switchOff("cannot prepare statements on the database connection (a pooler?); using plain queries", err)
 			}
 			return
+		}
+		s.mu.Lock()
+		if _, ok := s.cache[q]; ok || s.off.Load() {
+			s.mu.Unlock()
+			_ = st.Close()
+			continue
 		}
 		if s.cache == nil {
 			s.cache = map[string]*sql.Stmt{}
 		}
 		s.cache[q] = st
+		s.mu.Unlock()
 	}
 }
 
-// decide looks at the pooling once, in PrepareAuto mode; false while it cannot.
+// decide looks at the pooling once, in PrepareAuto mode; false while it cannot. A look
+// needs three connections of the pool: with fewer free (the application is busy) or
+// when the look fails, it is made again later, after a delay that doubles up to
+// lookMax, and queries are plain meanwhile. A pool limited to fewer than three
+// connections cannot be looked at and uses plain queries: preparing behind a
+// transaction pooler would be unsafe.
 func (s *Statements) decide(ctx context.Context) bool {
 	if s.decided.Load() {
 		return true
@@ -158,19 +173,47 @@ func (s *Statements) decide(ctx context.Context) bool {
 	if s.decided.Load() {
 		return true
 	}
+	if time.Now().Before(s.next) {
+		return false
+	}
+	st := s.db.Stats()
+	if st.MaxOpenConnections > 0 && st.MaxOpenConnections < 3 {
+		s.off.Store(true)
+		s.decided.Store(true)
+		s.log.Info("the database pool holds fewer than three connections, too few to look whether it is pooled per transaction: " +
+			"using plain queries; set " + s.setting + " to on if it is not")
+		return true
+	}
+	if st.MaxOpenConnections > 0 && st.MaxOpenConnections-st.InUse < 3 {
+		s.lookLater()
+		return false
+	}
 	pooled, err := TransactionPooled(ctx, s.db)
 	if err != nil {
+		s.lookLater()
 		return false
 	}
 	if pooled {
 		s.off.Store(true)
 		s.log.Info("the database connection is pooled per transaction (PgBouncer in transaction mode?): " +
-			"using one-round-trip plain queries instead of prepared statements; set SIDEBOX_DATABASE_PREPARE=on " +
+			"using one-round-trip plain queries instead of prepared statements; set " + s.setting + " to on " +
 			"if the pooler keeps prepared statements (PgBouncer 1.21 or later with max_prepared_statements)")
 	}
 	s.decided.Store(true)
 	return true
 }
+
+// lookLater puts the next look at the pooling off; s.look is held.
+func (s *Statements) lookLater() {
+	s.failed++
+	s.next = time.Now().Add(min(lookBase<<min(s.failed-1, 16), lookMax))
+}
+
+// lookBase and lookMax pace the looks at the pooling that could not be made.
+const (
+	lookBase = time.Second
+	lookMax  = time.Minute
+)
 
 // Ready reports whether every query in qs is prepared, or preparing is off.
 func (s *Statements) Ready(qs ...string) bool {
@@ -210,31 +253,29 @@ func (s *Statements) get(q string) *sql.Stmt {
 }
 
 func (s *Statements) switchOff(msg string, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.switchOffLocked(msg, err)
-}
-
-func (s *Statements) switchOffLocked(msg string, err error) {
 	if !s.off.Swap(true) {
 		s.log.Warn(msg, zap.String("error", redact.Text(err.Error())),
-			zap.String("hint", "set SIDEBOX_DATABASE_PREPARE=off to skip preparing behind this pooler"))
+			zap.String("hint", "set "+s.setting+" to off to skip preparing behind this pooler"))
 	}
 }
 
 // lostStatement reports whether err says that the server connection lacks a prepared
 // statement, or has another one of the same name: what a pooler without
 // prepared-statement support causes.
+// Any driver's error that tells its SQLSTATE counts (lib/pq's and pgx's do).
 func lostStatement(err error) bool {
-	pe, ok := errors.AsType[*pq.Error](err)
+	pe, ok := errors.AsType[interface {
+		error
+		SQLState() string
+	}](err)
 	if !ok {
 		return false
 	}
-	switch pe.Code {
+	switch pe.SQLState() {
 	case "26000", "42P05": // invalid_sql_statement_name, duplicate_prepared_statement
 		return true
 	case "08P01": // protocol_violation: "bind message supplies 3 parameters, but prepared statement "1" requires 11"
-		return strings.Contains(pe.Message, "prepared statement")
+		return strings.Contains(err.Error(), "prepared statement")
 	}
 	return false
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"testing"
+	"time"
 
 	_ "github.com/lib/pq"
 
@@ -67,7 +68,7 @@ func TestStatementsAutoMode(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		st := pg.NewStatements(db, pg.PrepareAuto, nil)
+		st := pg.NewStatements(db, pg.PrepareAuto, "prepare", nil)
 		defer st.Close()
 		st.Prepare(context.Background(), q)
 		if !st.Ready(q) || st.Prepared() != c.prepared {
@@ -87,7 +88,7 @@ func TestStatementsFallBack(t *testing.T) {
 	db, _ := testenv.DB(t)
 	db.SetMaxOpenConns(1) // the one connection whose statements are dropped
 	const q = `SELECT $1::int + 1`
-	st := pg.NewStatements(db, pg.PrepareOn, nil)
+	st := pg.NewStatements(db, pg.PrepareOn, "prepare", nil)
 	defer st.Close()
 	st.Prepare(context.Background(), q)
 	if !st.Prepared() || one(t, st, q, 1) != 2 {
@@ -154,4 +155,55 @@ func TestTransactionPooledRoundRobin(t *testing.T) {
 			t.Errorf("TransactionPooled = %v, %v; want true", got, err)
 		}
 	}
+}
+
+// In auto mode a pool limited to fewer than three connections, too small to look at,
+// uses plain queries: preparing behind a transaction pooler would not be safe.
+func TestStatementsAutoModeSmallPool(t *testing.T) {
+	db, _ := testenv.DB(t)
+	db.SetMaxOpenConns(2)
+	const q = `SELECT $1::int + 1`
+	st := pg.NewStatements(db, pg.PrepareAuto, "prepare", nil)
+	defer st.Close()
+	st.Prepare(context.Background(), q)
+	if !st.Ready(q) || st.Prepared() {
+		t.Errorf("ready %v, prepared %v; want true, false", st.Ready(q), st.Prepared())
+	}
+	if got := one(t, st, q, 1); got != 2 {
+		t.Errorf("plain query: %d", got)
+	}
+}
+
+// In auto mode the look at the pooling takes three connections of the pool; while the
+// application holds so many that fewer are free, Prepare waits for none of them and
+// the queries are plain. Once the pool has room the look is made and the statements
+// are prepared.
+func TestStatementsAutoModeBusyPool(t *testing.T) {
+	db, _ := testenv.DB(t)
+	db.SetMaxOpenConns(3)
+	ctx := context.Background()
+	held, err := db.Conn(ctx) // the application's
+	if err != nil {
+		t.Fatal(err)
+	}
+	const q = `SELECT $1::int + 1`
+	st := pg.NewStatements(db, pg.PrepareAuto, "prepare", nil)
+	defer st.Close()
+	for range 3 {
+		st.Prepare(ctx, q)
+	}
+	if n := db.Stats().WaitCount; n != 0 {
+		t.Errorf("Prepare waited %d times for a connection of a busy pool", n)
+	}
+	if st.Ready(q) || st.Prepared() {
+		t.Errorf("ready %v, prepared %v with a busy pool; want false, false", st.Ready(q), st.Prepared())
+	}
+	if got := one(t, st, q, 1); got != 2 {
+		t.Errorf("plain query: %d", got)
+	}
+	_ = held.Close()
+	testenv.Eventually(t, 10*time.Second, "the statement to be prepared once the pool has room", func() bool {
+		st.Prepare(ctx, q)
+		return st.Ready(q) && st.Prepared()
+	})
 }
