@@ -552,7 +552,9 @@ func TestClaimIsPlannedOnce(t *testing.T) {
 	}
 	db.SetMaxOpenConns(1) // every claim and the check below on one session
 	b := broker.New([]string{"amqp://127.0.0.1:1/"}, broker.Config{Name: "unused"}, zap.NewNop(), nil)
-	r, err := New(db, testConfig(table), WithConnection(b))
+	cfg := testConfig(table)
+	cfg.Prepare = "on" // in auto mode a pool of one connection, too small to look at, is not prepared
+	r, err := New(db, cfg, WithConnection(b))
 	if err != nil {
 		t.Fatal(err)
 	}
