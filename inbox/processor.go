@@ -130,7 +130,9 @@ func (p *Processor) Run(ctx context.Context) error {
 // back and the row's attempt recorded, the others are marked processed; then it commits.
 // Ordered, a batch may hold several consecutive rows of a key; after a failure the
 // key's later rows in the batch are left for a later batch, behind the failed row. It
-// returns the number of rows handled (processed or failed).
+// returns the number of rows handled (processed or failed). Until the claims are
+// prepared (see ProcessorConfig.Prepare) it first tries to prepare them, with
+// connections of the pool other than the batch's.
 func (p *Processor) ProcessOnce(ctx context.Context) (int, error) {
 	if claims := p.sql.Claims(); !p.stmts.Ready(claims...) {
 		p.stmts.Prepare(ctx, claims...) // before the batch: it needs connections of its own

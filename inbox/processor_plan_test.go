@@ -112,19 +112,7 @@ func TestProcessorClaimPlanMadeOnEmptyTableServesLargeBacklog(t *testing.T) {
 	}
 	run := func(stmt string) []byte {
 		t.Helper()
-		tx, err := conn.BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = tx.Rollback() }()
-		if _, err := tx.Exec(inboxdb.ClaimSettings()); err != nil {
-			t.Fatal(err)
-		}
-		var raw []byte
-		if err := tx.QueryRow(stmt).Scan(&raw); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-		return raw
+		return testenv.Explain(t, conn, inboxdb.ClaimSettings(), stmt)
 	}
 	for i, v := range variants {
 		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PREPARE claim_%d (%s) AS %s`, i, v.params, v.sql)); err != nil {

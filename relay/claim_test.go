@@ -293,19 +293,7 @@ func TestClaimPlanMadeOnEmptyTableServesLargeBacklog(t *testing.T) {
 	}
 	run := func(stmt string) []byte {
 		t.Helper()
-		tx, err := conn.BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = tx.Rollback() }()
-		if _, err := tx.Exec(outboxdb.ClaimSettings(time.Minute)); err != nil {
-			t.Fatal(err)
-		}
-		var raw []byte
-		if err := tx.QueryRow(stmt).Scan(&raw); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-		return raw
+		return testenv.Explain(t, conn, outboxdb.ClaimSettings(time.Minute), stmt)
 	}
 	for i, v := range variants {
 		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PREPARE claim_%d (int, text, int, bigint, timestamptz, bigint) AS %s`, i, v.sql)); err != nil {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/sidebox/sidebox/internal/pg"
 )
@@ -185,10 +186,12 @@ type Claimed struct {
 	WalkEnded bool
 }
 
-// planSettings are what the claim is planned and run with (see ClaimSettings), each
-// with the placeholder that keeps the transaction's value before it for
-// HandlerSettings.
-var planSettings = [...]struct{ name, value, saved string }{
+// planSetting is a planner setting of the claim: its name, the claim's value, and the
+// placeholder that keeps the transaction's own value meanwhile.
+type planSetting struct{ name, value, saved string }
+
+// planSettings are what the claim is planned and run with (see ClaimSettings).
+var planSettings = [...]planSetting{
 	{"plan_cache_mode", "force_generic_plan", "sidebox.saved_plan_cache_mode"},
 	{"enable_seqscan", "off", "sidebox.saved_enable_seqscan"},
 	{"enable_sort", "off", "sidebox.saved_enable_sort"},
@@ -208,13 +211,7 @@ var planSettings = [...]struct{ name, value, saved string }{
 //     are kept in placeholders, and HandlerSettings puts them back before the handler
 //     runs, so that the handler's statements are planned as the application set them.
 func ClaimSettings() string {
-	s := "SET LOCAL jit = off; SELECT "
-	for i, p := range planSettings {
-		if i > 0 {
-			s += ", "
-		}
-		s += "set_config('" + p.saved + "', current_setting('" + p.name + "'), true)"
-	}
+	s := "SET LOCAL jit = off; " + copySettings(func(p planSetting) (string, string) { return p.name, p.saved })
 	for _, p := range planSettings {
 		s += "; SET LOCAL " + p.name + " = " + p.value
 	}
@@ -224,14 +221,18 @@ func ClaimSettings() string {
 // HandlerSettings puts back the planner settings that ClaimSettings changed for the
 // claim, in the same transaction.
 func HandlerSettings() string {
-	s := "SELECT "
+	return copySettings(func(p planSetting) (string, string) { return p.saved, p.name })
+}
+
+// copySettings is one SELECT that sets, for the rest of the transaction, the setting
+// to of every planSetting to the value of its setting from.
+func copySettings(fromTo func(planSetting) (from, to string)) string {
+	parts := make([]string, len(planSettings))
 	for i, p := range planSettings {
-		if i > 0 {
-			s += ", "
-		}
-		s += "set_config('" + p.name + "', current_setting('" + p.saved + "'), true)"
+		from, to := fromTo(p)
+		parts[i] = "set_config('" + to + "', current_setting('" + from + "'), true)"
 	}
-	return s
+	return "SELECT " + strings.Join(parts, ", ")
 }
 
 // Claims are the claim statements p runs, for preparing them.

@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"context"
+	"database/sql"
 	"encoding/json"
 	"testing"
 )
@@ -37,3 +39,24 @@ func (n PlanNode) Walk(f func(PlanNode)) {
 
 // Buffers is the number of shared buffers the plan read (EXPLAIN's BUFFERS option).
 func (n PlanNode) Buffers() int64 { return n.SharedHit + n.SharedRead }
+
+// Explain runs stmt (an EXPLAIN (FORMAT JSON) ...) on conn in a transaction that first
+// runs settings, rolls the transaction back and returns the plan's JSON. The session's
+// prepared statements and their plans are conn's.
+func Explain(t testing.TB, conn *sql.Conn, settings, stmt string) []byte {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, settings); err != nil {
+		t.Fatal(err)
+	}
+	var raw []byte
+	if err := tx.QueryRowContext(ctx, stmt).Scan(&raw); err != nil {
+		t.Fatalf("%s: %v", stmt, err)
+	}
+	return raw
+}
