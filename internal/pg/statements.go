@@ -209,10 +209,12 @@ func (s *Statements) lookLater() {
 	s.next = time.Now().Add(min(lookBase<<min(s.failed-1, 16), lookMax))
 }
 
-// lookBase and lookMax pace the looks at the pooling that could not be made.
+// lookBase and lookMax pace the looks at the pooling that could not be made. lookMax
+// is short: a relay started while its database was down claims with plain queries,
+// planned at every claim, until its next look.
 const (
 	lookBase = time.Second
-	lookMax  = time.Minute
+	lookMax  = 10 * time.Second
 )
 
 // Ready reports whether every query in qs is prepared, or preparing is off.
