@@ -362,11 +362,15 @@ func TransactionPooled(ctx context.Context, db *sql.DB) (bool, error) {
 	case err := <-done:
 		return shared, err
 	case <-t.C:
-		_ = tx.Rollback() // hand conns[0]'s server connection on
+		// Slow: a pooler with no free server connection makes the others wait for
+		// conns[0]'s, and they run on it once it is handed on, which shows; a direct
+		// connection that is only slow (a loaded database, a distant one) keeps one
+		// backend per client, and preparing is safe.
+		_ = tx.Rollback()
 		if err := <-done; err != nil {
 			return false, err
 		}
-		return true, nil
+		return shared, nil
 	}
 }
 

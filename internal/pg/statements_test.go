@@ -140,6 +140,42 @@ func TestTransactionPooledSingleServerConnection(t *testing.T) {
 	}
 }
 
+// A direct database that is only slow (here 300 ms each way on the network, so that
+// the look's statements outlast its 3 s wait for a pooler's server connection) is not
+// taken for a pooler: its clients keep their own backends.
+func TestTransactionPooledSlowDirectConnection(t *testing.T) {
+	direct := testenv.DatabaseURL(t)
+	proxy := testenv.Proxy(t, direct)
+	db, err := sql.Open("postgres", proxy.URL(direct))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxIdleConns(3)
+	ctx := context.Background()
+	var conns []*sql.Conn // opened before the network slows down
+	for range 3 {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.PingContext(ctx); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	proxy.Latency(t, 300*time.Millisecond, 0)
+	start := time.Now()
+	got, err := pg.TransactionPooled(ctx, db)
+	t.Logf("the look took %v", time.Since(start).Round(time.Millisecond))
+	if err != nil || got {
+		t.Errorf("TransactionPooled = %v, %v; want false", got, err)
+	}
+}
+
 // A pooler that hands out its server connections in turn is found too.
 func TestTransactionPooledRoundRobin(t *testing.T) {
 	direct := testenv.DatabaseURL(t)
