@@ -151,7 +151,7 @@ func (p *Processor) processOnce(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("begin inbox batch: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	if _, err := tx.ExecContext(ctx, inboxdb.ClaimSettings()); err != nil {
+	if _, err := tx.ExecContext(ctx, p.sql.ClaimSettings()); err != nil {
 		return 0, fmt.Errorf("begin inbox batch: %w", err)
 	}
 
@@ -161,7 +161,7 @@ func (p *Processor) processOnce(ctx context.Context) (int, error) {
 	}
 	// The handlers run with the planner settings the application set, from the first
 	// message's savepoint on (see handle).
-	if _, err := tx.ExecContext(ctx, inboxdb.HandlerSettings()+`; SAVEPOINT sidebox_inbox_message`); err != nil {
+	if _, err := tx.ExecContext(ctx, p.sql.HandlerSettings()+`; SAVEPOINT sidebox_inbox_message`); err != nil {
 		return 0, fmt.Errorf("savepoint: %w", err)
 	}
 	var done []string

@@ -112,7 +112,7 @@ func TestProcessorClaimPlanMadeOnEmptyTableServesLargeBacklog(t *testing.T) {
 	}
 	run := func(stmt string) []byte {
 		t.Helper()
-		return testenv.Explain(t, conn, inboxdb.ClaimSettings(), stmt)
+		return testenv.Explain(t, conn, inboxdb.NewProcessor("inbox", true).ClaimSettings(), stmt)
 	}
 	for i, v := range variants {
 		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PREPARE claim_%d (%s) AS %s`, i, v.params, v.sql)); err != nil {

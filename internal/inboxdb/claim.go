@@ -210,7 +210,9 @@ var planSettings = [...]planSetting{
 //     reads O(batch) rows of a large backlog. The values the transaction had before
 //     are kept in placeholders, and HandlerSettings puts them back before the handler
 //     runs, so that the handler's statements are planned as the application set them.
-func ClaimSettings() string {
+func (p Processor) ClaimSettings() string { return p.begin }
+
+func claimSettings() string {
 	s := "SET LOCAL jit = off; " + copySettings(func(p planSetting) (string, string) { return p.name, p.saved })
 	for _, p := range planSettings {
 		s += "; SET LOCAL " + p.name + " = " + p.value
@@ -220,7 +222,9 @@ func ClaimSettings() string {
 
 // HandlerSettings puts back the planner settings that ClaimSettings changed for the
 // claim, in the same transaction.
-func HandlerSettings() string {
+func (p Processor) HandlerSettings() string { return p.restore }
+
+func handlerSettings() string {
 	return copySettings(func(p planSetting) (string, string) { return p.saved, p.name })
 }
 
@@ -236,12 +240,7 @@ func copySettings(fromTo func(planSetting) (from, to string)) string {
 }
 
 // Claims are the claim statements p runs, for preparing them.
-func (p Processor) Claims() []string {
-	if !p.ordered {
-		return []string{p.unordered}
-	}
-	return []string{p.claim[0][0], p.claim[0][1], p.claim[1][0], p.claim[1][1]}
-}
+func (p Processor) Claims() []string { return p.claims }
 
 // Claim locks and returns up to c.Limit due rows of consumer in tx, in seq order,
 // skipping rows other transactions hold; ordered, the rows of a key are consecutive

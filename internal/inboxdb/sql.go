@@ -141,6 +141,9 @@ type Processor struct {
 	ordered   bool
 	unordered string
 	claim     [2][2]string // ordered: [keyedFirst][afterCursor]
+	claims    []string     // the claim statements it runs
+	begin     string       // ClaimSettings
+	restore   string       // HandlerSettings
 	done      string
 	fail      string
 }
@@ -165,6 +168,11 @@ RETURNING dead_at IS NOT NULL`,
 			p.claim[kf][ac] = orderedClaimSQL(t, kf == 1, ac == 1)
 		}
 	}
+	p.claims = []string{p.unordered}
+	if ordered {
+		p.claims = []string{p.claim[0][0], p.claim[0][1], p.claim[1][0], p.claim[1][1]}
+	}
+	p.begin, p.restore = claimSettings(), handlerSettings()
 	return p
 }
 
