@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -262,6 +263,9 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 	if hot := r.q.hot(); !r.stmts.Ready(hot...) {
 		pctx, cancel := context.WithTimeout(ctx, dbTimeout)
 		r.stmts.Prepare(pctx, hot...)
+		if r.stmts.Prepared() && r.stmts.Ready(hot...) {
+			r.warm(pctx)
+		}
 		cancel()
 	}
 	tx, err := r.db.BeginTx(context.WithoutCancel(ctx), nil)
@@ -322,6 +326,55 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 		d.rowLimit = min(max(r.cfg.BatchBytes/avg+1, 1), r.cfg.BatchSize)
 	}
 	return c, tx, nil
+}
+
+// warm plans the prepared statements on the connections the relay is about to use,
+// one per worker and one for its other statements, all at once, so that its first
+// batches do not wait for plans (outboxdb.Queries.Warm). It is best effort: a
+// connection that cannot be had or warmed is planned by its first claim instead.
+//
+// Connections the pool opens later (after closing idle ones) are planned by their
+// first claims, as before.
+func (r *Relay) warm(ctx context.Context) {
+	n := r.cfg.Workers + 1
+	if st := r.db.Stats(); st.MaxOpenConnections > 0 {
+		n = min(n, st.MaxOpenConnections-st.InUse) // never wait for the application's connections
+	}
+	conns := make([]*sql.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range n {
+		c, err := r.db.Conn(ctx)
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+	}
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			if err := r.warmConn(ctx, c); err != nil {
+				r.log.Debug("cannot plan the claim ahead; the first claim will", errField(err))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// warmConn runs Warm in a transaction of c, rolled back.
+func (r *Relay) warmConn(ctx context.Context, c *sql.Conn) error {
+	tx, err := c.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, r.txSettings); err != nil {
+		return err
+	}
+	return r.q.Warm(ctx, r.stmts, tx)
 }
 
 // acquire waits for a worker with an open channel; nil when ctx is done. While the
