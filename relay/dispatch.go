@@ -62,6 +62,9 @@ type dispatcher struct {
 	unkeyedFrom *unkeyedCursor
 	fromStart   time.Time // when the unkeyed part last started at the start
 
+	warmed  bool           // warmUp has run
+	warming sync.WaitGroup // warmUp's goroutine
+
 	pollGap time.Duration // polled wake-ups: the last sleep after an empty claim
 	foundAt time.Time     // when the last claim that found rows ran
 	wk      wakeState     // streaming (wakeup.go)
@@ -167,6 +170,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		}
 		if r.polled.Load() {
 			wait = d.pollWait(ctx, c.due)
+			d.warmUp(ctx)
 			continue
 		}
 		if d.keepStreaming() {
@@ -189,7 +193,9 @@ func (d *dispatcher) run(ctx context.Context) {
 		if !d.settleAt.IsZero() {
 			wait = max(min(wait, time.Until(d.settleAt)), time.Millisecond)
 		}
+		d.warmUp(ctx)
 	}
+	d.warming.Wait()
 	if !d.flagSet {
 		// Leave the flag up for other relays of the table, which may sleep.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -263,9 +269,6 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 	if hot := r.q.hot(); !r.stmts.Ready(hot...) {
 		pctx, cancel := context.WithTimeout(ctx, dbTimeout)
 		r.stmts.Prepare(pctx, hot...)
-		if r.stmts.Prepared() && r.stmts.Ready(hot...) {
-			r.warm(pctx)
-		}
 		cancel()
 	}
 	tx, err := r.db.BeginTx(context.WithoutCancel(ctx), nil)
@@ -328,18 +331,41 @@ func (d *dispatcher) claim(ctx context.Context) (claimed, *sql.Tx, error) {
 	return c, tx, nil
 }
 
-// warm plans the prepared statements on the connections the relay is about to use,
-// one per worker and one for its other statements, all at once, so that its first
-// batches do not wait for plans (outboxdb.Queries.Warm). It is best effort: a
-// connection that cannot be had or warmed is planned by its first claim instead.
-//
-// Connections the pool opens later (after closing idle ones) are planned by their
-// first claims, as before.
-func (r *Relay) warm(ctx context.Context) {
-	n := r.cfg.Workers + 1
-	if st := r.db.Stats(); st.MaxOpenConnections > 0 {
-		n = min(n, st.MaxOpenConnections-st.InUse) // never wait for the application's connections
+// warmConns bounds the connections warmUp plans: a relay uses few at the low rates
+// where a plan made at a batch's claim shows in its latency; at high rates the plans
+// made lazily cost little next to the batches.
+const warmConns = 4
+
+// warmUp plans the prepared statements ahead, once, the first time the relay has
+// nothing to do: each is planned at its first execution on a connection, 2 to 10 ms for
+// a claim variant and up to 30 ms as a new backend's first statement, and made lazily
+// these plans held up the first batches after a start (outboxdb.Queries.Warm). It
+// plans them in the background on up to Workers + 1 connections (at most warmConns),
+// leaving one of a bounded pool free for the application, and is best effort: a
+// connection it cannot have or warm plans its statements at its first claims instead,
+// and so does one the pool opens later.
+func (d *dispatcher) warmUp(ctx context.Context) {
+	r := d.r
+	if d.warmed || !r.stmts.Prepared() || !r.stmts.Ready(r.q.hot()...) {
+		return
 	}
+	d.warmed = true
+	n := min(r.cfg.Workers+1, warmConns)
+	if st := r.db.Stats(); st.MaxOpenConnections > 0 {
+		n = max(0, min(n, st.MaxOpenConnections-st.InUse-1))
+	}
+	d.warming.Go(func() {
+		wctx, cancel := context.WithTimeout(ctx, dbTimeout)
+		defer cancel()
+		r.warm(wctx, n)
+		if r.afterWarm != nil {
+			r.afterWarm()
+		}
+	})
+}
+
+// warm runs warmConn on n connections at once.
+func (r *Relay) warm(ctx context.Context, n int) {
 	conns := make([]*sql.Conn, 0, n)
 	defer func() {
 		for _, c := range conns {
@@ -356,8 +382,8 @@ func (r *Relay) warm(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, c := range conns {
 		wg.Go(func() {
-			if err := r.warmConn(ctx, c); err != nil {
-				r.log.Debug("cannot plan the claim ahead; the first claim will", errField(err))
+			if err := r.warmConn(ctx, c); err != nil && ctx.Err() == nil {
+				r.log.Debug("cannot plan the claim ahead; its first claims on that connection will", errField(err))
 			}
 		})
 	}

@@ -251,6 +251,8 @@ type Relay struct {
 	// afterDrain, when set (by tests), is called by a worker after the timeout of a
 	// batch, once it drained the returns, with the confirms that were not in yet.
 	afterDrain func(late []*amqp.DeferredConfirmation)
+	// afterWarm, when set (by tests), is called when the statements were planned ahead.
+	afterWarm func()
 
 	mu       sync.Mutex
 	suspects map[string]time.Time // rows in flight when a channel exception hit; published alone next time

@@ -579,9 +579,8 @@ func TestClaimIsPlannedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d claims: %d generic plans, %d custom plans", claims, generic, custom)
-	want := claims + len(r.q.Variants()) // and each variant once, planned ahead of the first claim
-	if generic+custom != want {
-		t.Fatalf("the session ran %d prepared claims, want %d: the claim was not prepared", generic+custom, want)
+	if generic+custom != claims {
+		t.Fatalf("the session ran %d prepared claims, want %d: the claim was not prepared", generic+custom, claims)
 	}
 	if custom != 0 {
 		t.Errorf("%d of %d claims were planned for their parameters, want none", custom, claims)
@@ -589,51 +588,125 @@ func TestClaimIsPlannedOnce(t *testing.T) {
 }
 
 // TestClaimIsPlannedBeforeTheFirstBatch: a prepared statement is planned at its first
-// execution on a connection, and the claim's plan takes 5 to 30 ms to make. Made lazily,
-// the plans of the eight claim variants on each connection delayed the first batches
-// after a start by tens of milliseconds. The relay plans them on the connections it is
-// about to use (one per worker and one for its other statements) before its first claim.
+// execution on a connection, and the claim's plan takes 2 to 30 ms to make. Made
+// lazily, the plans of the eight claim variants held up the first batches after a start
+// by tens of milliseconds. Once it has nothing to do, the relay plans them on the
+// connections it is about to use: one per worker and one for its other statements.
 func TestClaimIsPlannedBeforeTheFirstBatch(t *testing.T) {
 	t.Parallel()
+	t.Run("planned on the pool's connections", func(t *testing.T) {
+		t.Parallel()
+		db, _, table := outboxDB(t)
+		cfg := testConfig(table)
+		cfg.Prepare = "on"
+		cfg.Workers = 2
+		want := cfg.Workers + 1
+		db.SetMaxOpenConns(want + 1) // and one left to the application
+		db.SetMaxIdleConns(want + 1)
+		b := broker.New([]string{"amqp://127.0.0.1:1/"}, broker.Config{Name: "unused"}, zap.NewNop(), nil)
+		r, err := New(db, cfg, WithConnection(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.stmts.Close)
+		ctx := context.Background()
+		d := &dispatcher{r: r}
+		_, tx, err := d.claim(ctx) // prepares the statements
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		d.warmUp(ctx)
+		d.warming.Wait()
+
+		// Every connection the pool holds, at once, and the plans each session made.
+		open := db.Stats().OpenConnections
+		variants := len(r.q.Variants())
+		warm := 0
+		for i := range open {
+			c, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var planned int
+			if err := c.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE generic_plans > 0)
+				FROM pg_prepared_statements WHERE statement LIKE '%WITH RECURSIVE walk%'`).Scan(&planned); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("connection %d of %d: %d of %d claim variants planned", i+1, open, planned, variants)
+			if planned == variants {
+				warm++
+			}
+		}
+		if warm != want {
+			t.Errorf("%d connections hold a plan of every claim variant, want %d (one per worker and one more)", warm, want)
+		}
+	})
+	t.Run("when the relay has nothing to do", func(t *testing.T) {
+		t.Parallel()
+		db, dsn, table := outboxDB(t)
+		cfg := testConfig(table)
+		cfg.Prepare = "on"
+		warmed := make(chan struct{})
+		startRelay(t, db, dsn, testenv.AMQPURL(t), cfg, func(r *Relay) { r.afterWarm = func() { close(warmed) } })
+		select {
+		case <-warmed:
+		case <-time.After(30 * time.Second):
+			t.Fatal("an idle relay did not plan its statements ahead")
+		}
+	})
+}
+
+// TestWarmLocksNothing: planning ahead runs every claim variant on due rows, keyed and
+// not, and must neither lock nor write any of them.
+func TestWarmLocksNothing(t *testing.T) {
+	t.Parallel()
 	db, _, table := outboxDB(t)
+	if _, err := db.Exec(`INSERT INTO outbox (exchange, routing_key, payload, ordering_key)
+		SELECT '', 'k', '\x00', CASE WHEN i % 2 = 0 THEN 'key-' || (i % 5) END FROM generate_series(1, 100) i`); err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New([]string{"amqp://127.0.0.1:1/"}, broker.Config{Name: "unused"}, zap.NewNop(), nil)
 	cfg := testConfig(table)
 	cfg.Prepare = "on"
-	cfg.Workers = 2
-	conns := cfg.Workers + 1
-	db.SetMaxOpenConns(conns) // so that the check below sees every connection of the pool
-	db.SetMaxIdleConns(conns)
-	b := broker.New([]string{"amqp://127.0.0.1:1/"}, broker.Config{Name: "unused"}, zap.NewNop(), nil)
 	r, err := New(db, cfg, WithConnection(b))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.stmts.Close)
-	d := &dispatcher{r: r}
-	_, tx, err := d.claim(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Rollback(); err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	held := make([]*sql.Conn, conns)
-	for i := range held {
-		if held[i], err = db.Conn(ctx); err != nil {
+	r.stmts.Prepare(ctx, r.q.hot()...)
+	for _, prepared := range []bool{true, false} {
+		if !prepared {
+			r.stmts = pg.NewStatements(db, pg.PrepareOff, "", nil)
+		}
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
 			t.Fatal(err)
 		}
-		defer held[i].Close()
-	}
-	variants := len(r.q.Variants())
-	for i, c := range held {
-		var planned, statements int
-		if err := c.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE generic_plans > 0), count(*)
-			FROM pg_prepared_statements WHERE statement LIKE '%WITH RECURSIVE walk%'`).Scan(&planned, &statements); err != nil {
+		if _, err := tx.ExecContext(ctx, r.txSettings); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("connection %d: %d claim statements prepared, %d planned", i, statements, planned)
-		if planned != variants {
-			t.Errorf("connection %d of %d: %d of the %d claim variants planned before the first batch, want all", i+1, conns, planned, variants)
+		if err := r.q.Warm(ctx, r.stmts, tx); err != nil {
+			t.Fatal(err)
+		}
+		var wrote bool
+		if err := tx.QueryRowContext(ctx, `SELECT txid_current_if_assigned() IS NOT NULL`).Scan(&wrote); err != nil {
+			t.Fatal(err)
+		}
+		var free int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox FOR UPDATE SKIP LOCKED) l`).Scan(&free); err != nil {
+			t.Fatal(err)
+		}
+		_ = tx.Rollback()
+		if wrote {
+			t.Errorf("prepared %v: planning ahead locked or wrote rows (the transaction has an ID)", prepared)
+		}
+		if free != 100 {
+			t.Errorf("prepared %v: %d of 100 rows free to lock while planning ahead held its transaction, want all", prepared, free)
 		}
 	}
 }
