@@ -432,8 +432,9 @@ func (k *keyTracker) add(b *batch, key string) {
 // collect gathers deliveries into batches and hands them to the workers. A batch is
 // handed over once it is full (BatchSize deliveries, or the next one would take it past
 // BatchBytes), or BatchWait after its first delivery; while every worker is busy it
-// keeps growing up to those bounds. When ctx is done, the batch in hand
-// is handed over and collect returns; open is false when the delivery channel closed.
+// keeps growing up to those bounds. When ctx is done, the batch in hand, with what the
+// client already received added up to its bounds, is handed over and collect returns;
+// open is false when the delivery channel closed.
 func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *batch) (open bool, err error) {
 	var (
 		seq   uint64
@@ -488,6 +489,24 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 		}
 		select {
 		case <-ctx.Done():
+			// Stopping: the deliveries the client already holds join the batch in
+			// hand, within its bounds, rather than going back to the queue.
+			for open := true; open && (cur == nil || len(cur.deliveries) < c.cfg.BatchSize) && next == nil; {
+				select {
+				case d, ok := <-win.deliveries:
+					switch {
+					case !ok:
+						handOver()
+						return false, nil
+					case cur != nil && cur.bytes+len(d.Body) > c.cfg.BatchBytes:
+						next = &d // goes back to the queue with the channel
+					default:
+						add(&d)
+					}
+				default:
+					open = false
+				}
+			}
 			handOver()
 			return true, nil
 		case <-sess.Done():

@@ -291,12 +291,27 @@ func TestConsumerDrainsOnCancel(t *testing.T) {
 	t.Parallel()
 	db, _, tbl := migrated(t, "inbox")
 	url, conn, queue := testQueue(t, "inbox_drain")
-	r := startConsumer(t, db, url, ConsumerConfig{Queue: queue, Table: tbl, Prefetch: 100, BatchSize: 100, BatchWait: 10 * time.Second})
+	// The first session consumes with the prefetch count of the largest message size
+	// (2), and the first delivery's size calls for the configured 100: a second session
+	// takes over. Only then may the deliveries the consumer holds be counted.
+	full := make(chan struct{})
+	r := startConsumerWith(t, db, url, ConsumerConfig{Queue: queue, Table: tbl, Prefetch: 100, BatchSize: 100, BatchWait: 10 * time.Second}, func(c *Consumer) {
+		c.prefetchChanged = func(n int) {
+			if n == 100 {
+				close(full)
+			}
+		}
+	})
 	var msgs []amqp.Publishing
 	for i := range 10 {
 		msgs = append(msgs, amqp.Publishing{MessageId: strconv.Itoa(i)})
 	}
 	publish(t, conn, queue, msgs...)
+	select {
+	case <-full:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the consumer did not move to the configured prefetch count")
+	}
 	// All ten are with the consumer (none ready in the queue), waiting for the batch to fill.
 	testenv.Eventually(t, 10*time.Second, "the deliveries to reach the consumer", func() bool { return depth(t, conn, queue) == 0 })
 	if r.received() != 0 {
