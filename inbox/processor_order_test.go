@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/sidebox/sidebox/internal/testenv"
 )
@@ -291,8 +293,14 @@ func TestOrderedProcessorsKeepKeyOrderConcurrently(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for proc := range 2 {
-		p := newProcessor(t, db, ProcessorConfig{Consumer: "svc", Ordered: true, BatchSize: 16, PollInterval: 5 * time.Millisecond,
-			RetryBackoff: time.Millisecond, RetryBackoffMax: 5 * time.Millisecond}, handler(proc))
+		// Warnings shown: once, under make test's load, processor 0 handled nothing
+		// while processor 1 handled every row; a failing ProcessOnce would say why.
+		p, err := NewProcessor(db, ProcessorConfig{Consumer: "svc", Ordered: true, BatchSize: 16, PollInterval: 5 * time.Millisecond,
+			RetryBackoff: time.Millisecond, RetryBackoffMax: 5 * time.Millisecond}, handler(proc),
+			WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).With(zap.Int("processor", proc))))
+		if err != nil {
+			t.Fatal(err)
+		}
 		p.beforeCommit = func() {
 			mu.Lock()
 			defer mu.Unlock()
