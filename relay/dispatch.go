@@ -340,8 +340,9 @@ const warmConns = 4
 // nothing to do: each is planned at its first execution on a connection, 2 to 10 ms for
 // a claim variant and up to 30 ms as a new backend's first statement, and made lazily
 // these plans held up the first batches after a start (outboxdb.Queries.Warm). It
-// plans them in the background on up to Workers + 1 connections (at most warmConns),
-// leaving one of a bounded pool free for the application, and is best effort: a
+// plans them in the background on up to Workers + 1 of the pool's idle connections (at
+// most warmConns), leaving one of a bounded pool free for the application, and is best
+// effort: a
 // connection it cannot have or warm plans its statements at its first claims instead,
 // and so does one the pool opens later.
 func (d *dispatcher) warmUp(ctx context.Context) {
@@ -350,8 +351,10 @@ func (d *dispatcher) warmUp(ctx context.Context) {
 		return
 	}
 	d.warmed = true
-	n := min(r.cfg.Workers+1, warmConns)
-	if st := r.db.Stats(); st.MaxOpenConnections > 0 {
+	// Only connections the pool holds idle: opening new ones would cost a backend each.
+	st := r.db.Stats()
+	n := min(r.cfg.Workers+1, warmConns, st.Idle)
+	if st.MaxOpenConnections > 0 {
 		n = max(0, min(n, st.MaxOpenConnections-st.InUse-1))
 	}
 	d.warming.Go(func() {
