@@ -342,9 +342,8 @@ const warmConns = 4
 // these plans held up the first batches after a start (outboxdb.Queries.Warm). It
 // plans them in the background on up to Workers + 1 of the pool's idle connections (at
 // most warmConns), leaving one of a bounded pool free for the application, and is best
-// effort: a
-// connection it cannot have or warm plans its statements at its first claims instead,
-// and so does one the pool opens later.
+// effort: a connection it cannot have or warm plans its statements at its first claims
+// instead, and so does one the pool opens later.
 func (d *dispatcher) warmUp(ctx context.Context) {
 	r := d.r
 	if d.warmed || !r.stmts.Prepared() || !r.stmts.Ready(r.q.hot()...) {
