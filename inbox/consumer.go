@@ -491,7 +491,7 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 		case <-ctx.Done():
 			// Stopping: the deliveries the client already holds join the batch in
 			// hand, within its bounds, rather than going back to the queue.
-			for open := true; open && (cur == nil || len(cur.deliveries) < c.cfg.BatchSize) && next == nil; {
+			for more := true; more && (cur == nil || len(cur.deliveries) < c.cfg.BatchSize) && next == nil; {
 				select {
 				case d, ok := <-win.deliveries:
 					switch {
@@ -504,7 +504,7 @@ func (c *Consumer) collect(ctx, sess context.Context, win *window, todo chan<- *
 						add(&d)
 					}
 				default:
-					open = false
+					more = false
 				}
 			}
 			handOver()
